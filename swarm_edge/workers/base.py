@@ -1,0 +1,52 @@
+"""The backend contract: a handful of methods, plain data in and out.
+
+Requests and events are plain dataclasses and dicts so that the same backend can run in-process or in a
+worker process, with only a framed pipe between the caller and it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generation: chat `messages`, or a plain `prompt` for completion models."""
+
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("GenerateRequest needs exactly one of messages or prompt")
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """What a backend reports after loading: how long it took and what it found in the file."""
+
+    load_s: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """A loaded model. Not thread-safe: one call at a time per instance."""
+
+    def __init__(self, model_path: str, *, options: dict[str, Any]) -> None:
+        """Validate the files and load the model (options: n_ctx, n_batch, threads, tokenizer, ...)."""
+
+    def generate(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
+        """Stream {"type": "token", "text"} events, then one {"type": "done", ...} with counts and times."""
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text."""
+
+    def close(self) -> None:
+        """Free native resources; safe to call twice."""

@@ -1,0 +1,109 @@
+"""GGUF backend on llama-cpp-python: chat (the model's own template, sandboxed), completion, streaming."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+from swarm_edge.errors import InferenceError, ModelLoadError
+from swarm_edge.workers.base import GenerateRequest, LoadInfo
+from swarm_edge.workers.gguf_check import check_gguf
+
+
+class GGUFBackend:
+    """One llama.cpp context over one GGUF file. Not thread-safe: llama.cpp contexts are not."""
+
+    def __init__(self, model_path: str, *, options: dict[str, Any]) -> None:
+        """Check the file's structure, then load it with llama.cpp."""
+        t0 = time.perf_counter()
+        meta = check_gguf(model_path)  # raises CorruptModelError before native code sees a bad file
+        self._stack = ExitStack()
+        self._closed = False
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            from swarm_edge.errors import BackendUnavailableError
+
+            raise BackendUnavailableError("GGUF models need llama-cpp-python: pip install llama-cpp-python") from exc
+        threads = int(options.get("threads") or 1)
+        try:
+            # Llama picks the chat template from the GGUF metadata and renders it with jinja2's
+            # ImmutableSandboxedEnvironment (the fix for CVE-2024-34359); we never pass a template of our own.
+            self.llm = Llama(model_path=model_path, n_ctx=int(options.get("n_ctx", 2048)),
+                             n_batch=int(options.get("n_batch", 512)), n_threads=threads,
+                             n_threads_batch=threads, seed=int(options.get("seed", 0)), verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from exc
+        self._stack.callback(self.llm.close)
+        self.kind = options.get("kind", "chat")
+        if self.kind == "chat" and not meta.get("chat_template"):
+            self.kind = "completion"  # no template in the file: plain text is the honest interface
+        self.info = LoadInfo(load_s=time.perf_counter() - t0,
+                             meta={k: v for k, v in meta.items() if k != "chat_template"})
+
+    def generate(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
+        """Stream token events, then a done event with counts and timings."""
+        if self._closed:
+            raise InferenceError("model is closed")
+        common = dict(max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
+                      stop=request.stop or None, stream=True)
+        if request.seed is not None:
+            common["seed"] = request.seed
+        t0 = time.perf_counter()
+        t_first = t_last = None
+        n = 0
+        finish = None
+        try:
+            if request.messages is not None and self.kind == "chat":
+                chunks = self.llm.create_chat_completion(messages=request.messages, **common)
+                get = _chat_text
+            else:
+                prompt = request.prompt if request.prompt is not None else _flatten(request.messages or [])
+                chunks = self.llm.create_completion(prompt=prompt, **common)
+                get = _completion_text
+            for chunk in chunks:
+                text, reason = get(chunk)
+                if reason:
+                    finish = reason
+                if text:
+                    t_last = time.perf_counter()
+                    if t_first is None:
+                        t_first = t_last
+                    n += 1
+                    yield {"type": "token", "text": text}
+        except ValueError as exc:  # llama-cpp-python raises ValueError for prompts longer than n_ctx
+            raise InferenceError(str(exc)) from exc
+        t_end = time.perf_counter()
+        yield {
+            "type": "done", "finish_reason": finish or "stop", "chunks": n,
+            "ttft_s": (t_first - t0) if t_first else None,
+            "decode_tok_s": (n - 1) / (t_last - t_first) if t_first and t_last and n > 1 and t_last > t_first else None,
+            "generate_s": t_end - t0,
+        }
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """GGUF embedding models are not supported yet."""
+        raise InferenceError("this GGUF backend generates text; use an ONNX embedding model for vectors")
+
+    def close(self) -> None:
+        """Free the llama.cpp context and model; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._stack.close()
+
+
+def _chat_text(chunk: dict) -> tuple[str, str | None]:
+    choice = chunk["choices"][0]
+    return choice.get("delta", {}).get("content") or "", choice.get("finish_reason")
+
+
+def _completion_text(chunk: dict) -> tuple[str, str | None]:
+    choice = chunk["choices"][0]
+    return choice.get("text") or "", choice.get("finish_reason")
+
+
+def _flatten(messages: list[dict[str, str]]) -> str:
+    """A completion model has no template: the conversation becomes plain text to continue."""
+    return "\n".join(m.get("content", "") for m in messages)
