@@ -275,6 +275,7 @@ def ensure_file(settings: Settings, spec: ModelSpec, fspec: FileSpec, base_dir: 
             failures.append(f"existing {dest}: {exc}")
     if not fetch:
         raise ModelFileError(f"{spec.id}: {fspec.name} is not fetched yet; run `swarm-edge models fetch {spec.id}`")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     for src in fspec.sources:
         if src.path is not None:
             continue

