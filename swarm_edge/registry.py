@@ -88,7 +88,8 @@ class Source(_Strict):
             return f"path {self.path}"
         if self.pypi is not None:
             p = self.pypi
-            return f"pypi {p.package.format(n=1, i=0)}=={p.version}" + (f" (+{p.parts - 1} parts)" if p.parts > 1 else "")
+            more = f" (+{p.parts - 1} parts)" if p.parts > 1 else ""
+            return f"pypi {p.package.format(n=1, i=0)}=={p.version}{more}"
         assert self.hf is not None
         return f"hf {self.hf.repo}/{self.hf.file}@{self.hf.revision}"
 
@@ -262,7 +263,7 @@ def _friendly(err: dict[str, Any]) -> str:
     msg = err.get("msg", "invalid value")
     msg = re.sub(r"^Value error, ", "", msg)
     got = err.get("input")
-    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+    if kind.endswith(("_type", "_parsing")) or kind == "literal_error":
         return f"{msg} (got {got!r})"
     return msg
 

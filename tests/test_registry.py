@@ -6,7 +6,7 @@ import pytest
 
 from swarm_edge.config import DEFAULT_CONFIG
 from swarm_edge.errors import RegistryError, UnknownModelError
-from swarm_edge.registry import load_registry, parse_registry
+from swarm_edge.registry import load_registry
 
 SHA = "a" * 64
 GOOD = f"""\

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from swarm_edge import sources
-from swarm_edge.errors import ChecksumError, FetchError, ModelFileError
+from swarm_edge.errors import FetchError, ModelFileError
 from swarm_edge.registry import parse_registry
 from swarm_edge.sources import ensure_model, file_status, verify_model
 

@@ -7,7 +7,6 @@ onnxruntime or numpy.
 from __future__ import annotations
 
 import importlib
-
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -27,6 +27,7 @@ class GGUFBackend:
             from swarm_edge.errors import BackendUnavailableError
 
             raise BackendUnavailableError("GGUF models need llama-cpp-python: pip install llama-cpp-python") from exc
+        _avoid_amx()
         threads = int(options.get("threads") or 1)
         try:
             # Llama picks the chat template from the GGUF metadata and renders it with jinja2's
@@ -107,3 +108,30 @@ def _completion_text(chunk: dict) -> tuple[str, str | None]:
 def _flatten(messages: list[dict[str, str]]) -> str:
     """A completion model has no template: the conversation becomes plain text to continue."""
     return "\n".join(m.get("content", "") for m in messages)
+
+
+def _avoid_amx() -> None:
+    """Turn off llama.cpp's extra weight buffers when the library was built with AMX kernels.
+
+    Those kernels segfault on the first multi-token batch on some Sapphire Rapids VMs (llama.cpp #20824).
+    scripts/setup builds without AMX; this guards a llama-cpp-python installed some other way. The switch
+    (`use_extra_bufts`) is not a Llama() argument, so the process-wide default params are wrapped: fine in
+    a process that hosts one model, which is what a worker is.
+    """
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    if getattr(llama_cpp, "_swarm_edge_no_amx", False):
+        return
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    if "AMX_INT8 = 1" not in info:
+        return
+    original = llama_cpp.llama_model_default_params
+
+    def default_params():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = default_params
+    llama_cpp._swarm_edge_no_amx = True

@@ -1,0 +1,135 @@
+"""Decode speed and time to first token: swarm-edge's GGUF backend vs raw llama-cpp-python, one run.
+
+For every default GGUF model that is fetched, both paths load the same file with the same n_ctx, n_batch
+and threads, and run the same greedy completion; runs alternate (raw, ours, ours, raw, ...) so drift in
+machine speed hits both alike. Both sides count streamed chunks the same way. The KV cache is reset
+before every run so each one evaluates the whole prompt (no prefix reuse flatters either side).
+
+Rerun:  .venv/bin/python benchmarks/bench_decode.py [--reps 4] [--max-tokens 96] [--models ID ...]
+Writes: benchmarks/results/decode.json and benchmarks/results/decode.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from swarm_edge.config import DEFAULT_CONFIG, Settings
+from swarm_edge.errors import ModelFileError
+from swarm_edge.registry import load_registry
+from swarm_edge.sources import ensure_model
+from swarm_edge.workers import GenerateRequest, open_backend
+
+PROMPT = ("Below is a numbered list of one hundred common English words, one per line, "
+          "in alphabetical order.\n1. able\n2. about\n3.")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def time_stream(chunks) -> tuple[float, float, int]:
+    """(time to first chunk, decode chunks/s after the first, chunks) of a stream started just before."""
+    t0 = time.perf_counter()
+    first = last = None
+    n = 0
+    for text in chunks:
+        if not text:
+            continue
+        last = time.perf_counter()
+        first = first or last
+        n += 1
+    if first is None or n < 2:
+        raise RuntimeError("the model produced fewer than two tokens; pick a longer-running prompt")
+    return first - t0, (n - 1) / (last - first), n
+
+
+def raw_run(llm, max_tokens: int):
+    llm.reset()
+    stream = llm.create_completion(prompt=PROMPT, max_tokens=max_tokens, temperature=0.0, stream=True)
+    return time_stream(c["choices"][0]["text"] for c in stream)
+
+
+def ours_run(backend, max_tokens: int):
+    backend.llm.reset()
+    events = backend.generate(GenerateRequest(prompt=PROMPT, max_tokens=max_tokens, temperature=0.0))
+    return time_stream(e["text"] for e in events if e["type"] == "token")
+
+
+def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
+    from llama_cpp import Llama
+
+    raw = Llama(model_path=str(files["model"]), n_ctx=spec.n_ctx, n_batch=spec.n_batch, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    ours = open_backend(spec, files, threads)
+    try:
+        raw_run(raw, 8)  # warm-up: page in weights for both (they share the file's page cache)
+        ours_run(ours, 8)
+        rows = {"raw": [], "ours": []}
+        for i in range(reps):
+            order = ("raw", "ours") if i % 2 == 0 else ("ours", "raw")
+            for side in order:
+                rows[side].append(raw_run(raw, max_tokens) if side == "raw" else ours_run(ours, max_tokens))
+    finally:
+        ours.close()
+        raw.close()
+    med = {side: {"ttft_s": statistics.median(r[0] for r in runs), "tok_s": statistics.median(r[1] for r in runs),
+                  "tokens": runs[0][2]} for side, runs in rows.items()}
+    return {
+        "model": spec.id, "n_ctx": spec.n_ctx, "n_batch": spec.n_batch, "threads": threads, "reps": reps,
+        "raw": med["raw"], "ours": med["ours"],
+        "decode_ratio": med["ours"]["tok_s"] / med["raw"]["tok_s"],
+        "ttft_ratio": med["raw"]["ttft_s"] / med["ours"]["ttft_s"],
+        "ttft_added_ms": (med["ours"]["ttft_s"] - med["raw"]["ttft_s"]) * 1000,
+        "runs": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", help="model ids (default: every GGUF model that is fetched)")
+    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    settings = Settings.load(threads=args.threads)
+    registry = load_registry(settings.config_path if settings.config_path.exists() else DEFAULT_CONFIG)
+    ids = args.models or [m.id for m in registry if m.format == "gguf"]
+    results = []
+    for mid in ids:
+        spec = registry.get(mid)
+        try:
+            files = ensure_model(settings, spec, registry.base_dir, fetch=False)
+        except ModelFileError as exc:
+            print(f"skip {mid}: {exc}", file=sys.stderr)
+            continue
+        print(f"benchmarking {mid} ...", file=sys.stderr, flush=True)
+        results.append(bench_model(spec, files, settings.threads, args.reps, args.max_tokens))
+    if not results:
+        print("no GGUF model is fetched: run `swarm-edge models fetch` first", file=sys.stderr)
+        return 1
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(),
+            "python": platform.python_version(), "prompt": PROMPT, "max_tokens": args.max_tokens}
+    (RESULTS / "decode.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    lines = [
+        "# Decode: swarm-edge GGUF backend vs raw llama-cpp-python (same file, threads, prompt; one run)",
+        "", f"{meta['when']}, {args.reps} alternating reps per side, medians, {args.max_tokens} tokens max.",
+        "Rerun: `.venv/bin/python benchmarks/bench_decode.py`", "",
+        "| model | threads | raw tok/s | ours tok/s | decode ratio | raw TTFT ms | ours TTFT ms | added TTFT ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['threads']} | {r['raw']['tok_s']:.1f} | {r['ours']['tok_s']:.1f} | "
+                     f"**{r['decode_ratio']:.3f}** | {r['raw']['ttft_s'] * 1000:.0f} | "
+                     f"{r['ours']['ttft_s'] * 1000:.0f} | {r['ttft_added_ms']:+.1f} |")
+    table = "\n".join(lines) + "\n"
+    (RESULTS / "decode.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
