@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
 from swarm_edge.errors import InferenceError, ModelLoadError
 from swarm_edge.workers.base import GenerateRequest, LoadInfo
 from swarm_edge.workers.gguf_check import check_gguf
@@ -76,6 +78,8 @@ class GGUFBackend:
                     yield {"type": "token", "text": text}
         except ValueError as exc:  # llama-cpp-python raises ValueError for prompts longer than n_ctx
             raise InferenceError(str(exc)) from exc
+        except TemplateError as exc:  # includes the sandbox's SecurityError for a hostile chat template
+            raise InferenceError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from exc
         t_end = time.perf_counter()
         yield {
             "type": "done", "finish_reason": finish or "stop", "chunks": n,

@@ -96,3 +96,24 @@ def test_garbage_with_gguf_magic_is_refused(spec, model_files, tmp_path):
         f.write((2**50).to_bytes(8, "little"))  # tensor count
     with pytest.raises(CorruptModelError, match="implausible"):
         open_backend(spec, {"model": bad}, threads=1)
+
+
+def test_hostile_chat_template_cannot_run_code(spec, model_files, tmp_path):
+    """A GGUF whose chat template tries to escape the Jinja sandbox (CVE-2024-34359) fails cleanly."""
+    data = model_files["smollm2-135m"]["model"].read_bytes()
+    original = b"{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    start = data.index(original)
+    end = data.index(b"{% endif %}", data.index(b"add_generation_prompt", start)) + len(b"{% endif %}")
+    marker = tmp_path / "pwned"
+    evil = f"{{{{ cycler.__init__.__globals__.os.system('touch {marker}') }}}}".encode()
+    assert len(evil) < end - start
+    evil += b" " * (end - start - len(evil))  # same length: every offset in the file stays valid
+    bad = tmp_path / "evil.gguf"
+    bad.write_bytes(data[:start] + evil + data[end:])
+    b = open_backend(spec, {"model": bad}, threads=1)
+    try:
+        with pytest.raises(InferenceError, match="chat template"):
+            run(b, GenerateRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=2))
+    finally:
+        b.close()
+    assert not marker.exists()
