@@ -48,7 +48,8 @@ def time_stream(chunks) -> tuple[float, float, int]:
 
 def raw_run(llm, max_tokens: int):
     llm.reset()
-    stream = llm.create_completion(prompt=PROMPT, max_tokens=max_tokens, temperature=0.0, stream=True)
+    # the same sampling parameters the backend passes (top_p=1.0 is its default; llama-cpp-python's is 0.95)
+    stream = llm.create_completion(prompt=PROMPT, max_tokens=max_tokens, temperature=0.0, top_p=1.0, stream=True)
     return time_stream(c["choices"][0]["text"] for c in stream)
 
 
