@@ -37,6 +37,15 @@ def _setup(config: Optional[Path], **kw):
     return settings, load_registry(settings.config_path)
 
 
+def _select(config: Optional[Path], ids: Optional[list[str]]):
+    """(settings, registry, the named models or all of them); bad config or ids exit with one message."""
+    try:
+        settings, registry = _setup(config)
+        return settings, registry, [registry.get(i) for i in ids] if ids else list(registry)
+    except SwarmEdgeError as exc:
+        raise _fail(exc) from None
+
+
 def _progress_factory(label: str, total: int, source: str):
     """tqdm byte bar on a terminal; one line per fetch otherwise (CI logs stay readable)."""
     from tqdm import tqdm
@@ -125,11 +134,7 @@ def models_fetch(ids: Optional[list[str]] = typer.Argument(None, help="Model ids
     """Download (or find) each model's files, verify size and sha256, store them under SWARM_EDGE_HOME."""
     from swarm_edge.sources import ensure_model
 
-    try:
-        settings, registry = _setup(config)
-        specs = [registry.get(i) for i in ids] if ids else list(registry)
-    except SwarmEdgeError as exc:
-        raise _fail(exc) from None
+    settings, registry, specs = _select(config, ids)
     results, failed = [], 0
     for spec in specs:
         try:
@@ -153,11 +158,7 @@ def models_verify(ids: Optional[list[str]] = typer.Argument(None, help="Model id
     """Re-hash every fetched file against models.yaml (slow but certain); exit 1 if any differs."""
     from swarm_edge.sources import verify_model
 
-    try:
-        settings, registry = _setup(config)
-        specs = [registry.get(i) for i in ids] if ids else list(registry)
-    except SwarmEdgeError as exc:
-        raise _fail(exc) from None
+    settings, registry, specs = _select(config, ids)
     results = [verify_model(settings, spec, registry.base_dir, explicit=bool(ids)) for spec in specs]
     bad = [r for r in results if r["status"] not in ("ok", "not fetched")]
     if as_json:
