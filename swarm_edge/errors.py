@@ -10,7 +10,10 @@
     ├── FetchError                 no source could materialise a file (each source's failure listed)
     ├── BackendUnavailableError    an optional dependency is missing; carries an install hint
     ├── ModelLoadError             the native runtime refused a model that passed our checks
-    └── InferenceError             generation or embedding failed after the model loaded
+    ├── InferenceError             generation or embedding failed after the model loaded
+    │   └── WorkerCrashedError     the worker process died mid-request (its budget is freed)
+    ├── BudgetError                a model does not fit the memory budget even alone (both numbers)
+    └── BusyError                  the request queue is full; retry after `retry_after` seconds
 
 Native and library errors are translated at the boundary with ``raise ... from exc``; nothing above the
 backends sees a llama_cpp or onnxruntime exception. This module imports nothing internal.
@@ -77,3 +80,21 @@ class ModelLoadError(SwarmEdgeError):
 
 class InferenceError(SwarmEdgeError):
     """Generation or embedding failed after the model loaded."""
+
+
+class WorkerCrashedError(InferenceError):
+    """The worker process serving a request died; the request fails, the next one reloads the model."""
+
+
+class BudgetError(SwarmEdgeError):
+    """A model cannot fit in the memory budget even with everything else evicted."""
+
+    exit_code = 3
+
+
+class BusyError(SwarmEdgeError):
+    """The bounded request queue is full."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

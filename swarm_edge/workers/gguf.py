@@ -88,6 +88,13 @@ class GGUFBackend:
             "generate_s": t_end - t0,
         }
 
+    def calibrate(self) -> None:
+        """Evaluate one full batch of tokens, touching the largest working set a request can, then forget it."""
+        n = max(1, min(self.llm.n_batch, self.llm.n_ctx() - 8))
+        filler = self.llm.tokenize(b" calibration" * n, add_bos=False)[:n]
+        self.llm.eval(filler)
+        self.llm.reset()
+
     def embed(self, texts: list[str]) -> list[list[float]]:
         """GGUF embedding models are not supported yet."""
         raise InferenceError("this GGUF backend generates text; use an ONNX embedding model for vectors")

@@ -1,0 +1,343 @@
+"""Leases on resident models inside a memory budget.
+
+    async with scheduler.lease("qwen2.5-coder-0.5b") as worker:
+        ...  # exclusive use of the model's worker; the model cannot be evicted meanwhile
+
+Admission happens before loading: estimate -> evict idle models (policy: plan-aware, which is LRU when
+there is no plan) until the estimate fits -> load -> measure -> correct the reservation. Pinned models
+are never evicted; idle models unload after a TTL; at most one load runs at a time and a model is
+loaded at most once however many requests want it; waiters are bounded (overflow is BusyError at
+once); a model that cannot fit even alone is BudgetError with both numbers; failed loads back off.
+
+Side effects are injected (`spawn`, `estimate`, `measure_base`, `clock`, `policy`), so this module is
+tested without models. All state below is touched only from the event loop's thread: the loop is the
+lock. `_changed` is notified whenever memory is freed or a load ends, waking admission waiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm_edge.errors import BudgetError, BusyError, SwarmEdgeError
+
+MiB = 1 << 20
+
+
+@dataclass
+class Resident:
+    """A model that is loading, loaded or stopping, and the bytes it holds against the budget."""
+
+    model_id: str
+    reserved: int
+    pinned: bool = False
+    state: str = "loading"                 # loading -> ready -> stopping
+    worker: Any = None
+    refs: int = 0                          # leases holding or waiting for this model
+    last_used: float = 0.0
+    busy: asyncio.Lock = field(default_factory=asyncio.Lock)   # one request at a time per context
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+    uses: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What an eviction policy sees of an idle, evictable model."""
+
+    model_id: str
+    last_used: float
+    reserved: int
+
+
+Policy = Callable[[list[Candidate], list[str], float], str]
+
+
+def lru(candidates: list[Candidate], future: list[str], now: float) -> str:
+    """Least recently used first."""
+    return min(candidates, key=lambda c: c.last_used).model_id
+
+
+def plan_aware(candidates: list[Candidate], future: list[str], now: float) -> str:
+    """Evict what the plan does not need (LRU among those), else what it needs furthest in the future."""
+    unneeded = [c for c in candidates if c.model_id not in future]
+    if unneeded:
+        return lru(unneeded, future, now)
+    return max(candidates, key=lambda c: future.index(c.model_id)).model_id
+
+
+@dataclass
+class Stats:
+    """Counters for status and /metrics."""
+
+    loads: int = 0
+    load_failures: int = 0
+    evictions: int = 0
+    ttl_unloads: int = 0
+    crashes: int = 0
+    busy_rejections: int = 0
+    prefetches: int = 0
+
+
+class Scheduler:
+    """Leases, budget admission, eviction, TTL, pins, bounded waiting and plan hints."""
+
+    def __init__(self, budget: int, *, spawn: Callable[[str], Awaitable[Any]], estimate: Callable[[str], int],
+                 measure_base: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic,
+                 policy: Policy = plan_aware, max_waiting: int = 64, idle_ttl: float | None = None,
+                 pins: frozenset[str] | set[str] = frozenset(), backoff: float = 2.0, max_backoff: float = 60.0,
+                 on_release: Callable[[str, Any], None] | None = None) -> None:
+        self.budget = budget
+        self._spawn, self._estimate, self._measure_base = spawn, estimate, measure_base
+        self._clock, self.policy = clock, policy
+        self.max_waiting, self.idle_ttl, self.pins = max_waiting, idle_ttl, frozenset(pins)
+        self._backoff, self._max_backoff = backoff, max_backoff
+        self._on_release = on_release
+        self.residents: dict[str, Resident] = {}
+        self._stopping: dict[int, int] = {}     # id(resident) -> bytes still held while its worker exits
+        self._changed = asyncio.Condition()
+        self._load_lock = asyncio.Lock()        # at most one load at a time; never held by a lease
+        self._failures: dict[str, tuple[int, float, BaseException]] = {}
+        self._future: list[str] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._ttl_task: asyncio.Task | None = None
+        self.waiting = 0
+        self.stats = Stats()
+
+    # ------------------------------------------------------------ accounting
+
+    def used(self) -> int:
+        """Bytes held now: the base (daemon + forkserver) plus every reservation, stopping ones included."""
+        return self._measure_base() + sum(r.reserved for r in self.residents.values()) + sum(self._stopping.values())
+
+    def hint(self, upcoming: list[str]) -> None:
+        """The models a plan will need next, in order: drives prefetch and furthest-future eviction."""
+        self._future = list(upcoming)
+
+    # ------------------------------------------------------------ leases
+
+    @contextlib.asynccontextmanager
+    async def lease(self, model_id: str) -> AsyncIterator[Any]:
+        """Exclusive use of a loaded model's worker; released on every path (error, cancellation)."""
+        if self.waiting >= self.max_waiting:
+            self.stats.busy_rejections += 1
+            raise BusyError(f"{self.waiting} requests are already waiting; try again shortly", retry_after=1.0)
+        self.waiting += 1
+        counted = True
+        try:
+            while True:
+                resident = await self._acquire(model_id)
+                try:
+                    async with resident.busy:
+                        if not getattr(resident.worker, "alive", True):
+                            continue  # died while we queued for it: the finally below drops it; load anew
+                        self.waiting -= 1
+                        counted = False
+                        resident.uses += 1
+                        if self._future and self._future[0] == model_id:
+                            self._future.pop(0)
+                        self._maybe_prefetch(model_id)
+                        try:
+                            yield resident.worker
+                        finally:
+                            resident.last_used = self._clock()
+                        return
+                finally:
+                    resident.refs -= 1
+                    await self._after_use(resident)
+        finally:
+            if counted:
+                self.waiting -= 1
+
+    async def _after_use(self, r: Resident) -> None:
+        worker = r.worker
+        if worker is not None and not getattr(worker, "alive", True):
+            self.stats.crashes += 1
+            await self._drop(r)  # a dead worker holds no memory: free its budget, the next lease reloads
+            return
+        if worker is not None and self._on_release:
+            self._on_release(r.model_id, worker)
+        await self._correct(r)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _acquire(self, model_id: str) -> Resident:
+        while True:
+            r = self.residents.get(model_id)
+            if r is not None and r.state != "stopping":
+                r.refs += 1
+                await r.ready.wait()
+                if r.error is not None:
+                    r.refs -= 1
+                    raise r.error
+                if getattr(r.worker, "alive", True):
+                    return r
+                r.refs -= 1
+                self.stats.crashes += 1
+                await self._drop(r)
+                continue
+            self._check_backoff(model_id)
+            need = self._estimate(model_id)
+            base = self._measure_base()
+            pinned_other = sum(x.reserved for x in self.residents.values() if x.pinned and x.model_id != model_id)
+            if base + pinned_other + need > self.budget:
+                raise BudgetError(
+                    f"{model_id} needs about {need / MiB:,.0f} MiB but the budget is {self.budget / MiB:,.0f} MiB "
+                    f"({base / MiB:,.0f} MiB taken by swarm-edge itself"
+                    + (f", {pinned_other / MiB:,.0f} MiB by pinned models" if pinned_other else "") + ")")
+            if not await self._make_room(need, exclude=model_id, wait=True):
+                continue  # the world changed while we waited (maybe someone loaded our model): look again
+            r = Resident(model_id, reserved=need, pinned=model_id in self.pins, last_used=self._clock(), refs=1)
+            self.residents[model_id] = r
+            await self._load(r)
+            return r
+
+    async def _load(self, r: Resident) -> None:
+        try:
+            async with self._load_lock:
+                r.worker = await self._spawn(r.model_id)
+        except BaseException as exc:
+            self.stats.load_failures += 1
+            count = self._failures.get(r.model_id, (0, 0.0, exc))[0] + 1
+            self._failures[r.model_id] = (count, self._clock(), exc)
+            r.error = exc
+            r.refs -= 1
+            self.residents.pop(r.model_id, None)
+            r.ready.set()
+            async with self._changed:
+                self._changed.notify_all()
+            raise
+        self._failures.pop(r.model_id, None)
+        self.stats.loads += 1
+        r.state = "ready"
+        r.ready.set()
+        await self._correct(r)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _correct(self, r: Resident) -> None:
+        """If the worker measures more than was reserved, hold what it really uses and evict idle models to
+        get back under the budget."""
+        measured = getattr(r.worker, "last_pss", 0) or 0
+        if measured > r.reserved:
+            r.reserved = measured
+            await self._make_room(0, exclude=r.model_id, wait=False)
+
+    def _check_backoff(self, model_id: str) -> None:
+        if model_id not in self._failures:
+            return
+        count, when, exc = self._failures[model_id]
+        wait = min(self._max_backoff, self._backoff * 2 ** (count - 1))
+        left = when + wait - self._clock()
+        if left > 0:
+            if isinstance(exc, SwarmEdgeError):
+                raise type(exc)(f"{exc} (failed {count}x; next try in {left:.1f} s)") from exc
+            raise exc
+
+    # ------------------------------------------------------------ making room
+
+    def _candidates(self, exclude: str) -> list[Candidate]:
+        return [Candidate(r.model_id, r.last_used, r.reserved) for r in self.residents.values()
+                if r.state == "ready" and r.refs == 0 and not r.pinned and r.model_id != exclude]
+
+    async def _make_room(self, need: int, *, exclude: str, wait: bool) -> bool:
+        """Evict idle models until `need` more bytes fit: True once they do. With `wait`, sleep until memory is
+        freed when nothing is evictable and return False, so the caller looks at the world again."""
+        while self.used() + need > self.budget:
+            cands = self._candidates(exclude)
+            if cands:
+                await self._evict(self.residents[self.policy(cands, self._future, self._clock())])
+                continue
+            if not wait:
+                return False
+            async with self._changed:
+                await self._changed.wait()
+            return False
+        return True
+
+    async def _evict(self, r: Resident, *, ttl: bool = False) -> None:
+        self.stats.evictions += 0 if ttl else 1
+        self.stats.ttl_unloads += 1 if ttl else 0
+        await self._drop(r)
+
+    async def _drop(self, r: Resident) -> None:
+        """Remove a resident and wait for its worker to exit; its bytes count until the process is gone."""
+        if self.residents.get(r.model_id) is r:
+            del self.residents[r.model_id]
+        r.state = "stopping"
+        self._stopping[id(r)] = r.reserved
+        try:
+            if r.worker is not None:
+                await r.worker.stop()
+        finally:
+            self._stopping.pop(id(r), None)
+            async with self._changed:
+                self._changed.notify_all()
+
+    # ------------------------------------------------------------ prefetch, TTL, shutdown
+
+    def _maybe_prefetch(self, current: str) -> None:
+        nxt = next((m for m in self._future if m != current), None)
+        if nxt is None or nxt in self.residents or self._load_lock.locked():
+            return
+        try:
+            need = self._estimate(nxt)
+        except SwarmEdgeError:
+            return
+        if self.used() + need <= self.budget:  # only free memory: a prefetch never evicts
+            self.stats.prefetches += 1
+            self._spawn_task(self._prefetch(nxt))
+
+    async def _prefetch(self, model_id: str) -> None:
+        with contextlib.suppress(SwarmEdgeError, asyncio.CancelledError):
+            async with self.lease(model_id):
+                pass
+
+    def _spawn_task(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start_ttl(self) -> None:
+        """Start the idle-TTL sweeper (if a TTL is set)."""
+        if self.idle_ttl and self._ttl_task is None:
+            self._ttl_task = asyncio.get_running_loop().create_task(self._ttl_loop())
+
+    async def _ttl_loop(self) -> None:
+        period = max(0.05, min(5.0, self.idle_ttl / 4))
+        while True:
+            await asyncio.sleep(period)
+            await self.sweep_idle()
+
+    async def sweep_idle(self) -> None:
+        """Unload unpinned models that have been idle for longer than the TTL."""
+        if not self.idle_ttl:
+            return
+        now = self._clock()
+        for c in self._candidates(exclude=""):
+            if now - c.last_used >= self.idle_ttl and c.model_id in self.residents:
+                await self._evict(self.residents[c.model_id], ttl=True)
+
+    async def close(self) -> None:
+        """Stop every worker and background task."""
+        if self._ttl_task:
+            self._ttl_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for r in list(self.residents.values()):
+            await self._drop(r)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-data view for status output."""
+        return {
+            "budget": self.budget, "used": self.used(), "base": self._measure_base(), "waiting": self.waiting,
+            "residents": [{"model": r.model_id, "state": r.state, "reserved": r.reserved, "pinned": r.pinned,
+                           "in_use": r.refs, "uses": r.uses,
+                           "pss": getattr(r.worker, "last_pss", None), "pid": getattr(r.worker, "pid", None)}
+                          for r in self.residents.values()],
+            "stats": vars(self.stats).copy(),
+        }

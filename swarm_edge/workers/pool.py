@@ -1,0 +1,297 @@
+"""Worker processes: one OS process per resident model, forked from a forkserver with the runtimes preloaded.
+
+Why a process per model: a native crash on a bad file costs one worker, not the daemon; unloading is the
+process exiting, so memory really returns; PSS is measured per process; and the daemon never shares an
+address space with code that parses untrusted model files. Messages are JSON frames over a
+multiprocessing pipe, both ways: the daemon never unpickles anything a worker sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from swarm_edge.errors import InferenceError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
+from swarm_edge.workers.base import GenerateRequest
+
+MAX_FRAME = 64 << 20          # a worker may not send more than this in one message
+LOAD_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 10.0
+PRELOAD = ["swarm_edge.workers.preload"]
+
+
+# ---------------------------------------------------------------- inside the worker process
+
+
+def _pss() -> int:
+    """This process's proportional set size in bytes (0 if it cannot be read)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_full_info().pss)
+    except Exception:  # no PSS on this platform: report 0 and let RSS-based callers decide
+        return 0
+
+
+def _send(conn, kind: str, **data: Any) -> None:
+    conn.send_bytes(json.dumps({"kind": kind, **data}).encode())
+
+
+def worker_main(conn, fmt: str, model_path: str, options: dict[str, Any], calibrate: bool) -> None:
+    """Entry point of a worker process: load one model, then serve requests until told to close."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the daemon, which stops us in order
+    from swarm_edge.workers import backend_class
+
+    try:
+        backend = backend_class(fmt)(model_path, options=options)
+    except SwarmEdgeError as exc:
+        _send(conn, "load_error", error=type(exc).__name__, message=str(exc))
+        return
+    except Exception as exc:  # anything else the runtime raises is still a failed load, not a hang
+        _send(conn, "load_error", error="ModelLoadError", message=f"{type(exc).__name__}: {exc}")
+        return
+    info = {"pid": os.getpid(), "load_s": backend.info.load_s, "meta": _jsonable(backend.info.meta),
+            "pss": _pss(), "calibration_pss": None}
+    if calibrate and hasattr(backend, "calibrate"):
+        backend.calibrate()
+        info["calibration_pss"] = _pss()
+    _send(conn, "ready", **info)
+    try:
+        _serve(conn, backend)
+    finally:
+        backend.close()
+
+
+def _serve(conn, backend) -> None:
+    while True:
+        try:
+            msg = json.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        kind = msg.get("kind")
+        if kind == "close":
+            return
+        try:
+            if kind == "generate":
+                cancelled = False
+                for event in backend.generate(GenerateRequest(**msg["request"])):
+                    if conn.poll() and json.loads(conn.recv_bytes()).get("kind") == "cancel":
+                        cancelled = True
+                        break
+                    _send(conn, "event", event=event)
+                _send(conn, "end", pss=_pss(), cancelled=cancelled)
+            elif kind == "embed":
+                _send(conn, "result", vectors=backend.embed(msg["texts"]))
+                _send(conn, "end", pss=_pss(), cancelled=False)
+            elif kind == "cancel":
+                continue  # arrived after the request finished: nothing to stop
+            else:
+                _send(conn, "error", error="InferenceError", message=f"unknown request kind {kind!r}")
+        except SwarmEdgeError as exc:
+            _send(conn, "error", error=type(exc).__name__, message=str(exc))
+        except Exception as exc:  # keep the worker alive and the caller informed
+            _send(conn, "error", error="InferenceError", message=f"{type(exc).__name__}: {exc}")
+
+
+def _jsonable(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+# ---------------------------------------------------------------- in the daemon
+
+
+class Worker:
+    """The daemon's handle on one worker process. One request at a time (the scheduler guarantees it)."""
+
+    def __init__(self, model_id: str, process, conn, loop: asyncio.AbstractEventLoop) -> None:
+        self.model_id = model_id
+        self.process = process
+        self.conn = conn
+        self.info: dict[str, Any] = {}
+        self.last_pss = 0
+        self._loop = loop
+        self._queue: asyncio.Queue[dict] = asyncio.Queue()
+        self._dead = False
+        self._reader = threading.Thread(target=self._read, name=f"worker-reader-{model_id}", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        """OS process id of the worker."""
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        """False once the process has exited or its pipe closed."""
+        return not self._dead and self.process.is_alive()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = json.loads(self.conn.recv_bytes(MAX_FRAME))
+            except (EOFError, OSError, ValueError):
+                self._dead = True
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, {"kind": "_dead"})
+                return
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, msg)
+
+    def _crash_message(self) -> str:
+        self.process.join(timeout=1.0)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exit code {code}"
+        return f"worker for {self.model_id} (pid {self.pid}) died: {how}"
+
+    async def _next(self, timeout: float | None = None) -> dict:
+        msg = await asyncio.wait_for(self._queue.get(), timeout)
+        if msg["kind"] == "_dead":
+            self._queue.put_nowait(msg)  # every later reader sees it too
+            raise WorkerCrashedError(self._crash_message())
+        return msg
+
+    async def wait_ready(self, timeout: float = LOAD_TIMEOUT_S) -> dict:
+        """Wait for the load to finish; ModelLoadError (with the worker's reason) if it did not."""
+        try:
+            msg = await self._next(timeout)
+        except WorkerCrashedError as exc:
+            raise ModelLoadError(f"{exc} while loading") from None
+        except asyncio.TimeoutError:
+            await self.stop()
+            raise ModelLoadError(f"{self.model_id}: load took longer than {timeout:.0f} s; worker stopped") from None
+        if msg["kind"] == "load_error":
+            self.process.join(timeout=STOP_TIMEOUT_S)
+            raise _error(msg)
+        self.info = msg
+        self.last_pss = msg.get("calibration_pss") or msg.get("pss") or 0
+        return msg
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        """Stream events of one generation; closing the iterator early cancels it in the worker."""
+        self._send({"kind": "generate", "request": asdict(request)})
+        finished = False
+        try:
+            while True:
+                msg = await self._next()
+                if msg["kind"] == "event":
+                    yield msg["event"]
+                elif msg["kind"] == "end":
+                    self.last_pss = msg.get("pss") or self.last_pss
+                    finished = True
+                    return
+                elif msg["kind"] == "error":
+                    finished = True
+                    raise _error(msg)
+        finally:
+            if not finished and self.alive:
+                await self._cancel()
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Vectors for texts."""
+        self._send({"kind": "embed", "texts": texts})
+        vectors = None
+        while True:
+            msg = await self._next()
+            if msg["kind"] == "result":
+                vectors = msg["vectors"]
+            elif msg["kind"] == "end":
+                self.last_pss = msg.get("pss") or self.last_pss
+                return vectors or []
+            elif msg["kind"] == "error":
+                raise _error(msg)
+
+    async def _cancel(self) -> None:
+        """Stop the running generation and drain its remaining events; kill the worker if it will not stop."""
+        try:
+            self._send({"kind": "cancel"})
+            while True:
+                msg = await self._next(timeout=30.0)
+                if msg["kind"] in ("end", "error"):
+                    return
+        except (WorkerCrashedError, asyncio.TimeoutError, OSError):
+            self.kill()
+
+    def _send(self, msg: dict) -> None:
+        if not self.alive:
+            raise WorkerCrashedError(self._crash_message())
+        try:
+            self.conn.send_bytes(json.dumps(msg).encode())
+        except (OSError, ValueError) as exc:
+            raise WorkerCrashedError(self._crash_message()) from exc
+
+    def kill(self) -> None:
+        """SIGKILL the worker (used when it does not answer)."""
+        if self.process.is_alive():
+            self.process.kill()
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Ask the worker to exit, wait for it, kill it if it does not; its memory is gone when this returns."""
+        if self.process.is_alive():
+            try:
+                self.conn.send_bytes(json.dumps({"kind": "close"}).encode())
+            except (OSError, ValueError):
+                pass
+            await asyncio.to_thread(self.process.join, timeout)
+            if self.process.is_alive():
+                self.process.kill()
+                await asyncio.to_thread(self.process.join, timeout)
+        self._dead = True
+        self.conn.close()
+
+
+def _error(msg: dict) -> SwarmEdgeError:
+    from swarm_edge import errors
+
+    cls = getattr(errors, msg.get("error", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, SwarmEdgeError)):
+        cls = InferenceError
+    return cls(msg.get("message", "worker error"))
+
+
+class Pool:
+    """Starts workers from a forkserver that has already imported llama_cpp and onnxruntime."""
+
+    def __init__(self, preload: list[str] | None = None) -> None:
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
+        self.spawned = 0
+
+    def start_server(self) -> None:
+        """Start the forkserver now (it imports the runtimes once), so the first load does not pay for it."""
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+    async def spawn(self, model_id: str, fmt: str, model_path: str, options: dict[str, Any], *,
+                    calibrate: bool = False, timeout: float = LOAD_TIMEOUT_S) -> Worker:
+        """Start a worker, load the model in it and return it once it is ready."""
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=worker_main, name=f"swarm-edge-worker[{model_id}]",
+                                    args=(child, fmt, model_path, options, calibrate), daemon=True)
+        t0 = time.perf_counter()
+        await asyncio.to_thread(process.start)
+        child.close()
+        self.spawned += 1
+        worker = Worker(model_id, process, parent, asyncio.get_running_loop())
+        await worker.wait_ready(timeout)
+        worker.info["spawn_to_ready_s"] = time.perf_counter() - t0
+        return worker
