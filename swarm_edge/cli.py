@@ -23,6 +23,8 @@ app.add_typer(models_app, name="models")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="models.yaml to use (env SWARM_EDGE_CONFIG).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
+BudgetOpt = typer.Option(None, "--budget", "-b", help="Memory budget for all of swarm-edge: bytes, 1.5GiB, 800MB "
+                         "or a share of RAM like 60% (env SWARM_EDGE_BUDGET; default 60%).")
 
 
 def _fail(exc: SwarmEdgeError) -> typer.Exit:
@@ -74,6 +76,7 @@ def ask(
     offline: bool = typer.Option(False, "--offline", help="Never download; use only fetched models."),
     local: bool = typer.Option(False, "--local", help="Run in this process (today always; the daemon comes next)."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: physical cores)."),
+    budget: Optional[str] = BudgetOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Answer PROMPT with the model that fits it; prints the answer, then which model answered."""
@@ -87,7 +90,7 @@ def ask(
     try:
         settings, registry = _setup(config, threads=threads, offline=offline)
         streamed = not as_json and sys.stdout.isatty()
-        answer = run_ask(prompt, registry, settings, model_id=model, max_tokens=max_tokens,
+        answer = run_ask(prompt, registry, settings, budget=budget, model_id=model, max_tokens=max_tokens,
                          temperature=temperature, system=system,
                          on_token=(lambda t: (sys.stdout.write(t), sys.stdout.flush())) if streamed else None,
                          progress_factory=_progress_factory)
@@ -101,6 +104,40 @@ def ask(
     rate = f", {t['decode_tok_s']:.1f} tok/s" if t.get("decode_tok_s") else ""
     typer.secho(f"-- {answer.model} (task {answer.route.task}: {answer.route.reason}; load {t['load_s']:.2f} s, "
                 f"{answer.tokens} tokens in {t['generate_s']:.2f} s{rate})", err=True, dim=True)
+
+
+@app.command()
+def status(as_json: bool = JsonOpt, budget: Optional[str] = BudgetOpt, config: Optional[Path] = ConfigOpt) -> None:
+    """Budget, resident models (PSS each), queue, loads/evictions, and each model's memory estimate.
+
+    Without a running daemon this describes a fresh in-process engine: nothing is resident yet, and the
+    estimates show what admission would reserve (formula, or calibrated from a measured peak).
+    """
+    from swarm_edge.engine import Engine
+
+    try:
+        settings, registry = _setup(config, offline=True)
+        snap = Engine(registry, settings, budget=budget).status()
+    except SwarmEdgeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(snap))
+        return
+    mib = 2**20
+    typer.echo(f"budget {snap['budget'] / mib:,.0f} MiB, in use {snap['used'] / mib:,.0f} MiB "
+               f"(swarm-edge itself {snap['base'] / mib:,.0f} MiB), waiting {snap['waiting']}")
+    typer.echo("resident: " + (", ".join(f"{r['model']} ({(r['pss'] or r['reserved']) / mib:,.0f} MiB)"
+                                         for r in snap["residents"]) or "none (no daemon running)"))
+    st = snap["stats"]
+    typer.echo(f"loads {st['loads']}, evictions {st['evictions']}, ttl unloads {st['ttl_unloads']}, "
+               f"crashes {st['crashes']}, busy {st['busy_rejections']}")
+    typer.echo(f"\n{'MODEL':<22}{'ESTIMATE':>10}  SOURCE")
+    for mid, m in snap["models"].items():
+        if m.get("estimate"):
+            typer.echo(f"{mid:<22}{m['estimate'] / mib:>7,.0f}MiB  {m['source']}"
+                       + (f" (formula {m['formula'] / mib:,.0f} MiB)" if m["source"] == "calibrated" else ""))
+        else:
+            typer.echo(f"{mid:<22}{'-':>10}  {m.get('error', '')}")
 
 
 @models_app.command("list")

@@ -1,20 +1,22 @@
-"""Plans and runs requests. Today one plan, `single`: route, make sure the files are there, load, answer.
+"""Plans and runs requests. Today one plan, `single`: route, make sure the files are there, lease, answer.
 
 Every answer carries a trace: the route and why, which model ran, and fetch/load/first-token/generate
-times. Later issues add the pager (leases instead of load-per-call), pipelines, cascades and the cloud.
+times. Later issues add pipelines, decomposition, cascades and the cloud.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from swarm_edge.config import Settings
+from swarm_edge.engine import Engine
+from swarm_edge.errors import InferenceError
 from swarm_edge.registry import Registry
 from swarm_edge.router import KeywordRouter, Route
-from swarm_edge.sources import ensure_model
-from swarm_edge.workers import GenerateRequest, open_backend
+from swarm_edge.workers import GenerateRequest
 
 
 @dataclass
@@ -36,10 +38,25 @@ class Answer:
         return d
 
 
-def ask(prompt: str, registry: Registry, settings: Settings, *, model_id: str | None = None,
-        max_tokens: int | None = None, temperature: float = 0.0, system: str | None = None,
-        on_token: Callable[[str], None] | None = None, progress_factory=None) -> Answer:
-    """Answer one prompt in this process with the routed (or the given) model."""
+def ask(prompt: str, registry: Registry, settings: Settings, *, budget: int | str | None = None,
+        **kwargs) -> Answer:
+    """Answer one prompt in this process (its models run in worker processes inside the budget)."""
+
+    async def run() -> Answer:
+        engine = Engine(registry, settings, budget=budget)
+        try:
+            return await ask_async(prompt, engine, **kwargs)
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
+async def ask_async(prompt: str, engine: Engine, *, model_id: str | None = None, max_tokens: int | None = None,
+                    temperature: float = 0.0, system: str | None = None,
+                    on_token: Callable[[str], None] | None = None, progress_factory=None) -> Answer:
+    """Route a prompt (or use `model_id`), make sure the model's files are here, lease it and stream the answer."""
+    registry = engine.registry
     t0 = time.perf_counter()
     if model_id is not None:
         spec = registry.get(model_id)
@@ -48,41 +65,33 @@ def ask(prompt: str, registry: Registry, settings: Settings, *, model_id: str | 
         route = KeywordRouter(registry).route(prompt)
         spec = registry.get(route.model)
     if spec.kind == "embedding":
-        from swarm_edge.errors import InferenceError
-
         raise InferenceError(f"{spec.id} is an embedding model; pick a model that generates text")
-    files = ensure_model(settings, spec, registry.base_dir, fetch=not settings.offline,
-                         progress_factory=progress_factory)
+    await asyncio.to_thread(engine.files, spec.id, progress_factory)
     t_files = time.perf_counter()
-    backend = open_backend(spec, files, settings.threads)
-    try:
-        t_loaded = time.perf_counter()
-        if spec.kind == "chat":
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}]
-            request = GenerateRequest(messages=messages, max_tokens=max_tokens or spec.max_tokens,
-                                      temperature=temperature)
-        else:
-            request = GenerateRequest(prompt=prompt, max_tokens=max_tokens or spec.max_tokens,
-                                      temperature=temperature)
-        parts: list[str] = []
-        done: dict = {}
-        for event in backend.generate(request):
+    limit = max_tokens or spec.max_tokens
+    if spec.kind == "chat":
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        request = GenerateRequest(messages=messages, max_tokens=limit, temperature=temperature)
+    else:
+        request = GenerateRequest(prompt=prompt, max_tokens=limit, temperature=temperature)
+    parts: list[str] = []
+    done: dict = {}
+    async with engine.scheduler.lease(spec.id) as worker:
+        t_leased = time.perf_counter()
+        async for event in worker.generate(request):
             if event["type"] == "token":
                 parts.append(event["text"])
                 if on_token:
                     on_token(event["text"])
             else:
                 done = event
-    finally:
-        backend.close()
     t_end = time.perf_counter()
     return Answer(
         text="".join(parts).strip(), model=spec.id, route=route, finish_reason=done.get("finish_reason", "stop"),
         tokens=done.get("chunks", 0),
-        timings={"files_s": round(t_files - t0, 4), "load_s": round(t_loaded - t_files, 4),
+        timings={"files_s": round(t_files - t0, 4), "load_s": round(t_leased - t_files, 4),
                  "ttft_s": _r(done.get("ttft_s")), "decode_tok_s": _r(done.get("decode_tok_s")),
-                 "generate_s": round(t_end - t_loaded, 4), "total_s": round(t_end - t0, 4)},
+                 "generate_s": round(t_end - t_leased, 4), "total_s": round(t_end - t0, 4)},
     )
 
 

@@ -1,0 +1,164 @@
+"""The engine: registry + model files + footprint + worker pool + scheduler, wired together.
+
+One Engine per process (the daemon, or `ask --local`). It owns the forkserver and every worker; its
+`generate`/`embed` take a lease, talk to the worker and release the lease on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from swarm_edge.config import Settings, parse_size
+from swarm_edge.errors import ConfigError
+from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
+from swarm_edge.registry import ModelSpec, Registry
+from swarm_edge.scheduler import Scheduler
+from swarm_edge.sources import ensure_model
+from swarm_edge.workers import GenerateRequest, backend_options
+from swarm_edge.workers.pool import Pool
+
+DEFAULT_BUDGET = "60%"
+
+
+def resolve_budget(value: str | int | None, env: dict[str, str] | None = None) -> int:
+    """Budget in bytes from a flag, SWARM_EDGE_BUDGET, or the default share of this machine's RAM."""
+    import psutil
+
+    env = os.environ if env is None else env
+    raw = value if value is not None else env.get("SWARM_EDGE_BUDGET") or DEFAULT_BUDGET
+    return parse_size(raw, total=psutil.virtual_memory().total, name="budget (--budget / SWARM_EDGE_BUDGET)")
+
+
+def tree_pss(pid: int | None = None) -> int:
+    """Summed PSS of a process and all its descendants (the whole swarm-edge tree), in bytes."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+class Engine:
+    """Runs models for one process inside a memory budget."""
+
+    def __init__(self, registry: Registry, settings: Settings, *, budget: int | str | None = None,
+                 idle_ttl: float | None = None, max_waiting: int = 64, policy=None,
+                 fetch: bool | None = None) -> None:
+        self.registry, self.settings = registry, settings
+        self.store = FootprintStore(settings.home)
+        self.pool = Pool()
+        self.fetch = (not settings.offline) if fetch is None else fetch
+        self._files: dict[str, dict[str, Path]] = {}
+        kw: dict[str, Any] = {"policy": policy} if policy is not None else {}
+        self.scheduler = Scheduler(
+            resolve_budget(budget, settings.env) if not isinstance(budget, int) else budget,
+            spawn=self._spawn, estimate=self.estimate, measure_base=self.base_pss, idle_ttl=idle_ttl,
+            max_waiting=max_waiting, pins={m.id for m in registry if m.pin}, on_release=self._on_release, **kw)
+
+    # ------------------------------------------------------------ files and footprint
+
+    def files(self, model_id: str, progress_factory=None) -> dict[str, Path]:
+        """Verified files of a model (fetched first unless offline); cached for the engine's life."""
+        if model_id not in self._files:
+            spec = self.registry.get(model_id)
+            self._files[model_id] = ensure_model(self.settings, spec, self.registry.base_dir, fetch=self.fetch,
+                                                 progress_factory=progress_factory)
+        return self._files[model_id]
+
+    def _key(self, spec: ModelSpec) -> str:
+        return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch)
+
+    def estimate_detail(self, model_id: str):
+        """The Estimate (bytes, formula or calibrated, parts) for a model."""
+        spec = self.registry.get(model_id)
+        files = self.files(model_id)
+        if spec.format == "gguf":
+            facts = self.store.facts(spec.file("model").sha256, files["model"])
+            parts = gguf_formula(facts, spec.n_ctx, spec.n_batch)
+        else:
+            parts = onnx_formula(spec.file("model").size, spec.file("tokenizer").size)
+        return estimate(parts, self.store.calibrated(self._key(spec)))
+
+    def estimate(self, model_id: str) -> int:
+        """Bytes the scheduler reserves for a model."""
+        return self.estimate_detail(model_id).bytes
+
+    def base_pss(self) -> int:
+        """PSS of this process and its direct children (the forkserver and multiprocessing's helpers).
+
+        Workers are forked by the forkserver, so they are grandchildren and are not counted here: they are
+        accounted as the scheduler's reservations instead.
+        """
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=False)]:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
+    # ------------------------------------------------------------ workers
+
+    async def _spawn(self, model_id: str):
+        spec = self.registry.get(model_id)
+        files = await asyncio.to_thread(self.files, model_id)
+        key = self._key(spec)
+        calibrate = spec.format == "gguf" and self.store.calibrated(key) is None
+        worker = await self.pool.spawn(model_id, spec.format, str(files["model"]),
+                                       backend_options(spec, files, self.settings.threads), calibrate=calibrate)
+        peak = worker.info.get("calibration_pss") or (worker.info.get("pss") if spec.format == "onnx" else None)
+        if peak:
+            self.store.record(key, peak)
+        return worker
+
+    def _on_release(self, model_id: str, worker) -> None:
+        spec = self.registry.get(model_id)
+        if worker.last_pss and self.store.calibrated(self._key(spec)):
+            self.store.record(self._key(spec), worker.last_pss)  # real requests only ever raise the peak
+
+    async def generate(self, model_id: str, request: GenerateRequest) -> AsyncIterator[dict]:
+        """Stream a generation from a model, loading it (within the budget) if needed."""
+        async with self.scheduler.lease(model_id) as worker:
+            async for event in worker.generate(request):
+                yield event
+
+    async def embed(self, model_id: str, texts: list[str]) -> list[list[float]]:
+        """Embed texts with an embedding model."""
+        spec = self.registry.get(model_id)
+        if spec.kind != "embedding":
+            raise ConfigError(f"{model_id} is not an embedding model")
+        async with self.scheduler.lease(model_id) as worker:
+            return await worker.embed(texts)
+
+    async def start(self) -> None:
+        """Start the forkserver and the TTL sweeper."""
+        await asyncio.to_thread(self.pool.start_server)
+        self.scheduler.start_ttl()
+
+    async def close(self) -> None:
+        """Stop every worker."""
+        await self.scheduler.close()
+
+    def status(self) -> dict[str, Any]:
+        """Budget, residents with their PSS, queue and counters."""
+        snap = self.scheduler.snapshot()
+        snap["models"] = {}
+        for spec in self.registry:
+            try:
+                est = self.estimate_detail(spec.id)
+                snap["models"][spec.id] = {"estimate": est.bytes, "source": est.source, "formula": est.formula_bytes}
+            except Exception as exc:  # not fetched, unreadable: say so instead of failing the whole status
+                snap["models"][spec.id] = {"estimate": None, "error": str(exc).splitlines()[0]}
+        return snap
