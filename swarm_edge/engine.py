@@ -7,6 +7,7 @@ One Engine per process (the daemon, or `ask --local`). It owns the forkserver an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -130,8 +131,8 @@ class Engine:
 
     async def generate(self, model_id: str, request: GenerateRequest) -> AsyncIterator[dict]:
         """Stream a generation from a model, loading it (within the budget) if needed."""
-        async with self.scheduler.lease(model_id) as worker:
-            async for event in worker.generate(request):
+        async with self.scheduler.lease(model_id) as worker, contextlib.aclosing(worker.generate(request)) as events:
+            async for event in events:
                 yield event
 
     async def embed(self, model_id: str, texts: list[str]) -> list[list[float]]:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swarm_edge.errors import CorruptModelError
+
 MiB = 1 << 20
 PROCESS_BASE = 48 * MiB          # interpreter + llama_cpp/onnxruntime libraries, not shared with the forkserver
 CALIBRATED_MARGIN = 1.05         # head-room over the worst peak seen so far
@@ -118,7 +120,13 @@ class FootprintStore:
         try:
             facts = json.loads(cache.read_text())
         except (OSError, ValueError):
-            facts = gguf_facts(path)
+            from swarm_edge.workers.gguf_check import check_gguf
+
+            check_gguf(path)  # bounded pure-Python walk first: GGUFReader assumes a well-formed file
+            try:
+                facts = gguf_facts(path)
+            except (ValueError, IndexError, KeyError, TypeError) as exc:
+                raise CorruptModelError(f"{path.name}: cannot read GGUF metadata: {exc}") from exc
             self.facts_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(cache, json.dumps(facts))
         self._facts[sha256] = facts

@@ -7,6 +7,7 @@ times. Later issues add pipelines, decomposition, cascades and the cloud.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -76,9 +77,9 @@ async def ask_async(prompt: str, engine: Engine, *, model_id: str | None = None,
         request = GenerateRequest(prompt=prompt, max_tokens=limit, temperature=temperature)
     parts: list[str] = []
     done: dict = {}
-    async with engine.scheduler.lease(spec.id) as worker:
+    async with engine.scheduler.lease(spec.id) as worker, contextlib.aclosing(worker.generate(request)) as events:
         t_leased = time.perf_counter()
-        async for event in worker.generate(request):
+        async for event in events:
             if event["type"] == "token":
                 parts.append(event["text"])
                 if on_token:

@@ -88,13 +88,17 @@ def _serve(conn, backend) -> None:
             return
         try:
             if kind == "generate":
-                cancelled = False
+                cancelled = closing = False
                 for event in backend.generate(GenerateRequest(**msg["request"])):
-                    if conn.poll() and json.loads(conn.recv_bytes()).get("kind") == "cancel":
+                    if conn.poll():
+                        # while a request runs the daemon sends only "cancel" or "close"; both stop it
+                        closing = json.loads(conn.recv_bytes()).get("kind") == "close"
                         cancelled = True
                         break
                     _send(conn, "event", event=event)
                 _send(conn, "end", pss=_pss(), cancelled=cancelled)
+                if closing:
+                    return
             elif kind == "embed":
                 _send(conn, "result", vectors=backend.embed(msg["texts"]))
                 _send(conn, "end", pss=_pss(), cancelled=False)
