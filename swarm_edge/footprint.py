@@ -102,6 +102,9 @@ def onnx_formula(model_bytes: int, tokenizer_bytes: int) -> dict[str, int]:
     return {"weights": int(model_bytes * ONNX_FACTOR), "tokenizer": tokenizer_bytes * 8, "process": PROCESS_BASE}
 
 
+_FACTS_MEMO: dict[str, dict[str, Any]] = {}  # facts by file sha256: a file's facts never change
+
+
 class FootprintStore:
     """Cached GGUF facts and calibrated peaks under SWARM_EDGE_HOME. Thread-safe."""
 
@@ -110,12 +113,11 @@ class FootprintStore:
         self.calibration_path = home / "calibration.json"
         self._lock = threading.Lock()  # protects _calibration and the calibration file
         self._calibration: dict[str, int] | None = None
-        self._facts: dict[str, dict] = {}
 
     def facts(self, sha256: str, path: Path) -> dict[str, Any]:
         """GGUF facts for the file with this sha256, computed once and cached on disk."""
-        if sha256 in self._facts:
-            return self._facts[sha256]
+        if sha256 in _FACTS_MEMO:
+            return _FACTS_MEMO[sha256]
         cache = self.facts_dir / f"{sha256}.json"
         try:
             facts = json.loads(cache.read_text())
@@ -129,7 +131,7 @@ class FootprintStore:
                 raise CorruptModelError(f"{path.name}: cannot read GGUF metadata: {exc}") from exc
             self.facts_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(cache, json.dumps(facts))
-        self._facts[sha256] = facts
+        _FACTS_MEMO[sha256] = facts
         return facts
 
     @staticmethod

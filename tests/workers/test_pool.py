@@ -174,3 +174,22 @@ def test_load_failure_from_missing_runtime_is_clear(test_registry, settings, mon
 
     with pytest.raises((ModelLoadError, CorruptModelError), match="nope.gguf"):
         run(main())
+
+
+def test_first_load_calibrates_and_the_formula_is_an_upper_bound(test_registry, settings):
+    async def main():
+        engine = Engine(test_registry, settings, budget="4GiB")
+        await engine.start()
+        try:
+            before = engine.estimate_detail("smollm2-135m")
+            await collect(engine, "smollm2-135m")
+            measured = engine.scheduler.residents["smollm2-135m"].worker.info["calibration_pss"]
+            after = engine.estimate_detail("smollm2-135m")
+            return before, measured, after
+        finally:
+            await engine.close()
+
+    before, measured, after = run(main())
+    assert before.source == "formula" and after.source == "calibrated"
+    assert before.bytes >= measured  # the uncalibrated formula never under-estimates
+    assert measured <= after.bytes <= before.bytes
