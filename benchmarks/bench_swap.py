@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -60,9 +61,11 @@ def reference(path: str, spec, threads: int) -> float:
 
 async def first_token(engine: Engine, model_id: str) -> float:
     t0 = time.perf_counter()
-    async for event in engine.generate(model_id, GenerateRequest(prompt=PROMPT, max_tokens=1)):
-        if event["type"] == "token":
-            return time.perf_counter() - t0
+    # aclosing: a stream left suspended would hold its lease (and its model) until garbage collection
+    async with contextlib.aclosing(engine.generate(model_id, GenerateRequest(prompt=PROMPT, max_tokens=1))) as events:
+        async for event in events:
+            if event["type"] == "token":
+                return time.perf_counter() - t0
     raise RuntimeError("no token")
 
 
@@ -74,7 +77,7 @@ async def ours(registry, settings, model_id: str, evict: str | None) -> float:
             await first_token(engine, evict)
             # a budget that holds the resident model or the requested one, never both
             need = max(engine.estimate(evict), engine.estimate(model_id))
-            engine.scheduler.budget = engine.base_pss() + need + 8 * MiB
+            engine.scheduler.budget = engine.base_pss() + need + 64 * MiB  # base PSS moves a little
         else:
             await asyncio.to_thread(engine.pool.start_server)
             await asyncio.sleep(0.3)  # the forkserver is up and has imported the runtimes

@@ -90,13 +90,14 @@ class Scheduler:
                  measure_base: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic,
                  policy: Policy = plan_aware, max_waiting: int = 64, idle_ttl: float | None = None,
                  pins: frozenset[str] | set[str] = frozenset(), backoff: float = 2.0, max_backoff: float = 60.0,
-                 on_release: Callable[[str, Any], None] | None = None) -> None:
+                 on_release: Callable[[str, Any], None] | None = None, admission_timeout: float = 600.0) -> None:
         self.budget = budget
         self._spawn, self._estimate, self._measure_base = spawn, estimate, measure_base
         self._clock, self.policy = clock, policy
         self.max_waiting, self.idle_ttl, self.pins = max_waiting, idle_ttl, frozenset(pins)
         self._backoff, self._max_backoff = backoff, max_backoff
         self._on_release = on_release
+        self.admission_timeout = admission_timeout
         self.residents: dict[str, Resident] = {}
         self._stopping: dict[int, int] = {}     # id(resident) -> bytes still held while its worker exits
         self._changed = asyncio.Condition()
@@ -254,8 +255,18 @@ class Scheduler:
                 continue
             if not wait:
                 return False
+            busy = any(r.refs > 0 or r.state == "loading" for r in self.residents.values()) or self._stopping
+            if not busy:  # nothing in use, loading or exiting: waiting would never end
+                raise BudgetError(
+                    f"{exclude} needs about {need / MiB:,.0f} MiB; {self.used() / MiB:,.0f} MiB of the "
+                    f"{self.budget / MiB:,.0f} MiB budget is held by swarm-edge itself and pinned models")
             async with self._changed:
-                await self._changed.wait()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), self.admission_timeout)
+                except asyncio.TimeoutError:
+                    self.stats.busy_rejections += 1
+                    raise BusyError(f"no room for {exclude} within {self.admission_timeout:.0f} s: every "
+                                    "resident model stayed in use", retry_after=5.0) from None
             return False
         return True
 

@@ -312,3 +312,26 @@ async def test_close_stops_everything():
     w = await h.use("a")
     await h.s.close()
     assert w.stopped and h.resident() == set() and h.s.used() == 0
+
+
+@deadline
+async def test_no_room_and_nothing_will_free_any_is_an_error_not_a_hang():
+    calls = {"n": 0}
+
+    def growing_base():  # swarm-edge's own PSS grows between the admission check and making room
+        calls["n"] += 1
+        return 0 if calls["n"] <= 1 else 100
+
+    h = Harness(budget=250, pins={"a"})
+    await h.use("a")
+    h.s._measure_base = growing_base
+    with pytest.raises(BudgetError, match="held by swarm-edge itself and pinned models"):
+        await h.use("b")
+
+
+@deadline
+async def test_waiting_for_room_times_out_as_busy():
+    h = Harness(budget=100, admission_timeout=0.2)
+    async with h.s.lease("a"):
+        with pytest.raises(BusyError, match="stayed in use"):
+            await h.use("b")
