@@ -59,6 +59,7 @@ class Engine:
         self.pool = Pool()
         self.fetch = (not settings.offline) if fetch is None else fetch
         self._files: dict[str, dict[str, Path]] = {}
+        self._checked: set[tuple] = set()
         kw: dict[str, Any] = {"policy": policy} if policy is not None else {}
         self.scheduler = Scheduler(
             resolve_budget(budget, settings.env) if not isinstance(budget, int) else budget,
@@ -94,17 +95,20 @@ class Engine:
         return self.estimate_detail(model_id).bytes
 
     def base_pss(self) -> int:
-        """PSS of this process and its direct children (the forkserver and multiprocessing's helpers).
+        """PSS of everything of ours that is not a resident model: this process, the forkserver, the spare.
 
-        Workers are forked by the forkserver, so they are grandchildren and are not counted here: they are
-        accounted as the scheduler's reservations instead.
+        Resident (and exiting) workers are accounted as the scheduler's reservations instead.
         """
         import psutil
 
         me = psutil.Process()
+        workers = {r.worker.pid for r in self.scheduler.residents.values() if r.worker is not None}
         total = 0
-        for p in [me, *me.children(recursive=False)]:
+        spare = self.pool.spare_pid()
+        for p in [me, *me.children(recursive=True)]:
             try:
+                if p.pid in workers or (p.pid != me.pid and p.ppid() != me.pid and p.pid != spare):
+                    continue  # a resident or exiting worker (a grandchild that is not the spare)
                 total += p.memory_full_info().pss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
@@ -116,13 +120,32 @@ class Engine:
         spec = self.registry.get(model_id)
         files = await asyncio.to_thread(self.files, model_id)
         key = self._key(spec)
-        calibrate = spec.format == "gguf" and self.store.calibrated(key) is None
-        worker = await self.pool.spawn(model_id, spec.format, str(files["model"]),
-                                       backend_options(spec, files, self.settings.threads), calibrate=calibrate)
-        peak = worker.info.get("calibration_pss") or (worker.info.get("pss") if spec.format == "onnx" else None)
-        if peak:
-            self.store.record(key, peak)
+        options = backend_options(spec, files, self.settings.threads)
+        if spec.format == "gguf":
+            await asyncio.to_thread(self._check_structure, files["model"])
+            options["structure_checked"] = True
+        calibrate = self.store.calibrated(key) is None
+        worker = await self.pool.spawn(model_id, spec.format, str(files["model"]), options, calibrate=calibrate)
+        if worker.info.get("calibration_pss"):
+            self.store.record(key, worker.info["calibration_pss"])
         return worker
+
+    def _check_structure(self, path: Path) -> None:
+        """The GGUF structure check, once per file (by path, size, mtime, inode) per engine, in this process.
+
+        It is pure Python and bounded, so it is safe here; the worker is then told not to repeat it.
+        """
+        from swarm_edge.workers.gguf_check import check_gguf
+
+        try:
+            st = path.stat()
+        except OSError:
+            check_gguf(path)  # raises a CorruptModelError that names the file and the reason
+            raise
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in self._checked:
+            check_gguf(path)
+            self._checked.add(key)
 
     def _on_release(self, model_id: str, worker) -> None:
         spec = self.registry.get(model_id)
@@ -144,13 +167,15 @@ class Engine:
             return await worker.embed(texts)
 
     async def start(self) -> None:
-        """Start the forkserver and the TTL sweeper."""
+        """Start the forkserver, fork the spare worker, start the TTL sweeper."""
         await asyncio.to_thread(self.pool.start_server)
+        await self.pool.prepare_spare()
         self.scheduler.start_ttl()
 
     async def close(self) -> None:
-        """Stop every worker."""
+        """Stop every worker and the spare."""
         await self.scheduler.close()
+        await self.pool.close()
 
     def status(self) -> dict[str, Any]:
         """Budget, residents with their PSS, queue and counters."""

@@ -20,7 +20,9 @@ class GGUFBackend:
     def __init__(self, model_path: str, *, options: dict[str, Any]) -> None:
         """Check the file's structure, then load it with llama.cpp."""
         t0 = time.perf_counter()
-        meta = check_gguf(model_path)  # raises CorruptModelError before native code sees a bad file
+        # The structure check raises CorruptModelError before native code sees a bad file. The engine has
+        # already run it (pure Python, in the daemon) on this sha256-verified file and says so; skip it then.
+        meta = {} if options.get("structure_checked") else check_gguf(model_path)
         self._stack = ExitStack()
         self._closed = False
         try:
@@ -41,7 +43,7 @@ class GGUFBackend:
             raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from exc
         self._stack.callback(self.llm.close)
         self.kind = options.get("kind", "chat")
-        if self.kind == "chat" and not meta.get("chat_template"):
+        if self.kind == "chat" and not self.llm.metadata.get("tokenizer.chat_template"):
             self.kind = "completion"  # no template in the file: plain text is the honest interface
         self.info = LoadInfo(load_s=time.perf_counter() - t0,
                              meta={k: v for k, v in meta.items() if k != "chat_template"})

@@ -10,7 +10,7 @@ from typing import Any
 from swarm_edge.errors import BackendUnavailableError, CorruptModelError, InferenceError, ModelLoadError
 from swarm_edge.workers.base import GenerateRequest, LoadInfo
 
-BATCH = 8  # texts per onnxruntime call: bounds the padded activations (8 x 256 tokens)
+BATCH = 4  # texts per onnxruntime call: bounds the padded activations (4 x 256 tokens)
 
 
 class ONNXBackend:
@@ -60,6 +60,7 @@ class ONNXBackend:
         if "input_ids" not in self.input_names:
             raise ModelLoadError(f"{model_path}: graph has no input_ids input (inputs: {sorted(self.input_names)})")
         self.dim = self.session.get_outputs()[0].shape[-1]
+        self.max_length = max_length
         self._closed = False
         self.info = LoadInfo(load_s=time.perf_counter() - t0, meta={"dim": self.dim})
 
@@ -92,6 +93,10 @@ class ONNXBackend:
                 vec = vec / np.clip(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12, None)
             out.extend(vec.astype(np.float32).tolist())
         return out
+
+    def calibrate(self) -> None:
+        """Embed one full batch of maximum-length texts: the largest working set a request can touch."""
+        self.embed(["calibration " * self.max_length] * BATCH)
 
     def generate(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
         """Embedding models do not generate text."""

@@ -52,10 +52,18 @@ def _send(conn, kind: str, **data: Any) -> None:
     conn.send_bytes(json.dumps({"kind": kind, **data}).encode())
 
 
-def worker_main(conn, fmt: str, model_path: str, options: dict[str, Any], calibrate: bool) -> None:
-    """Entry point of a worker process: load one model, then serve requests until told to close."""
+def worker_main(conn) -> None:
+    """Entry point of a worker process: wait for a load order (a spare waits here), load, then serve."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the daemon, which stops us in order
     from swarm_edge.workers import backend_class
+
+    try:
+        order = json.loads(conn.recv_bytes())
+    except (EOFError, OSError, ValueError):
+        return  # a spare that was never used: the daemon closed the pipe
+    if order.get("kind") != "load":
+        return
+    fmt, model_path, options, calibrate = order["fmt"], order["model_path"], order["options"], order["calibrate"]
 
     try:
         backend = backend_class(fmt)(model_path, options=options)
@@ -272,12 +280,19 @@ def _error(msg: dict) -> SwarmEdgeError:
 
 
 class Pool:
-    """Starts workers from a forkserver that has already imported llama_cpp and onnxruntime."""
+    """Starts workers from a forkserver that has already imported llama_cpp and onnxruntime.
 
-    def __init__(self, preload: list[str] | None = None) -> None:
+    One spare worker process is kept forked and waiting, so a load does not wait for the fork and the
+    child's start-up either: it only sends the spare its model.
+    """
+
+    def __init__(self, preload: list[str] | None = None, spare: bool = True) -> None:
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
         self.spawned = 0
+        self._want_spare = spare
+        self._spare: tuple[Any, Any] | None = None    # (process, parent end of its pipe)
+        self._refill: asyncio.Task | None = None
 
     def start_server(self) -> None:
         """Start the forkserver now (it imports the runtimes once), so the first load does not pay for it."""
@@ -285,17 +300,55 @@ class Pool:
 
         forkserver.ensure_running()
 
+    def _fork(self) -> tuple[Any, Any]:
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=worker_main, name="swarm-edge-worker", args=(child,), daemon=True)
+        process.start()
+        child.close()
+        return process, parent
+
+    async def prepare_spare(self) -> None:
+        """Fork the spare worker now (idempotent)."""
+        if self._want_spare and (self._spare is None or not self._spare[0].is_alive()):
+            self._spare = await asyncio.to_thread(self._fork)
+
+    def spare_pid(self) -> int | None:
+        """Process id of the waiting spare, if there is one."""
+        return self._spare[0].pid if self._spare is not None else None
+
     async def spawn(self, model_id: str, fmt: str, model_path: str, options: dict[str, Any], *,
                     calibrate: bool = False, timeout: float = LOAD_TIMEOUT_S) -> Worker:
-        """Start a worker, load the model in it and return it once it is ready."""
-        parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=worker_main, name=f"swarm-edge-worker[{model_id}]",
-                                    args=(child, fmt, model_path, options, calibrate), daemon=True)
+        """Give a worker process (the spare, or a new one) a model to load; return it once it is ready."""
         t0 = time.perf_counter()
-        await asyncio.to_thread(process.start)
-        child.close()
+        if self._refill is not None:
+            await self._refill
+            self._refill = None
+        spare, self._spare = self._spare, None
+        if spare is not None and spare[0].is_alive():
+            process, parent = spare
+        else:
+            process, parent = await asyncio.to_thread(self._fork)
         self.spawned += 1
         worker = Worker(model_id, process, parent, asyncio.get_running_loop())
-        await worker.wait_ready(timeout)
+        worker._send({"kind": "load", "fmt": fmt, "model_path": model_path, "options": options,
+                      "calibrate": calibrate})
+        try:
+            await worker.wait_ready(timeout)
+        finally:
+            if self._want_spare:  # fork the next spare after the load, so it does not compete with it
+                self._refill = asyncio.get_running_loop().create_task(self.prepare_spare())
         worker.info["spawn_to_ready_s"] = time.perf_counter() - t0
         return worker
+
+    async def close(self) -> None:
+        """Stop the spare (workers are stopped by their owners)."""
+        if self._refill is not None:
+            await asyncio.gather(self._refill, return_exceptions=True)
+            self._refill = None
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            process, parent = spare
+            parent.close()  # the spare sees EOF and exits
+            await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
