@@ -1,10 +1,11 @@
 """Swap-in latency and estimate accuracy for every default model, one run.
 
-Swap-in: time from a request for a model that is not resident to its first token, through the engine
-(forkserver running), in two cases - free room, and room that must first be made by evicting the resident
-model - against the reference: a fresh `python` process that imports llama_cpp, constructs `Llama` on the
-same file with the same n_ctx/n_batch/threads and yields one token (timed from Popen to the token).
-Runs rotate between the three; medians are reported. The file is in the page cache for all of them.
+Swap-in: time from a request for a model that is not resident to its first token, through one
+long-running engine as in the daemon (forkserver and spare worker up, the model loaded once before), in
+two cases - free room, and room that must first be made by evicting the resident model - against the
+reference: a fresh `python` process that imports llama_cpp, constructs `Llama` on the same file with the
+same n_ctx/n_batch/threads and yields one token (timed from Popen to the token). Runs rotate between the
+three; medians are reported. The file is in the page cache for all of them.
 
 Estimate accuracy: the scheduler's estimate (calibrated, and the bare formula) over the worker's peak PSS,
 sampled every 10 ms through a load and a request whose prompt fills a whole batch.
@@ -69,21 +70,19 @@ async def first_token(engine: Engine, model_id: str) -> float:
     raise RuntimeError("no token")
 
 
-async def ours(registry, settings, model_id: str, evict: str | None) -> float:
-    engine = Engine(registry, settings, budget="90%")
-    await engine.start()
-    try:
-        if evict:
-            await first_token(engine, evict)
-            # a budget that holds the resident model or the requested one, never both
-            need = max(engine.estimate(evict), engine.estimate(model_id))
-            engine.scheduler.budget = engine.base_pss() + need + 64 * MiB  # base PSS moves a little
-        else:
-            await asyncio.to_thread(engine.pool.start_server)
-            await asyncio.sleep(0.3)  # the forkserver is up and has imported the runtimes
-        return await first_token(engine, model_id)
-    finally:
-        await engine.close()
+async def ours(engine: Engine, model_id: str, evict: str | None) -> float:
+    """Request -> first token for a model that is not resident, in a long-running engine (as in the daemon)."""
+    sched = engine.scheduler
+    for r in list(sched.residents.values()):
+        await sched._drop(r)  # start from nothing resident
+    sched.budget = 1 << 40
+    if evict:
+        await first_token(engine, evict)
+        # a budget that holds the resident model or the requested one, never both
+        need = max(engine.estimate(evict), engine.estimate(model_id))
+        sched.budget = engine.base_pss() + need + 64 * MiB  # base PSS moves a little
+    await asyncio.sleep(0.3)  # the spare worker is forked and idle, as it is between requests
+    return await first_token(engine, model_id)
 
 
 class WorkerPeak(threading.Thread):
@@ -142,6 +141,8 @@ async def main_async(reps: int) -> dict:
     await warm.embed("minilm-l6", ["x"])
     await warm.close()
     swap = []
+    engine = Engine(registry, settings, budget="90%")
+    await engine.start()
     for m in gguf:
         other = "smollm2-135m" if m != "smollm2-135m" else "gemma3-270m"
         path = str(warm.files(m)["model"])
@@ -154,10 +155,11 @@ async def main_async(reps: int) -> dict:
                 if kind == "reference":
                     runs[kind].append(await asyncio.to_thread(reference, path, spec, settings.threads))
                 else:
-                    runs[kind].append(await ours(registry, settings, m, other if kind == "evict" else None))
+                    runs[kind].append(await ours(engine, m, other if kind == "evict" else None))
         med = {k: statistics.median(v) for k, v in runs.items()}
         swap.append({"model": m, "runs": runs, **{f"{k}_s": v for k, v in med.items()},
                      "free_ratio": med["free"] / med["reference"], "evict_ratio": med["evict"] / med["reference"]})
+    await engine.close()
     acc = [await accuracy(registry, settings, m) for m in [*gguf, "minilm-l6"]]
     return {"swap": swap, "accuracy": acc, "threads": settings.threads, "reps": reps}
 

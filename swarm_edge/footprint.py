@@ -6,7 +6,7 @@ Pure functions plus a small store. The formula is an upper bound on the model wo
           + repacked copies (llama.cpp copies Q4_0/Q4_K/IQ4_NL matmul weights into a CPU_REPACK buffer)
           + KV cache 2 * n_layer * n_ctx * n_head_kv * head_dim * 2 B (f16)
           + compute buffer n_batch * n_vocab * 4 B (+ output row) + the process's own Python and libraries
-    ONNX  = session overhead measured for onnxruntime (about 7x the int8 file) + tokenizer + activations
+    ONNX  = session + activations as measured for onnxruntime (about 16x the int8 file) + tokenizer
 
 The formula over-estimates (a compute buffer is reserved for a full batch of logits but generation
 touches one row). So the first time a (model sha256, n_ctx, n_batch) loads, its worker evaluates one full
@@ -33,7 +33,7 @@ MiB = 1 << 20
 PROCESS_BASE = 48 * MiB          # interpreter + llama_cpp/onnxruntime libraries, not shared with the forkserver
 CALIBRATED_MARGIN = 1.05         # head-room over the worst peak seen so far
 REPACKED_TYPES = {"Q4_0", "Q4_K", "IQ4_NL"}  # the types ggml-cpu repacks on x86 (AVX2/AVX-512)
-ONNX_FACTOR = 8.0                # measured: a 22 MB int8 MiniLM session costs ~160 MiB in onnxruntime
+ONNX_FACTOR = 16.0               # measured: a 22 MB int8 MiniLM peaks at ~350 MiB embedding 4 x 256 tokens
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,17 @@ def test_empty_prompt():
 def test_models_fetch_unknown():
     result = runner.invoke(app, ["models", "fetch", "ghost"])
     assert result.exit_code == 2 and "unknown model" in result.output
+
+
+def test_status_json(test_registry):
+    result = runner.invoke(app, ["status", "--json", "--budget", "2GiB", "--config", str(test_registry.path)])
+    assert result.exit_code == 0, result.output
+    snap = json.loads(result.stdout)
+    assert snap["budget"] == 2 * 2**30 and snap["residents"] == [] and snap["stats"]["loads"] == 0
+    assert snap["models"]["smollm2-135m"]["source"] in ("formula", "calibrated")
+    assert snap["models"]["smollm2-135m"]["estimate"] > 90 * 2**20
+
+
+def test_bad_budget_is_one_clear_line(test_registry):
+    result = runner.invoke(app, ["status", "--budget", "lots", "--config", str(test_registry.path)])
+    assert result.exit_code == 2 and "budget" in result.output and "Traceback" not in result.output

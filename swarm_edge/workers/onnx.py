@@ -95,8 +95,9 @@ class ONNXBackend:
         return out
 
     def calibrate(self) -> None:
-        """Embed one full batch of maximum-length texts: the largest working set a request can touch."""
-        self.embed(["calibration " * self.max_length] * BATCH)
+        """Embed three full batches of maximum-length texts: the largest working set a request touches (the
+        allocator keeps some freed memory between batches, so one batch would under-report)."""
+        self.embed(["calibration " * self.max_length] * BATCH * 3)
 
     def generate(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
         """Embedding models do not generate text."""

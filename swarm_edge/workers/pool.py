@@ -32,20 +32,25 @@ PRELOAD = ["swarm_edge.workers.preload"]
 
 
 def _pss() -> int:
-    """This process's proportional set size in bytes (0 if it cannot be read)."""
+    """This process's peak proportional set size in bytes, as far as it can be known (0 if unreadable).
+
+    Current PSS, plus what was freed since the high-water mark (peak RSS - current RSS): onnxruntime's
+    activations are gone by the time a request ends, but they were there, and the budget must cover them.
+    """
+    import resource
+
+    pss = rss = 0
     try:
         with open("/proc/self/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                    pss = int(line.split()[1]) * 1024
+                elif line.startswith("Rss:"):
+                    rss = int(line.split()[1]) * 1024
     except OSError:
-        pass
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_full_info().pss)
-    except Exception:  # no PSS on this platform: report 0 and let RSS-based callers decide
         return 0
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return pss + max(0, peak_rss - rss)
 
 
 def _send(conn, kind: str, **data: Any) -> None:
@@ -256,16 +261,15 @@ class Worker:
             self.process.kill()
 
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Ask the worker to exit, wait for it, kill it if it does not; its memory is gone when this returns."""
+        """End the worker and wait until the process is gone, so its memory is back when this returns.
+
+        Only idle workers are stopped (the scheduler never evicts a model in use) and a worker keeps no
+        state worth saving, so SIGKILL is the right tool: the kernel frees everything at once, with no
+        interpreter teardown to wait for.
+        """
         if self.process.is_alive():
-            try:
-                self.conn.send_bytes(json.dumps({"kind": "close"}).encode())
-            except (OSError, ValueError):
-                pass
-            await asyncio.to_thread(self.process.join, timeout)
-            if self.process.is_alive():
-                self.process.kill()
-                await asyncio.to_thread(self.process.join, timeout)
+            self.process.kill()
+        await asyncio.to_thread(self.process.join, timeout)
         self._dead = True
         self.conn.close()
 
