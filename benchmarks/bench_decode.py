@@ -7,9 +7,10 @@ worker  the same backend in a worker process (forkserver), tokens streamed back 
 For every default GGUF model that is fetched, all paths load the same file with the same n_ctx, n_batch
 and threads, and run the same greedy completion; runs rotate (raw, ours, worker, ...) so drift in machine
 speed hits all alike. All count streamed chunks the same way. The KV cache is reset before every
-in-process run. The worker's backend keeps llama-cpp-python's prefix cache between requests (a feature:
-a repeated system prompt is not evaluated again), so its TTFT here is a cached-prompt figure; its decode
-rate is directly comparable.
+in-process run. Every rep uses fresh instances (see bench_model). Each instance runs a short warm-up
+first; the worker's backend keeps llama-cpp-python's prefix cache between requests (a feature: a repeated
+system prompt is not evaluated again), so its TTFT here is a cached-prompt figure; its decode rate is
+directly comparable.
 
 Rerun:  .venv/bin/python benchmarks/bench_decode.py [--reps 4] [--max-tokens 96] [--models ID ...]
 Writes: benchmarks/results/decode.json and benchmarks/results/decode.md
@@ -82,6 +83,9 @@ def worker_run(loop, worker, max_tokens: int):
 
 
 def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
+    """Each rep builds a fresh instance per path: one instance's memory layout can make it a few percent
+    faster or slower than another of the same code (seen here: +-3% on qwen2.5-coder-0.5b), so only
+    fresh instances per rep compare the code rather than the luck of one allocation."""
     import asyncio
 
     from llama_cpp import Llama
@@ -90,26 +94,44 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
     from swarm_edge.workers.pool import Pool
 
     loop = asyncio.new_event_loop()
-    raw = Llama(model_path=str(files["model"]), n_ctx=spec.n_ctx, n_batch=spec.n_batch, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
-    ours = open_backend(spec, files, threads)
-    worker = loop.run_until_complete(Pool().spawn(spec.id, spec.format, str(files["model"]),
-                                                  backend_options(spec, files, threads)))
-    runners = {"raw": lambda n: raw_run(raw, n), "ours": lambda n: ours_run(ours, n),
-               "worker": lambda n: worker_run(loop, worker, n)}
+    pool = Pool()
+
+    def raw_once(n: int):
+        raw = Llama(model_path=str(files["model"]), n_ctx=spec.n_ctx, n_batch=spec.n_batch, n_threads=threads,
+                    n_threads_batch=threads, verbose=False)
+        try:
+            raw_run(raw, 8)  # warm-up, as for the others
+            return raw_run(raw, n)
+        finally:
+            raw.close()
+
+    def ours_once(n: int):
+        ours = open_backend(spec, files, threads)
+        try:
+            ours_run(ours, 8)
+            return ours_run(ours, n)
+        finally:
+            ours.close()
+
+    def worker_once(n: int):
+        worker = loop.run_until_complete(pool.spawn(spec.id, spec.format, str(files["model"]),
+                                                    backend_options(spec, files, threads)))
+        try:
+            worker_run(loop, worker, 8)
+            return worker_run(loop, worker, n)
+        finally:
+            loop.run_until_complete(worker.stop())
+
+    runners = {"raw": raw_once, "ours": ours_once, "worker": worker_once}
+    rows: dict[str, list] = {side: [] for side in runners}
+    sides = list(runners)
     try:
-        for run in runners.values():
-            run(8)  # warm-up: page in weights (all share the file's page cache)
-        rows: dict[str, list] = {side: [] for side in runners}
-        sides = list(runners)
         for i in range(reps):
             for side in sides[i % 3:] + sides[:i % 3]:
                 rows[side].append(runners[side](max_tokens))
     finally:
-        loop.run_until_complete(worker.stop())
+        loop.run_until_complete(pool.close())
         loop.close()
-        ours.close()
-        raw.close()
     med = {side: {"ttft_s": statistics.median(r[0] for r in runs), "tok_s": statistics.median(r[1] for r in runs),
                   "tokens": runs[0][2]} for side, runs in rows.items()}
     return {

@@ -248,6 +248,10 @@ class Scheduler:
     async def _make_room(self, need: int, *, exclude: str, wait: bool) -> bool:
         """Evict idle models until `need` more bytes fit: True once they do. With `wait`, sleep until memory is
         freed when nothing is evictable and return False, so the caller looks at the world again."""
+        for r in [r for r in self.residents.values() if r.state == "ready" and r.refs == 0
+                  and not getattr(r.worker, "alive", True)]:
+            self.stats.crashes += 1
+            await self._drop(r)  # died while idle: its memory is already back, stop counting it
         while self.used() + need > self.budget:
             cands = self._candidates(exclude)
             if cands:

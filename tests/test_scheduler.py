@@ -335,3 +335,13 @@ async def test_waiting_for_room_times_out_as_busy():
     async with h.s.lease("a"):
         with pytest.raises(BusyError, match="stayed in use"):
             await h.use("b")
+
+
+@deadline
+async def test_worker_that_died_while_idle_stops_counting():
+    h = Harness(budget=200)
+    wa = await h.use("a")
+    await h.use("b")
+    wa.alive = False  # killed while idle (OOM killer, a user's kill -9)
+    await h.use("c")  # needs room: the dead one is dropped first, b (alive) stays
+    assert h.resident() == {"b", "c"} and h.s.stats.crashes == 1 and h.s.stats.evictions == 0

@@ -13,7 +13,6 @@ import json
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -144,8 +143,10 @@ class Worker:
         self._loop = loop
         self._queue: asyncio.Queue[dict] = asyncio.Queue()
         self._dead = False
-        self._reader = threading.Thread(target=self._read, name=f"worker-reader-{model_id}", daemon=True)
-        self._reader.start()
+        # Frames are read by the event loop itself when the pipe is readable: one wake-up per token, no
+        # reader thread competing for the GIL and the cores the worker decodes on.
+        self._fd = conn.fileno()
+        loop.add_reader(self._fd, self._on_readable)
 
     @property
     def pid(self) -> int:
@@ -157,15 +158,22 @@ class Worker:
         """False once the process has exited or its pipe closed."""
         return not self._dead and self.process.is_alive()
 
-    def _read(self) -> None:
-        while True:
-            try:
-                msg = json.loads(self.conn.recv_bytes(MAX_FRAME))
-            except (EOFError, OSError, ValueError):
-                self._dead = True
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, {"kind": "_dead"})
-                return
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, msg)
+    def _on_readable(self) -> None:
+        try:
+            while True:
+                self._queue.put_nowait(json.loads(self.conn.recv_bytes(MAX_FRAME)))
+                if not self.conn.poll(0):
+                    return
+        except (EOFError, OSError, ValueError):
+            self._mark_dead()
+
+    def _mark_dead(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
+        if not self._dead:
+            self._dead = True
+            self._queue.put_nowait({"kind": "_dead"})
 
     def _crash_message(self) -> str:
         self.process.join(timeout=1.0)
@@ -270,7 +278,7 @@ class Worker:
         if self.process.is_alive():
             self.process.kill()
         await asyncio.to_thread(self.process.join, timeout)
-        self._dead = True
+        self._mark_dead()
         self.conn.close()
 
 
