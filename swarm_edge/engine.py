@@ -53,10 +53,10 @@ class Engine:
 
     def __init__(self, registry: Registry, settings: Settings, *, budget: int | str | None = None,
                  idle_ttl: float | None = None, max_waiting: int = 64, policy=None,
-                 fetch: bool | None = None) -> None:
+                 fetch: bool | None = None, spare: bool = True) -> None:
         self.registry, self.settings = registry, settings
         self.store = FootprintStore(settings.home)
-        self.pool = Pool()
+        self.pool = Pool(spare=spare)  # a one-shot CLI call has no next load to pre-fork a worker for
         self.fetch = (not settings.offline) if fetch is None else fetch
         self._files: dict[str, dict[str, Path]] = {}
         self._checked: set[tuple] = set()

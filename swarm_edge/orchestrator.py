@@ -44,7 +44,7 @@ def ask(prompt: str, registry: Registry, settings: Settings, *, budget: int | st
     """Answer one prompt in this process (its models run in worker processes inside the budget)."""
 
     async def run() -> Answer:
-        engine = Engine(registry, settings, budget=budget)
+        engine = Engine(registry, settings, budget=budget, spare=False)
         try:
             return await ask_async(prompt, engine, **kwargs)
         finally:
