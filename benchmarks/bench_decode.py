@@ -19,12 +19,12 @@ Writes: benchmarks/results/decode.json and benchmarks/results/decode.md
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from results_io import write_results
 
 from swarm_edge.config import DEFAULT_CONFIG, Settings
 from swarm_edge.errors import ModelFileError
@@ -34,7 +34,6 @@ from swarm_edge.workers import GenerateRequest, open_backend
 
 PROMPT = ("Below is a numbered list of one hundred common English words, one per line, "
           "in alphabetical order.\n1. able\n2. about\n3.")
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def time_stream(chunks) -> tuple[float, float, int]:
@@ -169,10 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("no GGUF model is fetched: run `swarm-edge models fetch` first", file=sys.stderr)
         return 1
-    RESULTS.mkdir(exist_ok=True)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(),
             "python": platform.python_version(), "prompt": PROMPT, "max_tokens": args.max_tokens}
-    (RESULTS / "decode.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = [
         "# Decode: swarm-edge (in-process backend, worker process) vs raw llama-cpp-python, one run",
         "", f"{meta['when']}, {args.reps} rotating reps per path, medians, {args.max_tokens} tokens max, "
@@ -187,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['worker']['tok_s']:.1f} | **{r['decode_ratio']:.3f}** | **{r['worker_decode_ratio']:.3f}** | "
                      f"{r['raw']['ttft_s'] * 1000:.0f} | {r['ours']['ttft_s'] * 1000:.0f} | "
                      f"{r['worker']['ttft_s'] * 1000:.0f} |")
-    table = "\n".join(lines) + "\n"
-    (RESULTS / "decode.md").write_text(table)
-    print(table)
+    write_results("decode", {"meta": meta, "results": results}, lines)
     return 0
 
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
+from results_io import write_results
 
 from swarm_edge.config import DEFAULT_CONFIG, Settings
 from swarm_edge.engine import Engine, tree_pss
@@ -34,7 +33,6 @@ from swarm_edge.registry import load_registry
 from swarm_edge.scheduler import lru, plan_aware
 from swarm_edge.workers import GenerateRequest
 
-RESULTS = Path(__file__).resolve().parent / "results"
 POPULARITY = {"qwen2.5-coder-0.5b": 0.34, "smollm2-135m": 0.24, "minilm-l6": 0.18, "gemma3-270m": 0.14,
               "qwen2.5-coder-1.5b": 0.10}
 MiB = 2**20
@@ -214,9 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
     res = asyncio.run(main_async(args))
-    RESULTS.mkdir(exist_ok=True)
     res["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    (RESULTS / "pager.json").write_text(json.dumps(res, indent=1))
     sim = res["simulated"]
     lines = ["# Pager: 200 requests over the default swarm, budget of about two models (one run)", "",
              f"{res['when']}; budget {res['budget'] / MiB:,.0f} MiB; whole process tree PSS sampled every 25 ms.",
@@ -237,9 +233,7 @@ def main(argv=None) -> int:
     lines += ["", f"Memory returns ({m['model']}): available {m['available_before'] / MiB:,.0f} MiB before, "
               f"{m['available_loaded'] / MiB:,.0f} MiB loaded, {m['available_after'] / MiB:,.0f} MiB after eviction "
               f"(difference **{m['returned_within'] * 100:.2f}%** of before)."]
-    table = "\n".join(lines) + "\n"
-    (RESULTS / "pager.md").write_text(table)
-    print(table)
+    write_results("pager", res, lines)
     return 0 if all(not r["failures"] and r["peak_over_budget"] <= 1.0 for r in res["runs"]) else 1
 
 

@@ -19,22 +19,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
+from results_io import write_results
 
 from swarm_edge.config import DEFAULT_CONFIG, Settings
 from swarm_edge.engine import Engine
 from swarm_edge.registry import load_registry
 from swarm_edge.workers import GenerateRequest
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "The capital of France is"
 MiB = 2**20
 REFERENCE = """
@@ -170,8 +168,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     res = asyncio.run(main_async(args.reps))
     res["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "swap.json").write_text(json.dumps(res, indent=1))
     lines = ["# Swap-in and estimate accuracy (one run)", "", f"{res['when']}, {args.reps} rotating reps, medians, "
              f"{res['threads']} threads. Rerun: `.venv/bin/python benchmarks/bench_swap.py`", "",
              "| model | fresh process to 1st token s | ours, free room s | ours, after evicting s "
@@ -184,9 +180,7 @@ def main(argv=None) -> int:
     for a in res["accuracy"]:
         lines.append(f"| {a['model']} | {a['peak_pss'] / MiB:,.0f} | {a['estimate'] / MiB:,.0f} ({a['source']}) | "
                      f"**{a['ratio']:.3f}** | {a['formula'] / MiB:,.0f} | {a['formula_ratio']:.3f} |")
-    table = "\n".join(lines) + "\n"
-    (RESULTS / "swap.md").write_text(table)
-    print(table)
+    write_results("swap", res, lines)
     return 0
 
 

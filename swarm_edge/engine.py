@@ -34,17 +34,18 @@ def resolve_budget(value: str | int | None, env: dict[str, str] | None = None) -
     return parse_size(raw, total=psutil.virtual_memory().total, name="budget (--budget / SWARM_EDGE_BUDGET)")
 
 
-def tree_pss(pid: int | None = None) -> int:
-    """Summed PSS of a process and all its descendants (the whole swarm-edge tree), in bytes."""
+def tree_pss(pid: int | None = None, keep=lambda proc, root: True) -> int:
+    """Summed PSS of a process and those of its descendants that `keep` accepts, in bytes."""
     import psutil
 
     root = psutil.Process(pid)
     total = 0
     for p in [root, *root.children(recursive=True)]:
         try:
-            total += p.memory_full_info().pss
+            if keep(p, root):
+                total += p.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+            continue  # exited while we looked
     return total
 
 
@@ -84,6 +85,7 @@ class Engine:
         spec = self.registry.get(model_id)
         files = self.files(model_id)
         if spec.format == "gguf":
+            self._check_structure(files["model"])  # before any parsing of the file, once per engine
             facts = self.store.facts(spec.file("model").sha256, files["model"])
             parts = gguf_formula(facts, spec.n_ctx, spec.n_batch)
         else:
@@ -99,20 +101,9 @@ class Engine:
 
         Resident (and exiting) workers are accounted as the scheduler's reservations instead.
         """
-        import psutil
-
-        me = psutil.Process()
-        workers = {r.worker.pid for r in self.scheduler.residents.values() if r.worker is not None}
-        total = 0
         spare = self.pool.spare_pid()
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                if p.pid in workers or (p.pid != me.pid and p.ppid() != me.pid and p.pid != spare):
-                    continue  # a resident or exiting worker (a grandchild that is not the spare)
-                total += p.memory_full_info().pss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return total
+        # workers are forked by the forkserver: every grandchild but the spare is a loaded or exiting model
+        return tree_pss(keep=lambda p, root: p.pid == root.pid or p.ppid() == root.pid or p.pid == spare)
 
     # ------------------------------------------------------------ workers
 
@@ -122,7 +113,7 @@ class Engine:
         key = self._key(spec)
         options = backend_options(spec, files, self.settings.threads)
         if spec.format == "gguf":
-            await asyncio.to_thread(self._check_structure, files["model"])
+            await asyncio.to_thread(self._check_structure, files["model"])  # done already by the estimate
             options["structure_checked"] = True
         calibrate = self.store.calibrated(key) is None
         worker = await self.pool.spawn(model_id, spec.format, str(files["model"]), options, calibrate=calibrate)

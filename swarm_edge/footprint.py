@@ -115,16 +115,16 @@ class FootprintStore:
         self._calibration: dict[str, int] | None = None
 
     def facts(self, sha256: str, path: Path) -> dict[str, Any]:
-        """GGUF facts for the file with this sha256, computed once and cached on disk."""
+        """GGUF facts for the file with this sha256, computed once and cached on disk.
+
+        The caller runs the structure check (`check_gguf`) on `path` first: GGUFReader assumes a sane file.
+        """
         if sha256 in _FACTS_MEMO:
             return _FACTS_MEMO[sha256]
         cache = self.facts_dir / f"{sha256}.json"
         try:
             facts = json.loads(cache.read_text())
         except (OSError, ValueError):
-            from swarm_edge.workers.gguf_check import check_gguf
-
-            check_gguf(path)  # bounded pure-Python walk first: GGUFReader assumes a well-formed file
             try:
                 facts = gguf_facts(path)
             except (ValueError, IndexError, KeyError, TypeError) as exc:
