@@ -73,6 +73,18 @@ class Settings:
     threads: int
     offline: bool = False
     env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    socket: Path | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        """The daemon's Unix socket: --socket, SWARM_EDGE_SOCKET, $XDG_RUNTIME_DIR/swarm-edge/, or HOME/run/."""
+        if self.socket is not None:
+            return self.socket
+        if self.env.get("SWARM_EDGE_SOCKET"):
+            return Path(self.env["SWARM_EDGE_SOCKET"]).expanduser()
+        if self.env.get("XDG_RUNTIME_DIR"):
+            return Path(self.env["XDG_RUNTIME_DIR"]) / "swarm-edge" / "swarm-edge.sock"
+        return self.home / "run" / "swarm-edge.sock"
 
     @property
     def models_dir(self) -> Path:
@@ -81,7 +93,7 @@ class Settings:
 
     @classmethod
     def load(cls, *, home: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-             threads: int | None = None, offline: bool = False,
+             threads: int | None = None, offline: bool = False, socket: str | os.PathLike | None = None,
              environ: dict[str, str] | None = None) -> Settings:
         """Resolve settings from arguments, then SWARM_EDGE_* env vars, then defaults."""
         env = dict(os.environ if environ is None else environ)
@@ -95,4 +107,4 @@ class Settings:
         if threads is not None and threads < 1:
             raise ConfigError(f"threads: expected a positive integer, got {threads}")
         return cls(home=home_path, config_path=config_path, threads=threads or default_threads(),
-                   offline=offline, env=env)
+                   offline=offline, env=env, socket=Path(socket).expanduser() if socket else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from swarm_edge.workers import GenerateRequest, backend_options
 from swarm_edge.workers.pool import Pool
 
 DEFAULT_BUDGET = "60%"
+BASE_TTL_S = 0.5   # the base PSS reads every process's smaps: reuse a reading for this long
 
 
 def resolve_budget(value: str | int | None, env: dict[str, str] | None = None) -> int:
@@ -60,6 +62,8 @@ class Engine:
         self.pool = Pool(spare=spare)  # a one-shot CLI call has no next load to pre-fork a worker for
         self.fetch = (not settings.offline) if fetch is None else fetch
         self._files: dict[str, dict[str, Path]] = {}
+        self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics
+        self._base: tuple[float, int] | None = None
         self._checked: set[tuple] = set()
         kw: dict[str, Any] = {"policy": policy} if policy is not None else {}
         self.scheduler = Scheduler(
@@ -69,21 +73,22 @@ class Engine:
 
     # ------------------------------------------------------------ files and footprint
 
-    def files(self, model_id: str, progress_factory=None) -> dict[str, Path]:
+    def files(self, model_id: str, progress_factory=None, *, fetch: bool | None = None) -> dict[str, Path]:
         """Verified files of a model (fetched first unless offline); cached for the engine's life."""
         if model_id not in self._files:
             spec = self.registry.get(model_id)
-            self._files[model_id] = ensure_model(self.settings, spec, self.registry.base_dir, fetch=self.fetch,
+            self._files[model_id] = ensure_model(self.settings, spec, self.registry.base_dir,
+                                                 fetch=self.fetch if fetch is None else fetch and self.fetch,
                                                  progress_factory=progress_factory)
         return self._files[model_id]
 
     def _key(self, spec: ModelSpec) -> str:
         return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch)
 
-    def estimate_detail(self, model_id: str):
+    def estimate_detail(self, model_id: str, *, fetch: bool | None = None):
         """The Estimate (bytes, formula or calibrated, parts) for a model."""
         spec = self.registry.get(model_id)
-        files = self.files(model_id)
+        files = self.files(model_id, fetch=fetch)
         if spec.format == "gguf":
             self._check_structure(files["model"])  # before any parsing of the file, once per engine
             facts = self.store.facts(spec.file("model").sha256, files["model"])
@@ -101,9 +106,18 @@ class Engine:
 
         Resident (and exiting) workers are accounted as the scheduler's reservations instead.
         """
+        now = time.monotonic()
+        if self._base is not None and now - self._base[0] < BASE_TTL_S:
+            return self._base[1]
         spare = self.pool.spare_pid()
         # workers are forked by the forkserver: every grandchild but the spare is a loaded or exiting model
-        return tree_pss(keep=lambda p, root: p.pid == root.pid or p.ppid() == root.pid or p.pid == spare)
+        value = tree_pss(keep=lambda p, root: p.pid == root.pid or p.ppid() == root.pid or p.pid == spare)
+        self._base = (now, value)
+        return value
+
+    def count_tokens(self, model_id: str, n: int) -> None:
+        """Add to the generated-token counter of a model."""
+        self.tokens[model_id] = self.tokens.get(model_id, 0) + n
 
     # ------------------------------------------------------------ workers
 
@@ -168,14 +182,19 @@ class Engine:
         await self.scheduler.close()
         await self.pool.close()
 
+    def model_estimates(self) -> dict[str, dict[str, Any]]:
+        """Each model's memory estimate, for the models whose files are here (never downloads)."""
+        out: dict[str, dict[str, Any]] = {}
+        for spec in self.registry:
+            try:
+                est = self.estimate_detail(spec.id, fetch=False)
+                out[spec.id] = {"estimate": est.bytes, "source": est.source, "formula": est.formula_bytes}
+            except Exception as exc:  # not fetched, unreadable: say so instead of failing the whole status
+                out[spec.id] = {"estimate": None, "error": str(exc).splitlines()[0]}
+        return out
+
     def status(self) -> dict[str, Any]:
         """Budget, residents with their PSS, queue and counters."""
         snap = self.scheduler.snapshot()
-        snap["models"] = {}
-        for spec in self.registry:
-            try:
-                est = self.estimate_detail(spec.id)
-                snap["models"][spec.id] = {"estimate": est.bytes, "source": est.source, "formula": est.formula_bytes}
-            except Exception as exc:  # not fetched, unreadable: say so instead of failing the whole status
-                snap["models"][spec.id] = {"estimate": None, "error": str(exc).splitlines()[0]}
+        snap["models"] = self.model_estimates()
         return snap

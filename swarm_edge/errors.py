@@ -11,6 +11,7 @@
     ├── BackendUnavailableError    an optional dependency is missing; carries an install hint
     ├── ModelLoadError             the native runtime refused a model that passed our checks
     ├── InferenceError             generation or embedding failed after the model loaded
+    │   ├── ContextLengthError     the prompt (plus the answer's room) does not fit the model's context
     │   └── WorkerCrashedError     the worker process died mid-request (its budget is freed)
     ├── BudgetError                a model does not fit the memory budget even alone (both numbers)
     └── BusyError                  the request queue is full; retry after `retry_after` seconds
@@ -82,6 +83,12 @@ class InferenceError(SwarmEdgeError):
     """Generation or embedding failed after the model loaded."""
 
 
+class ContextLengthError(InferenceError):
+    """The prompt is longer than the model's context window allows."""
+
+    exit_code = 2
+
+
 class WorkerCrashedError(InferenceError):
     """The worker process serving a request died; the request fails, the next one reloads the model."""
 
@@ -90,6 +97,10 @@ class BudgetError(SwarmEdgeError):
     """A model cannot fit in the memory budget even with everything else evicted."""
 
     exit_code = 3
+
+    def __init__(self, message: str, *, needed: int | None = None, budget: int | None = None) -> None:
+        super().__init__(message)
+        self.needed, self.budget = needed, budget
 
 
 class BusyError(SwarmEdgeError):

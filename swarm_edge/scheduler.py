@@ -149,7 +149,11 @@ class Scheduler:
                         return
                 finally:
                     resident.refs -= 1
-                    await self._after_use(resident)
+                    # Shielded: a cancelled caller (client gone) must still free, correct and wake the waiters.
+                    task = asyncio.get_running_loop().create_task(self._after_use(resident))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    await asyncio.shield(task)
         finally:
             if counted:
                 self.waiting -= 1
@@ -189,7 +193,8 @@ class Scheduler:
                 raise BudgetError(
                     f"{model_id} needs about {need / MiB:,.0f} MiB but the budget is {self.budget / MiB:,.0f} MiB "
                     f"({base / MiB:,.0f} MiB taken by swarm-edge itself"
-                    + (f", {pinned_other / MiB:,.0f} MiB by pinned models" if pinned_other else "") + ")")
+                    + (f", {pinned_other / MiB:,.0f} MiB by pinned models" if pinned_other else "") + ")",
+                    needed=base + pinned_other + need, budget=self.budget)
             if not await self._make_room(need, exclude=model_id, wait=True):
                 continue  # the world changed while we waited (maybe someone loaded our model): look again
             r = Resident(model_id, reserved=need, pinned=model_id in self.pins, last_used=self._clock(), refs=1)
@@ -263,7 +268,8 @@ class Scheduler:
             if not busy:  # nothing in use, loading or exiting: waiting would never end
                 raise BudgetError(
                     f"{exclude} needs about {need / MiB:,.0f} MiB; {self.used() / MiB:,.0f} MiB of the "
-                    f"{self.budget / MiB:,.0f} MiB budget is held by swarm-edge itself and pinned models")
+                    f"{self.budget / MiB:,.0f} MiB budget is held by swarm-edge itself and pinned models",
+                    needed=self.used() + need, budget=self.budget)
             async with self._changed:
                 try:
                     await asyncio.wait_for(self._changed.wait(), self.admission_timeout)

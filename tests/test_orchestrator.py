@@ -3,7 +3,7 @@
 import pytest
 
 from swarm_edge.config import Settings
-from swarm_edge.errors import InferenceError, UnknownModelError
+from swarm_edge.errors import ConfigError, UnknownModelError
 from swarm_edge.orchestrator import ask
 
 pytestmark = pytest.mark.real_model
@@ -13,7 +13,7 @@ def test_ask_routes_and_answers(test_registry, settings):
     streamed = []
     answer = ask("hello! what is the capital of France?", test_registry, settings, on_token=streamed.append)
     assert answer.model == "smollm2-135m" and answer.route.task == "chat"
-    assert answer.text and answer.text == "".join(streamed).strip()
+    assert answer.text.strip() and answer.text == "".join(streamed)
     assert answer.tokens == len(streamed) > 0
     t = answer.timings
     assert t["load_s"] > 0 and t["ttft_s"] > 0 and t["total_s"] >= t["generate_s"]
@@ -27,7 +27,7 @@ def test_explicit_model_and_errors(test_registry, settings):
     assert a.route.task == "explicit" and a.tokens <= 8
     with pytest.raises(UnknownModelError, match="smollm2-135m"):
         ask("x", test_registry, settings, model_id="gpt-9")
-    with pytest.raises(InferenceError, match="embedding model"):
+    with pytest.raises(ConfigError, match="embedding model"):
         ask("x", test_registry, settings, model_id="minilm-l6")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from jinja2.exceptions import TemplateError
 
-from swarm_edge.errors import InferenceError, ModelLoadError
+from swarm_edge.errors import ContextLengthError, InferenceError, ModelLoadError
 from swarm_edge.workers.base import GenerateRequest, LoadInfo
 from swarm_edge.workers.gguf_check import check_gguf
 
@@ -25,6 +25,7 @@ class GGUFBackend:
         meta = {} if options.get("structure_checked") else check_gguf(model_path)
         self._stack = ExitStack()
         self._closed = False
+        self._formatter = None
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -79,16 +80,38 @@ class GGUFBackend:
                     n += 1
                     yield {"type": "token", "text": text}
         except ValueError as exc:  # llama-cpp-python raises ValueError for prompts longer than n_ctx
+            if "exceed context window" in str(exc):
+                raise ContextLengthError(str(exc)) from exc
             raise InferenceError(str(exc)) from exc
         except TemplateError as exc:  # includes the sandbox's SecurityError for a hostile chat template
             raise InferenceError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from exc
         t_end = time.perf_counter()
         yield {
             "type": "done", "finish_reason": finish or "stop", "chunks": n,
+            "prompt_tokens": self._prompt_tokens(request),  # counted after the answer: off the TTFT path
             "ttft_s": (t_first - t0) if t_first else None,
             "decode_tok_s": (n - 1) / (t_last - t_first) if t_first and t_last and n > 1 and t_last > t_first else None,
             "generate_s": t_end - t0,
         }
+
+    def _prompt_tokens(self, request: GenerateRequest) -> int | None:
+        """Tokens of the prompt as llama-cpp-python evaluates it (template rendered, BOS added), or None."""
+        try:
+            if request.messages is not None and self.kind == "chat":
+                if self._formatter is None:
+                    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+                    eos, bos = self.llm.token_eos(), self.llm.token_bos()
+                    text = self.llm._model.token_get_text
+                    self._formatter = Jinja2ChatFormatter(
+                        template=self.llm.metadata["tokenizer.chat_template"], eos_token=text(eos) if eos != -1 else "",
+                        bos_token=text(bos) if bos != -1 else "", stop_token_ids=[eos])
+                prompt = self._formatter(messages=request.messages).prompt
+            else:
+                prompt = request.prompt if request.prompt is not None else _flatten(request.messages or [])
+            return len(self.llm.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1
+        except Exception:  # a count is a nicety; never fail an answer that was already produced over it
+            return None
 
     def calibrate(self) -> None:
         """Evaluate one full batch of tokens, touching the largest working set a request can, then forget it."""

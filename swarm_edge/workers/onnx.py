@@ -70,9 +70,11 @@ class ONNXBackend:
             raise InferenceError("model is closed")
         np = self._np
         out: list[list[float]] = []
+        self.last_tokens = 0
         for start in range(0, len(texts), BATCH):
             batch = texts[start:start + BATCH]
             enc = self.tokenizer.encode_batch(batch)
+            self.last_tokens += sum(sum(e.attention_mask) for e in enc)
             ids = np.array([e.ids for e in enc], dtype=np.int64)
             mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
             feeds = {"input_ids": ids}

@@ -112,7 +112,8 @@ def _serve(conn, backend) -> None:
                 if closing:
                     return
             elif kind == "embed":
-                _send(conn, "result", vectors=backend.embed(msg["texts"]))
+                vectors = backend.embed(msg["texts"])
+                _send(conn, "result", vectors=vectors, tokens=getattr(backend, "last_tokens", None))
                 _send(conn, "end", pss=_pss(), cancelled=False)
             elif kind == "cancel":
                 continue  # arrived after the request finished: nothing to stop
@@ -140,6 +141,9 @@ class Worker:
         self.conn = conn
         self.info: dict[str, Any] = {}
         self.last_pss = 0
+        self.last_embed_tokens: int | None = None
+        self.requests = 0            # requests served (0 = the lease holding it is the one that waited for the load)
+        self._settling: asyncio.Task | None = None   # a cancelled request's drain, finished before the next one
         self._loop = loop
         self._queue: asyncio.Queue[dict] = asyncio.Queue()
         self._dead = False
@@ -212,6 +216,8 @@ class Worker:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
         """Stream events of one generation; closing the iterator early cancels it in the worker."""
+        await self._settle()
+        self.requests += 1
         self._send({"kind": "generate", "request": asdict(request)})
         finished = False
         try:
@@ -228,16 +234,27 @@ class Worker:
                     raise _error(msg)
         finally:
             if not finished and self.alive:
-                await self._cancel()
+                # Shielded: when the caller is being cancelled (client gone) every await here may be cancelled
+                # again; the drain must still finish, or the next request would read this one's tokens.
+                self._settling = self._loop.create_task(self._cancel())
+                await asyncio.shield(self._settling)
+
+    async def _settle(self) -> None:
+        if self._settling is not None:
+            await asyncio.shield(self._settling)
+            self._settling = None
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """Vectors for texts."""
+        await self._settle()
+        self.requests += 1
         self._send({"kind": "embed", "texts": texts})
         vectors = None
         while True:
             msg = await self._next()
             if msg["kind"] == "result":
                 vectors = msg["vectors"]
+                self.last_embed_tokens = msg.get("tokens")
             elif msg["kind"] == "end":
                 self.last_pss = msg.get("pss") or self.last_pss
                 return vectors or []

@@ -1,0 +1,262 @@
+"""Request bodies of the HTTP API: OpenAI-compatible (/v1) and Ollama-compatible (/api).
+
+Clients send fields we do not use (user, presence_penalty, keep_alive, ...), so unknown fields are
+accepted and ignored; fields whose meaning we cannot honour (n > 1, tools, logprobs, images, a JSON
+response format) are refused with a 400 that names them, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP = 4
+MAX_INPUTS = 2048
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Lenient):
+    """One part of a multi-part message; only text parts are supported."""
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Lenient):
+    """An OpenAI chat message."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        """The message's text; a non-text part is an error."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        bad = [p.type for p in self.content if p.type != "text"]
+        if bad:
+            raise ValueError(f"message parts of type {', '.join(sorted(set(bad)))} are not supported (text only)")
+        return "".join(p.text or "" for p in self.content)
+
+
+def _stop_list(v: Any) -> list[str]:
+    if v is None:
+        return []
+    stops = [v] if isinstance(v, str) else list(v)
+    if len(stops) > MAX_STOP:
+        raise ValueError(f"at most {MAX_STOP} stop sequences")
+    if any(not s for s in stops):
+        raise ValueError("stop sequences must not be empty")
+    return stops
+
+
+class _Sampling(_Lenient):
+    model: str = Field(min_length=1, max_length=200)
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int | None = None
+    logprobs: bool | int | None = None
+    offline: bool = False          # swarm-edge extension: never download a model for this request
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        return _stop_list(v)
+
+    @model_validator(mode="after")
+    def _unsupported(self):
+        if self.n not in (None, 1):
+            raise ValueError("n > 1 is not supported: ask once per answer")
+        if self.logprobs:
+            raise ValueError("logprobs are not supported")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed response ends with a usage chunk (stream_options.include_usage)."""
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat_unsupported(self):
+        if self.tools or self.functions:
+            raise ValueError("tools and function calling are not supported")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError(f"response_format {self.response_format.get('type')!r} is not supported (text only)")
+        for m in self.messages:
+            m.text()  # raises for image or audio parts
+        return self
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        """Messages as {role, content} strings ('developer' is OpenAI's new name for 'system')."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+    @property
+    def limit(self) -> int | None:
+        """The token cap, under either of OpenAI's names for it."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions."""
+
+    prompt: str | list[str]
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("exactly one prompt per request")
+            v = v[0]
+        if not v:
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _completion_unsupported(self):
+        if self.echo or self.suffix:
+            raise ValueError("echo and suffix are not supported")
+        return self
+
+
+class EmbeddingRequest(_Lenient):
+    """POST /v1/embeddings."""
+
+    model: str = Field(min_length=1, max_length=200)
+    input: str | list[str] = Field(...)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, v):
+        return _texts(v)
+
+    @model_validator(mode="after")
+    def _no_dimensions(self):
+        if self.dimensions is not None:
+            raise ValueError("dimensions is not supported: the model's own size is returned")
+        return self
+
+
+def _texts(v: str | list[str]) -> list[str]:
+    texts = [v] if isinstance(v, str) else v
+    if not texts:
+        raise ValueError("input must not be empty")
+    if len(texts) > MAX_INPUTS:
+        raise ValueError(f"at most {MAX_INPUTS} inputs per request")
+    return texts
+
+
+# ---------------------------------------------------------------- Ollama
+
+
+class OllamaOptions(_Lenient):
+    """The subset of Ollama's `options` that maps onto our sampling."""
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    num_predict: int | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        return _stop_list(v)
+
+    @property
+    def max_tokens(self) -> int | None:
+        """num_predict; Ollama's -1 (infinite) and -2 (fill context) mean the model's default cap here."""
+        return self.num_predict if self.num_predict and self.num_predict > 0 else None
+
+
+class OllamaMessage(_Lenient):
+    """An Ollama chat message."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str = ""
+    images: list[str] | None = None
+
+
+class _OllamaBase(_Lenient):
+    model: str = Field(min_length=1, max_length=200)
+    stream: bool = True
+    options: OllamaOptions = Field(default_factory=OllamaOptions)
+    format: Any = None
+
+    @model_validator(mode="after")
+    def _no_format(self):
+        if self.format not in (None, ""):
+            raise ValueError("format (JSON mode) is not supported")
+        return self
+
+
+class OllamaChatRequest(_OllamaBase):
+    """POST /api/chat."""
+
+    messages: list[OllamaMessage] = Field(default_factory=list, max_length=1000)
+    tools: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat_unsupported(self):
+        if self.tools:
+            raise ValueError("tools are not supported")
+        if any(m.images for m in self.messages):
+            raise ValueError("images are not supported")
+        return self
+
+
+class OllamaGenerateRequest(_OllamaBase):
+    """POST /api/generate."""
+
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    images: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _gen_unsupported(self):
+        if self.images:
+            raise ValueError("images are not supported")
+        return self
+
+
+class OllamaEmbedRequest(_Lenient):
+    """POST /api/embed."""
+
+    model: str = Field(min_length=1, max_length=200)
+    input: str | list[str]
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, v):
+        return _texts(v)
+
+
+class RouteRequest(_Lenient):
+    """POST /swarm/route."""
+
+    prompt: str = Field(min_length=1)
