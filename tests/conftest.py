@@ -33,12 +33,27 @@ def model_files() -> dict[str, dict[str, Path]]:
     return {mid: ensure_model(settings, registry.get(mid), registry.base_dir) for mid in TEST_MODELS}
 
 
-@pytest.fixture()
-def test_registry(model_files, tmp_path):
-    """A models.yaml with the two test models, sourced from local paths (the cached real files)."""
+def registry_yaml(model_files: dict[str, dict[str, Path]], *, twin: bool = False) -> str:
+    """models.yaml text for the two test models (local paths to the cached real files).
+
+    `twin` adds smollm2-135m-b: the same GGUF under a second id, so a test gets a third model (its own
+    worker, its own budget share) without another download.
+    """
     default = load_registry(DEFAULT_CONFIG)
     smol, mini = default.get("smollm2-135m"), default.get("minilm-l6")
-    text = f"""
+    smol_file = f"""
+    files:
+      - name: {smol.files[0].name}
+        size: {smol.files[0].size}
+        sha256: {smol.files[0].sha256}
+        sources: [{{path: "{model_files['smollm2-135m']['model']}"}}]"""
+    twin_text = f"""
+  - id: smollm2-135m-b
+    format: gguf
+    tasks: [rewrite]
+    n_ctx: 1024
+    max_tokens: 32{smol_file}""" if twin else ""
+    return f"""
 version: 1
 default_task: chat
 models:
@@ -46,12 +61,7 @@ models:
     format: gguf
     tasks: [chat, rewrite]
     n_ctx: 1024
-    max_tokens: 32
-    files:
-      - name: {smol.files[0].name}
-        size: {smol.files[0].size}
-        sha256: {smol.files[0].sha256}
-        sources: [{{path: "{model_files['smollm2-135m']['model']}"}}]
+    max_tokens: 32{smol_file}
   - id: minilm-l6
     format: onnx
     kind: embedding
@@ -65,11 +75,17 @@ models:
         role: tokenizer
         size: {mini.files[1].size}
         sha256: {mini.files[1].sha256}
-        sources: [{{path: "{model_files['minilm-l6']['tokenizer']}"}}]
+        sources: [{{path: "{model_files['minilm-l6']['tokenizer']}"}}]{twin_text}
 routes:
   chat: {{keywords: [hello, hi], models: [smollm2-135m]}}
   rewrite: {{keywords: [rewrite], models: [smollm2-135m]}}
 """
+
+
+@pytest.fixture()
+def test_registry(model_files, tmp_path):
+    """A models.yaml with the two test models, sourced from local paths (the cached real files)."""
+    text = registry_yaml(model_files)
     path = tmp_path / "models.yaml"
     path.write_text(text)
     return parse_registry(text, path)

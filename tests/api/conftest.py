@@ -1,0 +1,120 @@
+"""A real `swarm-edge serve` process on a real Unix socket, serving the real test models."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.conftest import registry_yaml
+
+SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
+
+
+class Daemon:
+    """One daemon process; `http` speaks HTTP over its socket."""
+
+    def __init__(self, root: Path, config: Path, *args: str, env: dict | None = None) -> None:
+        self.root = root
+        self.socket = root / "run" / "swarm-edge.sock"
+        self.home = root / "home"
+        self.log = root / f"daemon-{time.monotonic_ns()}.log"
+        self.env = {**os.environ, "SWARM_EDGE_HOME": str(self.home), "SWARM_EDGE_THREADS": "2", **(env or {})}
+        self.env.pop("SWARM_EDGE_SOCKET", None)
+        self.cmd = [SWARM_EDGE, "serve", "--socket", str(self.socket), "--config", str(config), "--offline", *args]
+        self.proc: subprocess.Popen | None = None
+        self.http: httpx2.Client | None = None
+
+    def start(self, timeout: float = 60.0) -> Daemon:
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._logf, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        self.http = client(self.socket)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if self.http.get("/health", timeout=2).status_code == 200:
+                    return self
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"daemon did not answer within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def status(self) -> dict:
+        return self.http.get("/swarm/status").json()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.http is not None:
+            self.http.close()
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon ignored signal {sig} for {timeout} s:\n{self.output()}") from None
+        finally:
+            self._logf.close()
+
+
+def client(socket_path: Path, timeout: float = 120.0) -> httpx2.Client:
+    """An httpx2 client over a Unix socket."""
+    return httpx2.Client(transport=httpx2.HTTPTransport(uds=str(socket_path)), base_url="http://swarm-edge",
+                         timeout=timeout)
+
+
+def private_root() -> Path:
+    """A short private directory (sun_path is limited to 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="se-"))
+
+
+@pytest.fixture(scope="module")
+def api_config(model_files, tmp_path_factory) -> Path:
+    """models.yaml with smollm2-135m, minilm-l6 and smollm2-135m-b (same file, second id)."""
+    path = tmp_path_factory.mktemp("cfg") / "models.yaml"
+    path.write_text(registry_yaml(model_files, twin=True))
+    return path
+
+
+@pytest.fixture(scope="module")
+def daemon(api_config):
+    """A daemon shared by a test module (default budget)."""
+    import shutil
+
+    root = private_root()
+    d = Daemon(root, api_config).start()
+    yield d
+    code = d.stop()
+    assert code == 0, d.output()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def make_daemon(api_config):
+    """Factory for daemons with their own flags; all stopped (and their dirs removed) after the test."""
+    import shutil
+
+    made: list[Daemon] = []
+
+    def make(*args: str, root: Path | None = None, start: bool = True, **kw) -> Daemon:
+        d = Daemon(root or private_root(), api_config, *args, **kw)
+        made.append(d)
+        return d.start() if start else d
+
+    yield make
+    for d in made:
+        d.stop()
+        shutil.rmtree(d.root, ignore_errors=True)
