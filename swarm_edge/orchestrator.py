@@ -123,7 +123,7 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
     parts: list[str] = []
     done: dict = {}
     t_first = None
-    async with engine.scheduler.lease(spec.id) as worker:
+    async with engine.scheduler.lease(spec.id) as worker, engine.compute():
         t_leased = time.perf_counter()
         waited = t_leased - t_files
         load_s = min(waited, worker.info.get("spawn_to_ready_s") or 0.0) if worker.requests == 0 else 0.0
@@ -163,7 +163,7 @@ async def embed(engine: Engine, texts: list[str], model_id: str | None = None) -
             raise ConfigError(f"{engine.registry.path} declares no embedding model")
     await asyncio.to_thread(engine.files, spec.id)
     t_files = time.perf_counter()
-    async with engine.scheduler.lease(spec.id) as worker:
+    async with engine.scheduler.lease(spec.id) as worker, engine.compute():
         t_leased = time.perf_counter()
         load_s = min(t_leased - t_files, worker.info.get("spawn_to_ready_s") or 0.0) if worker.requests == 0 else 0.0
         vectors = await worker.embed(texts)

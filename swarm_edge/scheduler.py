@@ -231,6 +231,7 @@ class Scheduler:
         measured = getattr(r.worker, "last_pss", 0) or 0
         if measured > r.reserved:
             r.reserved = measured
+        if self.used() > self.budget:  # a worker grew, or the base did: give idle models back
             await self._make_room(0, exclude=r.model_id, wait=False)
 
     def _check_backoff(self, model_id: str) -> None:

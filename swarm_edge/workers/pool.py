@@ -341,6 +341,11 @@ class Pool:
         if self._want_spare and (self._spare is None or not self._spare[0].is_alive()):
             self._spare = await asyncio.to_thread(self._fork)
 
+    @property
+    def wants_spare(self) -> bool:
+        """Whether this pool keeps a spare worker forked."""
+        return self._want_spare
+
     def spare_pid(self) -> int | None:
         """Process id of the waiting spare, if there is one."""
         return self._spare[0].pid if self._spare is not None else None

@@ -115,7 +115,7 @@ def test_error_answers(sdk, daemon):
 
 def test_queue_full_is_503_with_retry_after(make_daemon):
     d = make_daemon("--max-queue", "1")
-    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 24}
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 64}
 
     def one(_):
         with d.http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
