@@ -1,6 +1,7 @@
 """swarm-edge: an on-device runtime for swarms of small language models.
 
-Importing this package is cheap: it never imports llama_cpp, onnxruntime or numpy.
+Importing this package is cheap: it never imports llama_cpp, onnxruntime or numpy, and the models.yaml
+schema (pydantic) only when first used.
 """
 
 from __future__ import annotations
@@ -19,9 +20,18 @@ from swarm_edge.errors import (
     SwarmEdgeError,
     UnknownModelError,
 )
-from swarm_edge.registry import ModelSpec, Registry, load_registry, parse_registry
 
 __version__ = "0.1.0"
+
+_LAZY = {"ModelSpec", "Registry", "load_registry", "parse_registry"}  # pydantic + yaml: ~0.1 s, not for --help
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from swarm_edge import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'swarm_edge' has no attribute {name!r}")
 
 __all__ = [
     "BackendUnavailableError",

@@ -24,7 +24,7 @@ from swarm_edge.workers import GenerateRequest, backend_options
 from swarm_edge.workers.pool import Pool
 
 DEFAULT_BUDGET = "60%"
-BASE_TTL_S = 0.5   # the base PSS reads every process's smaps: reuse a reading for this long
+BASE_TTL_S = 3.0   # the base PSS reads every process's smaps (ms of CPU): reuse a reading for this long
 BASE_WINDOW_S = 60.0  # admission counts the highest base seen in this window
 
 
@@ -90,6 +90,10 @@ class Engine:
                                                  fetch=self.fetch if fetch is None else fetch and self.fetch,
                                                  progress_factory=progress_factory)
         return self._files[model_id]
+
+    def has_files(self, model_id: str) -> bool:
+        """Whether this engine has already verified the model's files."""
+        return model_id in self._files
 
     def _key(self, spec: ModelSpec) -> str:
         return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch)

@@ -91,7 +91,10 @@ def choose(engine: Engine, text: str, model_id: str | None) -> tuple[ModelSpec, 
 
 def route(engine: Engine, text: str) -> Route:
     """Explain which task and model `text` would go to, without generating."""
-    return KeywordRouter(engine.registry).route(text)
+    router = getattr(engine, "_router", None)
+    if router is None or router.registry is not engine.registry:
+        router = engine._router = KeywordRouter(engine.registry)  # compiled once per engine, not per request
+    return router.route(text)
 
 
 def _last_user_text(messages: list[dict[str, str]]) -> str:
@@ -118,7 +121,8 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
         request = GenerateRequest(prompt="\n".join(m["content"] for m in turns), **common)
     else:
         request = GenerateRequest(messages=messages, **common)
-    await asyncio.to_thread(lambda: engine.files(spec.id, progress_factory, fetch=fetch))
+    if not engine.has_files(spec.id):  # verified once per engine; later requests skip the thread hop
+        await asyncio.to_thread(lambda: engine.files(spec.id, progress_factory, fetch=fetch))
     t_files = time.perf_counter()
     parts: list[str] = []
     done: dict = {}
@@ -127,8 +131,13 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
         t_leased = time.perf_counter()
         waited = t_leased - t_files
         load_s = min(waited, worker.info.get("spawn_to_ready_s") or 0.0) if worker.requests == 0 else 0.0
-        yield {"type": "start", "model": spec.id, "route": route}
-        async with contextlib.aclosing(worker.generate(request)) as events:
+        await worker.begin(request)  # the model reads the prompt while our caller prepares its response
+        try:
+            yield {"type": "start", "model": spec.id, "route": route}
+        except BaseException:
+            await worker.abandon()
+            raise
+        async with contextlib.aclosing(worker.generate(request, sent=True)) as events:
             async for event in events:
                 if event["type"] == "token":
                     if t_first is None:
@@ -143,7 +152,8 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
         text="".join(parts), model=spec.id, route=route, finish_reason=done.get("finish_reason", "stop"),
         tokens=done.get("chunks", 0), prompt_tokens=done.get("prompt_tokens"),
         timings={"files_s": _r(t_files - t0), "queue_s": _r(waited - load_s), "load_s": _r(load_s),
-                 "ttft_s": _r(t_first - t0 if t_first else None), "decode_tok_s": _r(done.get("decode_tok_s")),
+                 "ttft_s": _r(t_first - t0 if t_first else None), "model_ttft_s": _r(done.get("ttft_s")),
+                 "decode_tok_s": _r(done.get("decode_tok_s")),
                  "generate_s": _r(t_end - t_leased), "total_s": _r(t_end - t0)},
     )
     yield {"type": "done", "answer": answer}
@@ -161,7 +171,8 @@ async def embed(engine: Engine, texts: list[str], model_id: str | None = None) -
         spec = next((m for m in engine.registry if m.kind == "embedding"), None)
         if spec is None:
             raise ConfigError(f"{engine.registry.path} declares no embedding model")
-    await asyncio.to_thread(engine.files, spec.id)
+    if not engine.has_files(spec.id):
+        await asyncio.to_thread(engine.files, spec.id)
     t_files = time.perf_counter()
     async with engine.scheduler.lease(spec.id) as worker, engine.compute():
         t_leased = time.perf_counter()

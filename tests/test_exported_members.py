@@ -24,3 +24,15 @@ def test_import_and_cli_stay_light():
             "if m in sys.modules]; print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_help_imports_nothing_heavy():
+    """`swarm-edge --help` must stay fast: no runtimes, no web stack, not even the models.yaml schema."""
+    code = ("import sys; sys.argv = ['swarm-edge', '--help']\n"
+            "from swarm_edge.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('llama_cpp', 'onnxruntime', 'numpy', 'tokenizers', 'huggingface_hub', 'fastapi',\n"
+            "         'uvicorn', 'starlette', 'httpx2', 'pydantic', 'yaml', 'psutil') if m in sys.modules]\n"
+            "print('HEAVY=' + ','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "serve" in out.stdout and out.stdout.strip().endswith("HEAVY=")

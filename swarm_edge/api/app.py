@@ -396,14 +396,17 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         async def body_iter():
             metrics.streams_open += 1
             try:
-                if kind == "chat":
-                    yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                  "finish_reason": None}])
+                # OpenAI's first chunk carries only the role; it goes out in one write with the first token
+                role = chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                               "finish_reason": None}]) if kind == "chat" else b""
                 async for ev in events:
                     if ev["type"] == "token":
-                        yield chunk([choice(ev["text"], None)])
+                        yield role + chunk([choice(ev["text"], None)]) if role else chunk([choice(ev["text"], None)])
+                        role = b""
                     elif ev["type"] == "done":
                         answer = ev["answer"]
+                        if role:  # no token at all
+                            yield role
                         yield chunk([choice(None if kind == "chat" else "", answer.finish_reason)],
                                     swarm=answer.trace())
                         if body.include_usage:

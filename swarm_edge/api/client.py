@@ -1,13 +1,19 @@
-"""A small client for the daemon over its Unix socket (httpx2), used by the CLI.
+"""A small client for the daemon over its Unix socket, on the standard library's http.client.
 
-Errors come back as the same exception classes the daemon raised (the error body names the class), so
-`swarm-edge ask` exits with the same code and message whether it ran in-process or through the daemon.
+Why not httpx: this runs inside every `swarm-edge ask`/`chat`, so import time and CPU per streamed token
+matter (both are a fraction of httpx2's), and it needs nothing but HTTP/1.1 over AF_UNIX. The connection
+is kept alive between requests; a request is sent again only when a kept-alive connection turns out to
+have been closed by the daemon before it read anything. Errors come back as the same exception classes
+the daemon raised (the error body names the class), so `swarm-edge ask` exits with the same code and
+message whether it ran in-process or through the daemon.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,19 +22,44 @@ from typing import Any
 from swarm_edge import errors
 from swarm_edge.errors import SwarmEdgeError
 
-BASE_URL = "http://swarm-edge"   # the host part is ignored on a Unix socket; the Host header says who we are
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("swarm-edge", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _Response:
+    """Status, headers and body of an answer (what the error mapping needs)."""
+
+    def __init__(self, status: int, headers, body: bytes) -> None:
+        self.status_code, self.headers, self.content = status, headers, body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 class DaemonClient:
     """HTTP over the daemon's Unix socket."""
 
     def __init__(self, socket_path: str | os.PathLike, *, timeout: float | None = None) -> None:
-        import httpx2
-
         self.socket_path = Path(socket_path)
-        self._httpx = httpx2
-        self._http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(self.socket_path)), base_url=BASE_URL,
-                                   timeout=httpx2.Timeout(timeout, connect=5.0))
+        self.timeout = timeout
+        self._conn: _UnixConnection | None = None
 
     @classmethod
     def find(cls, socket_path: str | os.PathLike) -> DaemonClient | None:
@@ -40,15 +71,17 @@ class DaemonClient:
             return None
         client = cls(socket_path)
         try:
-            client._http.get("/health", timeout=2.0).raise_for_status()
+            client._request("GET", "/health", None, timeout=2.0)
             return client
         except Exception:  # refused, stale socket, not ours: behave as if there were no daemon
             client.close()
             return None
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the kept-alive connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def __enter__(self) -> DaemonClient:
         return self
@@ -59,41 +92,90 @@ class DaemonClient:
     def _lost(self, exc: Exception) -> SwarmEdgeError:
         return SwarmEdgeError(f"lost the connection to the daemon at {self.socket_path}: {exc}")
 
+    def _open(self, method: str, path: str, body: dict | None, timeout: float | None):
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        wait = timeout if timeout is not None else self.timeout
+        while True:
+            reused, conn, self._conn = self._conn is not None, self._conn, None
+            if conn is None:
+                conn = _UnixConnection(str(self.socket_path), wait)
+            else:
+                conn.timeout = wait
+                if conn.sock is not None:
+                    conn.sock.settimeout(wait)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                return conn, conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                if not reused:
+                    raise self._lost(exc) from None
+                # the daemon closed the idle connection before reading this request: send it on a new one
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise self._lost(exc) from None
+
+    def _keep(self, conn, resp) -> None:
+        if resp.will_close or not resp.isclosed():
+            conn.close()
+        else:
+            self.close()
+            self._conn = conn
+
+    def _request(self, method: str, path: str, body: dict | None, timeout: float | None = None) -> Any:
+        conn, resp = self._open(method, path, body, timeout)
+        try:
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._lost(exc) from None
+        self._keep(conn, resp)
+        return _json_or_raise(_Response(resp.status, resp.headers, raw))
+
     def get(self, path: str) -> Any:
         """GET a JSON document."""
-        try:
-            resp = self._http.get(path)
-        except self._httpx.HTTPError as exc:
-            raise self._lost(exc) from None
-        return _json_or_raise(resp)
+        return self._request("GET", path, None)
 
     def post(self, path: str, body: dict) -> Any:
         """POST JSON, return the JSON answer."""
-        try:
-            resp = self._http.post(path, json=body)
-        except self._httpx.HTTPError as exc:
-            raise self._lost(exc) from None
-        return _json_or_raise(resp)
+        return self._request("POST", path, body)
 
     def stream(self, path: str, body: dict) -> Iterator[dict]:
-        """POST with stream=true; yield each SSE data object until [DONE]. An error event raises."""
+        """POST with stream=true; yield each SSE data object until [DONE]. An error event raises.
+
+        Stopping early (closing the generator) closes the connection, which tells the daemon to stop.
+        """
+        conn, resp = self._open("POST", path, {**body, "stream": True}, None)
+        finished = False
         try:
-            with self._http.stream("POST", path, json={**body, "stream": True}) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _json_or_raise(resp)
-                for line in resp.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[6:]
-                    if data == "[DONE]":
-                        return
-                    obj = json.loads(data)
-                    if "error" in obj:
-                        raise _as_exception(obj["error"], None)
-                    yield obj
-        except self._httpx.HTTPError as exc:
+            if resp.status >= 400:
+                raw = resp.read()
+                finished = True
+                _json_or_raise(_Response(resp.status, resp.headers, raw))
+            while True:
+                line = resp.readline()
+                if not line:
+                    raise self._lost(ConnectionError("the stream ended without [DONE]"))
+                if not line.startswith(b"data: "):
+                    continue
+                data = line[6:].strip()
+                if data == b"[DONE]":
+                    resp.read()  # the end of the chunked body, so the connection can be used again
+                    finished = True
+                    return
+                obj = json.loads(data)
+                if "error" in obj:
+                    raise _as_exception(obj["error"], None)
+                yield obj
+        except (OSError, http.client.HTTPException) as exc:
+            finished = False
             raise self._lost(exc) from None
+        finally:
+            if finished:
+                self._keep(conn, resp)
+            else:
+                conn.close()
 
 
 def _json_or_raise(resp) -> Any:
@@ -116,7 +198,7 @@ def _as_exception(err: dict, resp) -> SwarmEdgeError:
         status = f"HTTP {resp.status_code}: " if resp is not None else ""
         return SwarmEdgeError(f"daemon: {status}{message}")
     if cls is errors.BusyError:
-        retry = float(resp.headers.get("retry-after", 1)) if resp is not None else 1.0
+        retry = float(resp.headers.get("retry-after") or 1) if resp is not None else 1.0
         return errors.BusyError(message, retry_after=retry)
     if cls is errors.BudgetError:
         return errors.BudgetError(message, needed=err.get("needed_bytes"), budget=err.get("budget_bytes"))

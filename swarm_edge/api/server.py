@@ -203,12 +203,15 @@ def load_token(path: Path) -> tuple[str, bool]:
 
 
 def _protocol_class(metrics):
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    try:  # httptools (C parser, and a response writer without h11's per-event Python work) when installed
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
     allowed = frozenset({os.getuid(), 0})
 
-    class PeerCheckedH11(H11Protocol):
-        """h11 protocol that hangs up on Unix-socket peers of another uid before reading a byte."""
+    class PeerChecked(Base):
+        """HTTP protocol that hangs up on Unix-socket peers of another uid before reading a byte."""
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -225,7 +228,7 @@ def _protocol_class(metrics):
                             uid, pid, os.getuid())
                 transport.abort()
 
-    return PeerCheckedH11
+    return PeerChecked
 
 
 def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path | None = None,
@@ -256,7 +259,8 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
                 f"{len(engine.registry)} models, {'offline' if engine.settings.offline else 'fetching when needed'})")
 
         app = create_app(engine, token=token, on_ready=ready)
-        config = uvicorn.Config(app, http=_protocol_class(app.state.metrics), lifespan="on", log_level=log_level,
+        config = uvicorn.Config(app, http=_protocol_class(app.state.metrics), loop="auto", lifespan="on",
+                                log_level=log_level,
                                 access_log=False, timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=30,
                                 server_header=False, date_header=False)
         server = uvicorn.Server(config)

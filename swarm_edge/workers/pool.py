@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import signal
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from swarm_edge.errors import InferenceError, ModelLoadError, SwarmEdgeError, Wo
 from swarm_edge.workers.base import GenerateRequest
 
 MAX_FRAME = 64 << 20          # a worker may not send more than this in one message
+_HEADER = struct.Struct("!i")
 LOAD_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
 PRELOAD = ["swarm_edge.workers.preload"]
@@ -144,12 +146,14 @@ class Worker:
         self.last_embed_tokens: int | None = None
         self.requests = 0            # requests served (0 = the lease holding it is the one that waited for the load)
         self._settling: asyncio.Task | None = None   # a cancelled request's drain, finished before the next one
+        self._inflight = False                       # a generation was sent and its end not read yet
         self._loop = loop
         self._queue: asyncio.Queue[dict] = asyncio.Queue()
         self._dead = False
         # Frames are read by the event loop itself when the pipe is readable: one wake-up per token, no
         # reader thread competing for the GIL and the cores the worker decodes on.
         self._fd = conn.fileno()
+        self._buf = bytearray()
         loop.add_reader(self._fd, self._on_readable)
 
     @property
@@ -163,13 +167,38 @@ class Worker:
         return not self._dead and self.process.is_alive()
 
     def _on_readable(self) -> None:
+        # One read per wake-up, frames parsed from our own buffer: multiprocessing's recv_bytes costs a poll and
+        # two reads per frame, and at one frame per token those syscalls were most of the daemon's CPU (which,
+        # on a small machine, is taken from the cores the model decodes on). Frames are multiprocessing's:
+        # a 4-byte big-endian length, then the bytes.
         try:
-            while True:
-                self._queue.put_nowait(json.loads(self.conn.recv_bytes(MAX_FRAME)))
-                if not self.conn.poll(0):
-                    return
-        except (EOFError, OSError, ValueError):
+            data = os.read(self._fd, 1 << 16)
+        except InterruptedError:
+            return
+        except OSError:
             self._mark_dead()
+            return
+        if not data:
+            self._mark_dead()
+            return
+        buf = self._buf
+        buf += data
+        start = 0
+        try:
+            while len(buf) - start >= 4:
+                (size,) = _HEADER.unpack_from(buf, start)
+                if size < 0 or size > MAX_FRAME:
+                    raise ValueError(f"frame of {size} bytes")
+                end = start + 4 + size
+                if len(buf) < end:
+                    break
+                self._queue.put_nowait(json.loads(bytes(buf[start + 4:end])))
+                start = end
+        except ValueError:  # a worker that breaks the protocol is treated as dead
+            self.kill()
+            self._mark_dead()
+            return
+        del buf[:start]
 
     def _mark_dead(self) -> None:
         if self._fd is not None:
@@ -214,12 +243,20 @@ class Worker:
         self.last_pss = msg.get("calibration_pss") or msg.get("pss") or 0
         return msg
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        """Stream events of one generation; closing the iterator early cancels it in the worker."""
+    async def begin(self, request: GenerateRequest) -> None:
+        """Send a generation to the worker, so the model starts on the prompt while the caller gets ready.
+
+        Follow with `generate(request, sent=True)` to read it, or `abandon()` if it is not wanted after all.
+        """
         await self._settle()
         self.requests += 1
         self._send({"kind": "generate", "request": asdict(request)})
-        finished = False
+        self._inflight = True
+
+    async def generate(self, request: GenerateRequest, *, sent: bool = False) -> AsyncIterator[dict]:
+        """Stream events of one generation; closing the iterator early cancels it in the worker."""
+        if not sent:
+            await self.begin(request)
         try:
             while True:
                 msg = await self._next()
@@ -227,17 +264,22 @@ class Worker:
                     yield msg["event"]
                 elif msg["kind"] == "end":
                     self.last_pss = msg.get("pss") or self.last_pss
-                    finished = True
+                    self._inflight = False
                     return
                 elif msg["kind"] == "error":
-                    finished = True
+                    self._inflight = False
                     raise _error(msg)
         finally:
-            if not finished and self.alive:
-                # Shielded: when the caller is being cancelled (client gone) every await here may be cancelled
-                # again; the drain must still finish, or the next request would read this one's tokens.
-                self._settling = self._loop.create_task(self._cancel())
-                await asyncio.shield(self._settling)
+            await self.abandon()
+
+    async def abandon(self) -> None:
+        """Cancel the generation in flight (if any) and drain it, whatever happens to the caller meanwhile."""
+        if self._inflight and self.alive:
+            self._inflight = False
+            # Shielded: when the caller is being cancelled (client gone) every await here may be cancelled
+            # again; the drain must still finish, or the next request would read this one's tokens.
+            self._settling = self._loop.create_task(self._cancel())
+            await asyncio.shield(self._settling)
 
     async def _settle(self) -> None:
         if self._settling is not None:

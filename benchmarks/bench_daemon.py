@@ -1,0 +1,199 @@
+"""Through the daemon vs raw llama-cpp-python: decode tok/s and time to first token, one run, same everything.
+
+daemon  `swarm-edge serve` in its own process; swarm-edge's own client (http.client over AF_UNIX, what
+        `swarm-edge ask` uses) streams /v1/chat/completions (SSE) over the Unix socket; the model runs in a
+        worker process; times are taken where the client receives and parses each chunk
+raw     llama_cpp.Llama in this process, create_chat_completion(stream=True)
+
+Same GGUF, n_ctx, n_batch, threads, chat messages and sampling (greedy, top_p 1.0) on both sides. Every rep
+starts a fresh daemon and a fresh raw instance (one instance's memory layout can be a few percent faster
+than another's), warms both with one request, then alternates them prompt by prompt, so both see the same
+sequence of prompts (and the same prefix-cache hits). Added TTFT is the median of the per-prompt
+differences daemon - raw.
+
+Rerun:  .venv/bin/python benchmarks/bench_daemon.py [--reps 4] [--max-tokens 96] [--models ID ...]
+Writes: benchmarks/results/daemon.json and benchmarks/results/daemon.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from results_io import write_results
+
+from swarm_edge.api.client import DaemonClient
+from swarm_edge.config import DEFAULT_CONFIG, Settings
+from swarm_edge.errors import ModelFileError
+from swarm_edge.registry import load_registry
+from swarm_edge.sources import ensure_model
+
+PROMPTS = [
+    "List twenty fruits, one per line, numbered.",
+    "Write the numbers from one to forty in words, separated by commas.",
+    "Name twenty countries in Europe, one per line.",
+    "List twenty animals that live in the ocean, numbered.",
+    "Write twenty English verbs in the past tense, one per line.",
+    "List twenty colours, numbered, one per line.",
+]
+SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
+
+
+def timed(chunks) -> tuple:
+    """(time to first text chunk, decode chunks/s after it, chunks) for a stream started just before."""
+    t0 = time.perf_counter()
+    first = last = None
+    n = 0
+    for text in chunks:
+        if not text:
+            continue
+        last = time.perf_counter()
+        first = first or last
+        n += 1
+    if first is None or n < 2:
+        raise RuntimeError("fewer than two tokens came back; pick a longer-running prompt")
+    return first - t0, (n - 1) / (last - first), n
+
+
+def raw_once(llm, prompt: str, max_tokens: int):
+    stream = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                                        temperature=0.0, top_p=1.0, stream=True)
+    return timed(c["choices"][0].get("delta", {}).get("content") or "" for c in stream)
+
+
+def daemon_once(client, model: str, prompt: str, max_tokens: int):
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0.0}
+
+    trace = {}
+
+    def chunks():
+        for obj in client.stream("/v1/chat/completions", body):
+            trace.update(obj.get("swarm", {}).get("timings", {}))
+            for choice in obj.get("choices", []):
+                yield choice.get("delta", {}).get("content") or ""
+
+    ttft, rate, n = timed(chunks())
+    return ttft, rate, n, trace.get("ttft_s"), trace.get("model_ttft_s")
+
+
+class Daemon:
+    def __init__(self, root: Path, threads: int) -> None:
+        self.socket = root / "run" / "s.sock"
+        env = {**os.environ, "SWARM_EDGE_THREADS": str(threads)}
+        env.pop("SWARM_EDGE_SOCKET", None)
+        self.proc = subprocess.Popen([SWARM_EDGE, "serve", "--offline", "--socket", str(self.socket)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.http = DaemonClient(self.socket, timeout=300)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if DaemonClient.find(self.socket) is not None:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon did not start: {self.proc.stderr.read().decode()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
+    from llama_cpp import Llama
+
+    pairs = []   # (daemon (ttft, tok/s, n), raw (ttft, tok/s, n)) per prompt
+    for rep in range(reps):
+        root = Path(tempfile.mkdtemp(prefix="se-bench-"))
+        daemon = Daemon(root, threads)
+        raw = Llama(model_path=str(files["model"]), n_ctx=spec.n_ctx, n_batch=spec.n_batch, n_threads=threads,
+                    n_threads_batch=threads, verbose=False)
+        try:
+            daemon_once(daemon.http, spec.id, "Say hello.", 8)   # loads the model in a worker
+            raw_once(raw, "Say hello.", 8)
+            for i, prompt in enumerate(PROMPTS):
+                if (i + rep) % 2 == 0:
+                    d = daemon_once(daemon.http, spec.id, prompt, max_tokens)
+                    r = raw_once(raw, prompt, max_tokens)
+                else:
+                    r = raw_once(raw, prompt, max_tokens)
+                    d = daemon_once(daemon.http, spec.id, prompt, max_tokens)
+                pairs.append((d, r))
+        finally:
+            raw.close()
+            daemon.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    d_tok = statistics.median(p[0][1] for p in pairs)
+    r_tok = statistics.median(p[1][1] for p in pairs)
+    return {
+        "model": spec.id, "threads": threads, "n_ctx": spec.n_ctx, "n_batch": spec.n_batch, "reps": reps,
+        "prompts": len(pairs),
+        "daemon": {"tok_s": d_tok, "ttft_s": statistics.median(p[0][0] for p in pairs)},
+        "raw": {"tok_s": r_tok, "ttft_s": statistics.median(p[1][0] for p in pairs)},
+        "decode_ratio": d_tok / r_tok,
+        "decode_ratio_per_prompt_median": statistics.median(p[0][1] / p[1][1] for p in pairs),
+        "ttft_added_ms_median": statistics.median((p[0][0] - p[1][0]) * 1000 for p in pairs),
+        # where the added time goes: HTTP + client (client TTFT - daemon-side TTFT), daemon to worker and back
+        # (daemon-side - time inside the worker's model call), and the model call itself vs raw
+        "ttft_split_ms_median": {
+            "http_and_client": statistics.median((p[0][0] - p[0][3]) * 1000 for p in pairs),
+            "daemon_to_worker": statistics.median((p[0][3] - p[0][4]) * 1000 for p in pairs),
+            "model_call_vs_raw": statistics.median((p[0][4] - p[1][0]) * 1000 for p in pairs),
+        },
+        "same_token_counts": all(p[0][2] == p[1][2] for p in pairs),
+        "pairs": pairs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    settings = Settings.load(threads=args.threads)
+    registry = load_registry(DEFAULT_CONFIG)
+    results = []
+    for mid in args.models:
+        spec = registry.get(mid)
+        try:
+            files = ensure_model(settings, spec, registry.base_dir, fetch=False)
+        except ModelFileError as exc:
+            print(f"skip {mid}: {exc}", file=sys.stderr)
+            continue
+        print(f"benchmarking {mid} through the daemon vs raw ...", file=sys.stderr, flush=True)
+        results.append(bench_model(spec, files, settings.threads, args.reps, args.max_tokens))
+    if not results:
+        print("no model is fetched: run `swarm-edge models fetch` first", file=sys.stderr)
+        return 1
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(),
+            "python": platform.python_version(), "max_tokens": args.max_tokens, "prompts": PROMPTS}
+    lines = [
+        "# Through the daemon (HTTP/SSE over the Unix socket, worker process) vs raw llama-cpp-python, one run",
+        "", f"{meta['when']}, {args.reps} reps x {len(PROMPTS)} prompts, alternating per prompt, fresh daemon and "
+        f"raw instance per rep, medians, {args.max_tokens} tokens max, same file/threads/n_ctx/n_batch/messages/"
+        "sampling. Bars: decode ratio >= 0.97, added TTFT <= 5 ms.",
+        "Rerun: `.venv/bin/python benchmarks/bench_daemon.py`", "",
+        "| model | threads | raw tok/s | daemon tok/s | daemon/raw | raw TTFT ms | daemon TTFT ms "
+        "| added TTFT ms (median of pairs) | same tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['threads']} | {r['raw']['tok_s']:.1f} | {r['daemon']['tok_s']:.1f} | "
+                     f"**{r['decode_ratio']:.3f}** | {r['raw']['ttft_s'] * 1000:.1f} | "
+                     f"{r['daemon']['ttft_s'] * 1000:.1f} | **{r['ttft_added_ms_median']:+.1f}** | "
+                     f"{r['same_token_counts']} |")
+    write_results("daemon", {"meta": meta, "results": results}, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
