@@ -393,6 +393,12 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
             return _sse({"id": oid, "object": obj + ".chunk" if kind == "chat" else obj, "created": created,
                          "model": start["model"], "choices": choices, **extra})
 
+        # A token chunk is the same bytes around the token's JSON string: build the two halves once, not a dict
+        # and a full json.dumps per token (this runs on the cores the model decodes on).
+        head, marker, tail = chunk([choice("\x00", None)]).partition(b'"\\u0000"')
+        assert marker, "the token placeholder must appear in the chunk template"
+        dumps = json.JSONEncoder(ensure_ascii=False).encode
+
         async def body_iter():
             metrics.streams_open += 1
             try:
@@ -401,7 +407,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
                                "finish_reason": None}]) if kind == "chat" else b""
                 async for ev in events:
                     if ev["type"] == "token":
-                        yield role + chunk([choice(ev["text"], None)]) if role else chunk([choice(ev["text"], None)])
+                        piece = head + dumps(ev["text"]).encode() + tail
+                        yield role + piece if role else piece
                         role = b""
                     elif ev["type"] == "done":
                         answer = ev["answer"]
