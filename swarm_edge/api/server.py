@@ -22,6 +22,7 @@ import signal
 import socket
 import stat
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,9 +133,22 @@ def unix_listener(path: Path, backlog: int = 128) -> Iterator[socket.socket]:
 
 
 def peer_credentials(sock) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", raw)
+    """(pid, uid, gid) of the process at the other end of a Unix socket.
+
+    Linux: SO_PEERCRED. macOS/BSD: LOCAL_PEERCRED (struct xucred: version, uid, ngroups, groups; no pid, so
+    -1) - written from the system headers, not tested on a Mac. Anything else raises OSError, and the
+    connection is refused: no answer without knowing who asks.
+    """
+    if hasattr(socket, "SO_PEERCRED"):
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", raw)
+    if sys.platform == "darwin" or "bsd" in sys.platform:
+        sol_local, local_peercred = 0, 0x001
+        raw = sock.getsockopt(sol_local, local_peercred, struct.calcsize("IIh16I") + 8)
+        _, uid = struct.unpack_from("II", raw)
+        _, gid = struct.unpack_from("hI", raw, 8)
+        return -1, uid, gid
+    raise OSError("no way to learn a Unix socket peer's uid on this platform")
 
 
 # ---------------------------------------------------------------- TCP (opt-in)
