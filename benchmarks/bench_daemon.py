@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_decode import time_stream
 from results_io import write_results
 
 from swarm_edge.api.client import DaemonClient
@@ -48,26 +49,10 @@ PROMPTS = [
 SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
 
 
-def timed(chunks) -> tuple:
-    """(time to first text chunk, decode chunks/s after it, chunks) for a stream started just before."""
-    t0 = time.perf_counter()
-    first = last = None
-    n = 0
-    for text in chunks:
-        if not text:
-            continue
-        last = time.perf_counter()
-        first = first or last
-        n += 1
-    if first is None or n < 2:
-        raise RuntimeError("fewer than two tokens came back; pick a longer-running prompt")
-    return first - t0, (n - 1) / (last - first), n
-
-
 def raw_once(llm, prompt: str, max_tokens: int):
     stream = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
                                         temperature=0.0, top_p=1.0, stream=True)
-    return timed(c["choices"][0].get("delta", {}).get("content") or "" for c in stream)
+    return time_stream(c["choices"][0].get("delta", {}).get("content") or "" for c in stream)
 
 
 def daemon_once(client, model: str, prompt: str, max_tokens: int):
@@ -82,7 +67,7 @@ def daemon_once(client, model: str, prompt: str, max_tokens: int):
             for choice in obj.get("choices", []):
                 yield choice.get("delta", {}).get("content") or ""
 
-    ttft, rate, n = timed(chunks())
+    ttft, rate, n = time_stream(chunks())
     return ttft, rate, n, trace.get("ttft_s"), trace.get("model_ttft_s")
 
 

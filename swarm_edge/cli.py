@@ -68,6 +68,8 @@ def _progress_factory(label: str, total: int, source: str):
 
 
 LocalOpt = typer.Option(False, "--local", help="Run in this process even if a daemon is running.")
+TemperatureOpt = typer.Option(0.0, min=0.0, max=2.0, help="0 = greedy (deterministic).")
+OfflineOpt = typer.Option(False, "--offline", help="Never download; use only fetched models.")
 SocketOpt = typer.Option(None, "--socket", help="The daemon's Unix socket (env SWARM_EDGE_SOCKET; default "
                          "$XDG_RUNTIME_DIR/swarm-edge/swarm-edge.sock, else SWARM_EDGE_HOME/run/swarm-edge.sock).")
 
@@ -147,9 +149,9 @@ def ask(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model id; default: routed by task (auto)."),
     as_json: bool = JsonOpt,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Cap on generated tokens."),
-    temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 = greedy (deterministic)."),
+    temperature: float = TemperatureOpt,
     system: Optional[str] = typer.Option(None, help="A system message for chat models."),
-    offline: bool = typer.Option(False, "--offline", help="Never download; use only fetched models."),
+    offline: bool = OfflineOpt,
     local: bool = LocalOpt,
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: physical cores). In-process only."),
     budget: Optional[str] = BudgetOpt,
@@ -253,8 +255,8 @@ def chat(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model id; default: routed per turn (auto)."),
     system: Optional[str] = typer.Option(None, help="A system message that starts the conversation."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Cap on tokens per answer."),
-    temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 = greedy (deterministic)."),
-    offline: bool = typer.Option(False, "--offline", help="Never download; use only fetched models."),
+    temperature: float = TemperatureOpt,
+    offline: bool = OfflineOpt,
     local: bool = LocalOpt,
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads. In-process only."),
     budget: Optional[str] = BudgetOpt,

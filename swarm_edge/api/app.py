@@ -267,6 +267,18 @@ async def _prime(events: AsyncIterator[dict]) -> dict:
         raise
 
 
+async def _final_answer(events: AsyncIterator[dict]) -> orchestrator.Answer:
+    """Run a primed stream to its end and return the Answer (for answers that are not streamed)."""
+    answer = None
+    try:
+        async for ev in events:
+            if ev["type"] == "done":
+                answer = ev["answer"]
+    finally:
+        await events.aclose()
+    return answer
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -367,20 +379,14 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         created = int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
 
-        def choice(text: str | None, finish: str | None, final: bool = False) -> dict:
+        def choice(text: str | None, finish: str | None) -> dict:
             if kind == "chat":
                 delta = {} if text is None else {"content": text}
                 return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
         if not body.stream:
-            answer = None
-            try:
-                async for ev in events:
-                    if ev["type"] == "done":
-                        answer = ev["answer"]
-            finally:
-                await events.aclose()
+            answer = await _final_answer(events)
             if kind == "chat":
                 ch = {"index": 0, "message": {"role": "assistant", "content": answer.text}, "logprobs": None,
                       "finish_reason": answer.finish_reason}
@@ -505,13 +511,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
             return d
 
         if not stream:
-            answer = None
-            try:
-                async for ev in events:
-                    if ev["type"] == "done":
-                        answer = ev["answer"]
-            finally:
-                await events.aclose()
+            answer = await _final_answer(events)
             return final(answer, answer.text)
 
         async def body_iter():
