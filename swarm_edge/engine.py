@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,6 +64,7 @@ class Engine:
         self.pool = Pool(spare=spare)  # a one-shot CLI call has no next load to pre-fork a worker for
         self.fetch = (not settings.offline) if fetch is None else fetch
         self._files: dict[str, dict[str, Path]] = {}
+        self._files_lock: dict[str, threading.Lock] = {}   # files() runs in threads (start-up warm-up, requests)
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
@@ -84,7 +86,11 @@ class Engine:
 
     def files(self, model_id: str, progress_factory=None, *, fetch: bool | None = None) -> dict[str, Path]:
         """Verified files of a model (fetched first unless offline); cached for the engine's life."""
-        if model_id not in self._files:
+        if model_id in self._files:
+            return self._files[model_id]
+        with self._files_lock.setdefault(model_id, threading.Lock()):  # one verification per model at a time
+            if model_id in self._files:
+                return self._files[model_id]
             spec = self.registry.get(model_id)
             self._files[model_id] = ensure_model(self.settings, spec, self.registry.base_dir,
                                                  fetch=self.fetch if fetch is None else fetch and self.fetch,

@@ -57,9 +57,17 @@ def _write_stamp(settings: Settings, model_id: str, fspec: FileSpec, path: Path)
     stamp = _stamp_path(settings, model_id, fspec.name)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     data = {"path": str(path), "sha256": fspec.sha256, **_stat_key(path)}
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, stamp)
+    # a temp name of its own: two verifications of the same file (two threads, two processes) must not
+    # rename each other's temp file away
+    fd, tmp = tempfile.mkstemp(prefix=f"{stamp.name}.", suffix=".tmp", dir=stamp.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data))
+        os.replace(tmp, stamp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _stamp_valid(settings: Settings, model_id: str, fspec: FileSpec, path: Path) -> bool:

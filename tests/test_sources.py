@@ -75,6 +75,34 @@ def test_local_path_source(tmp_path, settings):
     assert file_status(settings, reg.get("blob"), reg.get("blob").files[0], reg.base_dir) == "verified"
 
 
+def test_concurrent_verifications_of_one_file_all_succeed(tmp_path, settings):
+    """Regression: a daemon's start-up warm-up and its first request verified the same file at once, and one
+    renamed the other's temp stamp away (FileNotFoundError -> HTTP 500)."""
+    (tmp_path / "blob.bin").write_bytes(PAYLOAD)
+    reg = registry_for(tmp_path, "          - path: blob.bin")
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def verify() -> None:
+        try:
+            start.wait()
+            for _ in range(10):
+                sources._write_stamp(settings, "blob", reg.get("blob").files[0], tmp_path / "blob.bin")
+            ensure_model(settings, reg.get("blob"), reg.base_dir)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=verify) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stamps = sorted(p.name for p in (settings.home / "models" / "blob").iterdir()) \
+        if (settings.home / "models" / "blob").exists() else []
+    assert not [n for n in stamps if n.endswith(".tmp")]  # no temp stamp left behind
+
+
 def test_local_path_wrong_sha_is_refused(tmp_path, settings):
     (tmp_path / "blob.bin").write_bytes(PAYLOAD[:-1] + b"\0")
     reg = registry_for(tmp_path, "          - path: blob.bin")

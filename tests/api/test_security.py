@@ -122,8 +122,10 @@ def test_sigterm_finishes_in_flight_work_and_cleans_up(make_daemon):
     body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Count from one to ten."}],
             "max_tokens": 24, "stream": True}
     with d.http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200, (r.read(), d.output())
         lines = r.iter_lines()
-        next(line for line in lines if line.startswith("data: "))
+        first = next((line for line in lines if line.startswith("data: ")), None)
+        assert first is not None, d.output()
         tree = [psutil.Process(d.proc.pid), *psutil.Process(d.proc.pid).children(recursive=True)]
         d.proc.send_signal(signal.SIGTERM)
         rest = [line for line in lines if line.startswith("data: ")]
