@@ -115,3 +115,26 @@ def _tokens_generated(daemon) -> float:
         if line.startswith('swarm_edge_tokens_generated_total{model="smollm2-135m"}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_the_real_ollama_client(daemon):
+    """The `ollama` Python package, pointed at our socket, works unchanged."""
+    import httpx
+    import ollama
+
+    client = ollama.Client(host="http://swarm-edge", transport=httpx.HTTPTransport(uds=str(daemon.socket)))
+    r = client.chat(model="smollm2-135m", messages=[{"role": "user", "content": "Say hello."}],
+                    options={"num_predict": 6, "temperature": 0})
+    assert r.message.role == "assistant" and r.message.content and r.done and r.eval_count == 6
+    parts = list(client.chat(model="smollm2-135m", messages=[{"role": "user", "content": "Say hello."}],
+                             options={"num_predict": 6, "temperature": 0}, stream=True))
+    assert "".join(p.message.content for p in parts) == r.message.content and parts[-1].done
+    g = client.generate(model="smollm2-135m:latest", prompt="Why is the sky blue?", options={"num_predict": 5})
+    assert g.response and g.done_reason == "length"
+    e = client.embed(model="minilm-l6", input=["hello", "world"])
+    assert len(e.embeddings) == 2 and len(e.embeddings[0]) == 384
+    assert "minilm-l6" in {m.model for m in client.list().models}
+    assert "smollm2-135m" in {m.model for m in client.ps().models}
+    with pytest.raises(ollama.ResponseError) as exc:
+        client.chat(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert exc.value.status_code == 404 and "no-such-model" in exc.value.error
