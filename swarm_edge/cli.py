@@ -473,6 +473,11 @@ def serve(
     from swarm_edge.api.server import serve as run_server
     from swarm_edge.engine import Engine
 
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        typer.secho(f"error: --log-level must be debug, info, warning or error, not {log_level!r}", err=True,
+                    fg=typer.colors.RED)
+        raise typer.Exit(2)
+    log_level = log_level.lower()
     try:
         settings, registry = _setup(config, threads=threads, offline=offline, socket=socket)
         engine = Engine(registry, settings, budget=budget, max_waiting=max_queue, idle_ttl=idle_ttl)

@@ -254,12 +254,13 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    address = parse_tcp(tcp) if tcp else None  # a bad --tcp is refused before anything is created
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(unix_listener(socket_path))]
         token = None
         where = f"unix:{socket_path}"
-        if tcp:
-            host, port = parse_tcp(tcp)
+        if address:
+            host, port = address
             token_path = Path(token_file) if token_file else socket_path.parent / "token"
             token, created = load_token(token_path)
             tcp_sock = tcp_listener(host, port)
