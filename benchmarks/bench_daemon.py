@@ -30,13 +30,11 @@ import time
 from pathlib import Path
 
 from bench_decode import time_stream
-from results_io import write_results
+from results_io import fetched_models, write_results
 
 from swarm_edge.api.client import DaemonClient
 from swarm_edge.config import DEFAULT_CONFIG, Settings
-from swarm_edge.errors import ModelFileError
 from swarm_edge.registry import load_registry
-from swarm_edge.sources import ensure_model
 
 PROMPTS = [
     "List twenty fruits, one per line, numbered.",
@@ -147,14 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.load(threads=args.threads)
     registry = load_registry(DEFAULT_CONFIG)
     results = []
-    for mid in args.models:
-        spec = registry.get(mid)
-        try:
-            files = ensure_model(settings, spec, registry.base_dir, fetch=False)
-        except ModelFileError as exc:
-            print(f"skip {mid}: {exc}", file=sys.stderr)
-            continue
-        print(f"benchmarking {mid} through the daemon vs raw ...", file=sys.stderr, flush=True)
+    for spec, files in fetched_models(settings, registry, args.models):
+        print(f"benchmarking {spec.id} through the daemon vs raw ...", file=sys.stderr, flush=True)
         results.append(bench_model(spec, files, settings.threads, args.reps, args.max_tokens))
     if not results:
         print("no model is fetched: run `swarm-edge models fetch` first", file=sys.stderr)

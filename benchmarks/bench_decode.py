@@ -24,12 +24,10 @@ import statistics
 import sys
 import time
 
-from results_io import write_results
+from results_io import fetched_models, write_results
 
 from swarm_edge.config import DEFAULT_CONFIG, Settings
-from swarm_edge.errors import ModelFileError
 from swarm_edge.registry import load_registry
-from swarm_edge.sources import ensure_model
 from swarm_edge.workers import GenerateRequest, open_backend
 
 PROMPT = ("Below is a numbered list of one hundred common English words, one per line, "
@@ -156,14 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_registry(settings.config_path if settings.config_path.exists() else DEFAULT_CONFIG)
     ids = args.models or [m.id for m in registry if m.format == "gguf"]
     results = []
-    for mid in ids:
-        spec = registry.get(mid)
-        try:
-            files = ensure_model(settings, spec, registry.base_dir, fetch=False)
-        except ModelFileError as exc:
-            print(f"skip {mid}: {exc}", file=sys.stderr)
-            continue
-        print(f"benchmarking {mid} ...", file=sys.stderr, flush=True)
+    for spec, files in fetched_models(settings, registry, ids):
+        print(f"benchmarking {spec.id} ...", file=sys.stderr, flush=True)
         results.append(bench_model(spec, files, settings.threads, args.reps, args.max_tokens))
     if not results:
         print("no GGUF model is fetched: run `swarm-edge models fetch` first", file=sys.stderr)

@@ -1,8 +1,11 @@
-"""Where benchmarks put their results: JSON for machines next to a Markdown table for people."""
+"""What the benchmarks share: which models are here to measure, and where results go (JSON for machines next
+to a Markdown table for people)."""
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -16,3 +19,16 @@ def write_results(name: str, data: dict, lines: list[str]) -> str:
     (RESULTS / f"{name}.md").write_text(table)
     print(table)
     return table
+
+
+def fetched_models(settings, registry, ids) -> Iterator[tuple]:
+    """(spec, files) for each id whose files are already here; the others are named on stderr and skipped."""
+    from swarm_edge.errors import ModelFileError
+    from swarm_edge.sources import ensure_model
+
+    for mid in ids:
+        spec = registry.get(mid)
+        try:
+            yield spec, ensure_model(settings, spec, registry.base_dir, fetch=False)
+        except ModelFileError as exc:
+            print(f"skip {mid}: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@
     │   ├── ContextLengthError     the prompt (plus the answer's room) does not fit the model's context
     │   └── WorkerCrashedError     the worker process died mid-request (its budget is freed)
     ├── BudgetError                a model does not fit the memory budget even alone (both numbers)
+    ├── DaemonRunningError         another daemon already serves on the socket
     └── BusyError                  the request queue is full; retry after `retry_after` seconds
 
 Native and library errors are translated at the boundary with ``raise ... from exc``; nothing above the
@@ -101,6 +102,10 @@ class BudgetError(SwarmEdgeError):
     def __init__(self, message: str, *, needed: int | None = None, budget: int | None = None) -> None:
         super().__init__(message)
         self.needed, self.budget = needed, budget
+
+
+class DaemonRunningError(SwarmEdgeError):
+    """Another swarm-edge daemon holds the socket's lock (or answers on it)."""
 
 
 class BusyError(SwarmEdgeError):

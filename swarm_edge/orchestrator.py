@@ -20,7 +20,7 @@ from swarm_edge.config import Settings
 from swarm_edge.engine import Engine
 from swarm_edge.errors import ConfigError
 from swarm_edge.registry import ModelSpec, Registry
-from swarm_edge.router import KeywordRouter, Route
+from swarm_edge.router import Route
 from swarm_edge.workers import GenerateRequest
 
 AUTO = "auto"
@@ -91,10 +91,7 @@ def choose(engine: Engine, text: str, model_id: str | None) -> tuple[ModelSpec, 
 
 def route(engine: Engine, text: str) -> Route:
     """Explain which task and model `text` would go to, without generating."""
-    router = getattr(engine, "_router", None)
-    if router is None or router.registry is not engine.registry:
-        router = engine._router = KeywordRouter(engine.registry)  # compiled once per engine, not per request
-    return router.route(text)
+    return engine.router.route(text)
 
 
 def _last_user_text(messages: list[dict[str, str]]) -> str:

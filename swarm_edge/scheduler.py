@@ -150,10 +150,7 @@ class Scheduler:
                 finally:
                     resident.refs -= 1
                     # Shielded: a cancelled caller (client gone) must still free, correct and wake the waiters.
-                    task = asyncio.get_running_loop().create_task(self._after_use(resident))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                    await asyncio.shield(task)
+                    await asyncio.shield(self._spawn_task(self._after_use(resident)))
         finally:
             if counted:
                 self.waiting -= 1
@@ -319,10 +316,11 @@ class Scheduler:
             async with self.lease(model_id):
                 pass
 
-    def _spawn_task(self, coro) -> None:
+    def _spawn_task(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def start_ttl(self) -> None:
         """Start the idle-TTL sweeper (if a TTL is set)."""

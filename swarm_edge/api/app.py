@@ -248,14 +248,22 @@ class Guard:
 
 
 class ClosingStream(StreamingResponse):
-    """A streamed response that closes its body iterator however the response ends (client gone included)."""
+    """A streamed response over a primed generation: counted as an open stream while it runs, and however it
+    ends (client gone included) its body and the generation under it are closed, which frees the lease."""
+
+    def __init__(self, content, *, events: AsyncIterator[dict], metrics: Metrics, **kw) -> None:
+        super().__init__(content, **kw)
+        self.events, self.metrics = events, metrics
 
     async def __call__(self, scope, receive, send) -> None:
+        self.metrics.streams_open += 1
         try:
             await super().__call__(scope, receive, send)
         finally:
+            self.metrics.streams_open -= 1
             with contextlib.suppress(Exception):
                 await self.body_iterator.aclose()
+            await self.events.aclose()
 
 
 async def _prime(events: AsyncIterator[dict]) -> dict:
@@ -313,7 +321,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
-        warm = asyncio.get_running_loop().create_task(asyncio.to_thread(_warm_estimates, engine))
+        # read GGUF facts of fetched models now, off the event loop, so admission finds them cached
+        warm = asyncio.get_running_loop().create_task(asyncio.to_thread(engine.model_estimates))
         if on_ready:
             on_ready()
         try:
@@ -406,7 +415,6 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         dumps = json.JSONEncoder(ensure_ascii=False).encode
 
         async def body_iter():
-            metrics.streams_open += 1
             try:
                 # OpenAI's first chunk carries only the role; it goes out in one write with the first token
                 role = chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -428,11 +436,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
             except errors.SwarmEdgeError as exc:
                 status, code = classify(exc)
                 yield _sse(error_body(status, str(exc), code, kind=type(exc).__name__))
-            finally:
-                metrics.streams_open -= 1
-                await events.aclose()
 
-        return ClosingStream(body_iter(), media_type="text/event-stream",
+        return ClosingStream(body_iter(), events=events, metrics=metrics, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/chat/completions")
@@ -515,7 +520,6 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
             return final(answer, answer.text)
 
         async def body_iter():
-            metrics.streams_open += 1
             try:
                 async for ev in events:
                     if ev["type"] == "token":
@@ -524,11 +528,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
                         yield _ndjson(final(ev["answer"], ""))
             except errors.SwarmEdgeError as exc:
                 yield _ndjson({"error": str(exc)})
-            finally:
-                metrics.streams_open -= 1
-                await events.aclose()
 
-        return ClosingStream(body_iter(), media_type="application/x-ndjson")
+        return ClosingStream(body_iter(), events=events, metrics=metrics, media_type="application/x-ndjson")
 
     @app.post("/api/chat")
     async def ollama_chat(body: OllamaChatRequest):
@@ -603,12 +604,6 @@ def _expiry(engine: Engine, resident: dict) -> str:
     if not ttl or resident.get("pinned"):
         return "0001-01-01T00:00:00Z"  # what Ollama shows for "never"
     return datetime.fromtimestamp(time.time() + ttl, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _warm_estimates(engine: Engine) -> None:
-    """Read GGUF facts of fetched models once at start-up, off the event loop (admission then finds them)."""
-    with contextlib.suppress(Exception):
-        engine.model_estimates()
 
 
 __all__ = ["Guard", "Metrics", "classify", "create_app", "error_body", "prometheus_text"]

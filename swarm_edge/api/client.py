@@ -39,20 +39,6 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class _Response:
-    """Status, headers and body of an answer (what the error mapping needs)."""
-
-    def __init__(self, status: int, headers, body: bytes) -> None:
-        self.status_code, self.headers, self.content = status, headers, body
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
 class DaemonClient:
     """HTTP over the daemon's Unix socket."""
 
@@ -131,7 +117,7 @@ class DaemonClient:
             conn.close()
             raise self._lost(exc) from None
         self._keep(conn, resp)
-        return _json_or_raise(_Response(resp.status, resp.headers, raw))
+        return _json_or_raise(resp.status, resp.headers, raw)
 
     def get(self, path: str) -> Any:
         """GET a JSON document."""
@@ -152,7 +138,7 @@ class DaemonClient:
             if resp.status >= 400:
                 raw = resp.read()
                 finished = True
-                _json_or_raise(_Response(resp.status, resp.headers, raw))
+                _json_or_raise(resp.status, resp.headers, raw)
             while True:
                 line = resp.readline()
                 if not line:
@@ -166,7 +152,7 @@ class DaemonClient:
                     return
                 obj = json.loads(data)
                 if "error" in obj:
-                    raise _as_exception(obj["error"], None)
+                    raise _as_exception(obj["error"])
                 yield obj
         except (OSError, http.client.HTTPException) as exc:
             finished = False
@@ -178,28 +164,26 @@ class DaemonClient:
                 conn.close()
 
 
-def _json_or_raise(resp) -> Any:
+def _json_or_raise(status: int, headers, raw: bytes) -> Any:
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except ValueError:
         body = None
-    if resp.status_code < 400:
+    if status < 400:
         return body
-    err = (body or {}).get("error") if isinstance(body, dict) else None
+    err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
-        err = {"message": err or resp.text[:300] or f"HTTP {resp.status_code}"}
-    raise _as_exception(err, resp)
+        err = {"message": err or raw[:300].decode("utf-8", errors="replace") or f"HTTP {status}"}
+    raise _as_exception(err, status, headers)
 
 
-def _as_exception(err: dict, resp) -> SwarmEdgeError:
+def _as_exception(err: dict, status: int | None = None, headers=None) -> SwarmEdgeError:
     cls = getattr(errors, str(err.get("swarm_error", "")), None)
     message = err.get("message", "error")
     if not (isinstance(cls, type) and issubclass(cls, SwarmEdgeError)):
-        status = f"HTTP {resp.status_code}: " if resp is not None else ""
-        return SwarmEdgeError(f"daemon: {status}{message}")
+        return SwarmEdgeError(f"daemon: {f'HTTP {status}: ' if status else ''}{message}")
     if cls is errors.BusyError:
-        retry = float(resp.headers.get("retry-after") or 1) if resp is not None else 1.0
-        return errors.BusyError(message, retry_after=retry)
+        return errors.BusyError(message, retry_after=float((headers or {}).get("retry-after") or 1))
     if cls is errors.BudgetError:
         return errors.BudgetError(message, needed=err.get("needed_bytes"), budget=err.get("budget_bytes"))
     if cls is errors.RegistryError:

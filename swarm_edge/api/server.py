@@ -26,14 +26,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from swarm_edge.errors import ConfigError, SwarmEdgeError
+from swarm_edge import __version__
+from swarm_edge.errors import ConfigError, DaemonRunningError, SwarmEdgeError
 
 log = logging.getLogger("swarm_edge.server")
 GRACEFUL_S = 10.0
-
-
-class DaemonRunningError(SwarmEdgeError):
-    """Another swarm-edge daemon holds the socket's lock."""
 
 
 # ---------------------------------------------------------------- the socket
@@ -270,7 +267,7 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
         budget = engine.scheduler.budget
 
         def ready() -> None:
-            say(f"swarm-edge {_version()} serving on {where} (pid {os.getpid()}, budget {budget / 2**20:,.0f} MiB, "
+            say(f"swarm-edge {__version__} serving on {where} (pid {os.getpid()}, budget {budget / 2**20:,.0f} MiB, "
                 f"{len(engine.registry)} models, {'offline' if engine.settings.offline else 'fetching when needed'})")
 
         app = create_app(engine, token=token, on_ready=ready)
@@ -299,11 +296,5 @@ def _sigterm_exit(signum, frame) -> None:
     raise _Stopped()
 
 
-def _version() -> str:
-    from swarm_edge import __version__
-
-    return __version__
-
-
-__all__ = ["DaemonRunningError", "load_token", "parse_tcp", "peer_credentials", "serve", "tcp_listener",
+__all__ = ["load_token", "parse_tcp", "peer_credentials", "serve", "tcp_listener",
            "unix_listener"]
