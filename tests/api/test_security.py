@@ -27,9 +27,9 @@ try:
     s.connect(sys.argv[1])
 except OSError as exc:
     print("CONNECT-FAILED", exc.errno); sys.exit(0)
-s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
 data = b""
 try:
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # may already fail: the daemon hung up first
     while chunk := s.recv(4096):
         data += chunk
 except OSError as exc:
