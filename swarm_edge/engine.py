@@ -19,7 +19,7 @@ from swarm_edge.config import Settings, parse_size
 from swarm_edge.errors import ConfigError
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
 from swarm_edge.registry import ModelSpec, Registry
-from swarm_edge.router import KeywordRouter
+from swarm_edge.router import Router
 from swarm_edge.scheduler import Scheduler
 from swarm_edge.sources import ensure_model
 from swarm_edge.workers import GenerateRequest, backend_options
@@ -67,7 +67,9 @@ class Engine:
         self._files: dict[str, dict[str, Path]] = {}
         self._files_lock: dict[str, threading.Lock] = {}   # files() runs in threads (start-up warm-up, requests)
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics
-        self.router = KeywordRouter(registry)     # patterns compiled once per engine, not per request
+        # semantic routing in this process (router.py says why); the embedder is loaded on first use or warm-up
+        self.router = Router(registry, self.files, threads=1,
+                             cache_dir=settings.home / "cache")
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
         self._base_seen: list[tuple[float, int]] = []

@@ -1,29 +1,48 @@
-"""Plans and runs requests. Today one plan, `single`: route, make sure the files are there, lease, answer.
+"""Plans and runs requests: single, cascade, ensemble, pipeline, decompose.
 
 `stream()` is the one path every front end takes (the CLI in-process, the daemon's OpenAI and Ollama
-endpoints): it yields a `start` event once the model is leased (so callers can still turn queue and budget
-errors into proper answers before they commit to a streamed response), then `token` events, then one
-`done` event carrying the Answer and its trace: the route and why, which model ran, and
-files/queue/load/first-token/generate times. Later issues add pipelines, decomposition, cascades and the cloud.
+endpoints). It yields a `start` event once the model whose output the caller will see is leased (so
+callers can still turn queue and budget errors into proper answers before they commit to a streamed
+response), then `token` events, then one `done` event carrying the Answer and its trace.
+
+Plans (the trace's `plan`, each model call one entry of its `steps`):
+- single: the route's model answers (also any explicit model id).
+- cascade (route `strategy: cascade`): the route's models in order; each but the last answers with its
+  token log-probabilities measured, and its answer is kept when the mean is >= the route's `min_logprob`,
+  else the next model answers. The tried answer is held back, so the caller sees only the kept one.
+- ensemble (route `strategy: ensemble`): every model of the route answers; label answers are voted on
+  (ties: the surest model), free text is chosen by mean log-probability.
+- pipeline (`model: "pipeline:NAME"`): models.yaml's steps in order, each routed by its task, each output
+  fed to the next step; every step's output is shown.
+- decompose (model `auto`, the request names two or more tasks joined by "and"/"then"): the planner model
+  writes the subtasks as JSON constrained by a JSON schema (a grammar in llama.cpp); each subtask is
+  routed and answered in order with the outputs it depends on, the scheduler is told which models come
+  next (prefetch, furthest-future eviction), and the outputs are shown one after the other. A plan that
+  is not usable (one subtask, unknown tasks) falls back to single/cascade.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from swarm_edge.config import Settings
 from swarm_edge.engine import Engine
-from swarm_edge.errors import ConfigError
+from swarm_edge.errors import ConfigError, InferenceError, UnknownModelError
 from swarm_edge.registry import ModelSpec, Registry
-from swarm_edge.router import Route
+from swarm_edge.router import Route, instruction_head
 from swarm_edge.workers import GenerateRequest
 
 AUTO = "auto"
+PIPELINE_PREFIX = "pipeline:"
+SEPARATOR = "\n\n"  # between the shown outputs of a multi-step plan
 
 
 @dataclass
@@ -38,6 +57,8 @@ class Answer:
     tokens: int = 0
     prompt_tokens: int | None = None
     left_device: bool = False
+    plan: str = "single"
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready form (what `ask --json` prints)."""
@@ -46,9 +67,10 @@ class Answer:
         return d
 
     def trace(self) -> dict:
-        """The `swarm` object of API responses: who answered, why, and where the time went."""
-        return {"model": self.model, "route": self.route.to_dict(), "timings": self.timings,
-                "tokens": self.tokens, "prompt_tokens": self.prompt_tokens, "left_device": self.left_device}
+        """The `swarm` object of API responses: who answered, why, every step, and where the time went."""
+        return {"model": self.model, "route": self.route.to_dict(), "plan": self.plan, "steps": self.steps,
+                "timings": self.timings, "tokens": self.tokens, "prompt_tokens": self.prompt_tokens,
+                "left_device": self.left_device}
 
 
 def ask(prompt: str, registry: Registry, settings: Settings, *, budget: int | str | None = None,
@@ -67,7 +89,7 @@ def ask(prompt: str, registry: Registry, settings: Settings, *, budget: int | st
 
 async def ask_async(prompt: str, engine: Engine, *, system: str | None = None,
                     on_token: Callable[[str], None] | None = None, **kwargs) -> Answer:
-    """Route a prompt (or use `model_id`), make sure the model's files are here, lease it and stream the answer."""
+    """Route a prompt (or use `model_id`), make sure the models' files are here and stream the answer."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     answer = None
     async with contextlib.aclosing(stream(engine, messages=messages, **kwargs)) as events:
@@ -80,49 +102,57 @@ async def ask_async(prompt: str, engine: Engine, *, system: str | None = None,
     return answer
 
 
-def choose(engine: Engine, text: str, model_id: str | None) -> tuple[ModelSpec, Route]:
-    """The model for a request: the caller's choice, or the router's for `text` when None or "auto"."""
-    if model_id and model_id != AUTO:
-        spec = engine.registry.get(model_id)
-        return spec, Route(task="explicit", model=spec.id, confidence=1.0, reason="model chosen by the caller")
-    chosen = route(engine, text)
-    return engine.registry.get(chosen.model), chosen
-
-
 def route(engine: Engine, text: str) -> Route:
-    """Explain which task and model `text` would go to, without generating."""
-    return engine.router.route(text)
+    """Which task and model `text` would go to, without generating (blocking: call from a thread)."""
+    return engine.router.route(text, _resident(engine))
+
+
+def _resident(engine: Engine) -> frozenset[str]:
+    return frozenset(m for m, r in engine.scheduler.residents.items() if r.state == "ready")
+
+
+async def route_async(engine: Engine, text: str) -> Route:
+    """`route` from async code: the embedding runs in a thread."""
+    resident = _resident(engine)
+    return await asyncio.to_thread(engine.router.route, text, resident)
 
 
 def _last_user_text(messages: list[dict[str, str]]) -> str:
     return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), messages[-1]["content"])
 
 
-async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None, prompt: str | None = None,
-                 model_id: str | None = None, max_tokens: int | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                 progress_factory=None, fetch: bool | None = None) -> AsyncIterator[dict[str, Any]]:
-    """Answer chat `messages` (or a plain `prompt`): yields start, token..., done (with the Answer)."""
+# ---------------------------------------------------------------- one model call
+
+
+@dataclass
+class _Call:
+    """What a model call produced: its text, the worker's done event, and its timings."""
+
+    model: str
+    text: str = ""
+    done: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float | None] = field(default_factory=dict)
+    chunks: list[str] = field(default_factory=list)
+
+    def step(self, task: str, role: str, confidence: float | None = None, **extra) -> dict[str, Any]:
+        d = {"task": task, "model": self.model, "role": role, "confidence": confidence,
+             "tokens": self.done.get("chunks", 0), "timings": self.timings}
+        if self.done.get("mean_logprob") is not None:
+            d["mean_logprob"] = self.done["mean_logprob"]
+        d.update(extra)
+        return d
+
+
+async def _call(engine: Engine, spec: ModelSpec, request: GenerateRequest, *, fetch=None,
+                progress_factory=None) -> AsyncIterator[dict[str, Any]]:
+    """One model call: yields `leased`, then `token` events, then `result` with the _Call."""
     t0 = time.perf_counter()
-    if (messages is None) == (prompt is None):
-        raise ValueError("stream() needs exactly one of messages or prompt")
-    spec, route = choose(engine, prompt if prompt is not None else _last_user_text(messages), model_id)
     if spec.kind == "embedding":
         raise ConfigError(f"{spec.id} is an embedding model; pick a model that generates text")
-    limit = max_tokens or spec.max_tokens
-    common = dict(max_tokens=limit, temperature=temperature, top_p=top_p, stop=list(stop or []), seed=seed)
-    if prompt is not None:
-        request = GenerateRequest(prompt=prompt, **common)
-    elif spec.kind == "completion":  # no template: the conversation's text is what the model continues
-        turns = [m for m in messages if m.get("role") != "system"] or messages
-        request = GenerateRequest(prompt="\n".join(m["content"] for m in turns), **common)
-    else:
-        request = GenerateRequest(messages=messages, **common)
     if not engine.has_files(spec.id):  # verified once per engine; later requests skip the thread hop
         await asyncio.to_thread(lambda: engine.files(spec.id, progress_factory, fetch=fetch))
     t_files = time.perf_counter()
-    parts: list[str] = []
-    done: dict = {}
+    call = _Call(spec.id)
     t_first = None
     async with engine.scheduler.lease(spec.id) as worker, engine.compute():
         t_leased = time.perf_counter()
@@ -130,7 +160,7 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
         load_s = min(waited, worker.info.get("spawn_to_ready_s") or 0.0) if worker.requests == 0 else 0.0
         await worker.begin(request)  # the model reads the prompt while our caller prepares its response
         try:
-            yield {"type": "start", "model": spec.id, "route": route}
+            yield {"type": "leased", "model": spec.id}
         except BaseException:
             await worker.abandon()
             raise
@@ -139,21 +169,362 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
                 if event["type"] == "token":
                     if t_first is None:
                         t_first = time.perf_counter()
-                    parts.append(event["text"])
+                    call.chunks.append(event["text"])
                     yield event
                 elif event["type"] == "done":
-                    done = event
+                    call.done = event
     t_end = time.perf_counter()
-    engine.count_tokens(spec.id, done.get("chunks", 0))
-    answer = Answer(
-        text="".join(parts), model=spec.id, route=route, finish_reason=done.get("finish_reason", "stop"),
-        tokens=done.get("chunks", 0), prompt_tokens=done.get("prompt_tokens"),
-        timings={"files_s": _r(t_files - t0), "queue_s": _r(waited - load_s), "load_s": _r(load_s),
-                 "ttft_s": _r(t_first - t0 if t_first else None), "model_ttft_s": _r(done.get("ttft_s")),
-                 "decode_tok_s": _r(done.get("decode_tok_s")),
-                 "generate_s": _r(t_end - t_leased), "total_s": _r(t_end - t0)},
-    )
-    yield {"type": "done", "answer": answer}
+    engine.count_tokens(spec.id, call.done.get("chunks", 0))
+    call.text = "".join(call.chunks)
+    call.timings = {"files_s": _r(t_files - t0), "queue_s": _r(waited - load_s), "load_s": _r(load_s),
+                    "ttft_s": _r(t_first - t0 if t_first else None), "model_ttft_s": _r(call.done.get("ttft_s")),
+                    "decode_tok_s": _r(call.done.get("decode_tok_s")),
+                    "generate_s": _r(t_end - t_leased), "total_s": _r(t_end - t0)}
+    yield {"type": "result", "call": call}
+
+
+async def _quiet(engine: Engine, spec: ModelSpec, request: GenerateRequest, **kw) -> _Call:
+    """A model call whose tokens are held back (cascade tries, ensemble members, the planner)."""
+    async with contextlib.aclosing(_call(engine, spec, request, **kw)) as events:
+        async for ev in events:
+            if ev["type"] == "result":
+                return ev["call"]
+    raise InferenceError(f"{spec.id} ended without a result")  # _call always ends with one or raises
+
+
+# ---------------------------------------------------------------- answering one task
+
+
+def _request(spec: ModelSpec, messages: list[dict[str, str]], common: dict[str, Any], **extra) -> GenerateRequest:
+    limit = common.get("max_tokens") or spec.max_tokens
+    kw = {**common, "max_tokens": limit, **extra}
+    if spec.kind == "completion":  # no template: the conversation's text is what the model continues
+        turns = [m for m in messages if m.get("role") != "system"] or messages
+        return GenerateRequest(prompt="\n".join(m["content"] for m in turns), **kw)
+    return GenerateRequest(messages=messages, **kw)
+
+
+async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[str, str]], common: dict[str, Any],
+                 *, strategy: str = "single", fetch=None, progress_factory=None) -> AsyncIterator[dict[str, Any]]:
+    """Answer one task: yields `visible` (the shown answer's model is leased), `token`s, then `solved`."""
+    registry = engine.registry
+    spec_route = registry.routes.get(task)
+    models = [route.model]
+    if spec_route is not None and strategy != "single":
+        listed = spec_route.models
+        models = listed[listed.index(route.model):] if route.model in listed else [route.model, *listed]
+        models = list(dict.fromkeys(models))
+    if strategy == "ensemble" and len(models) > 1:
+        calls = []
+        for mid in models:
+            calls.append(await _quiet(engine, registry.get(mid), _request(registry.get(mid), messages, common,
+                                                                          logprobs=True),
+                                      fetch=fetch, progress_factory=progress_factory))
+        winner, why = _vote(task, calls)
+        steps = [c.step(task, "vote", route.confidence, chosen=c is winner) for c in calls]
+        yield {"type": "visible", "model": winner.model}
+        for chunk in winner.chunks:
+            yield {"type": "token", "text": chunk}
+        yield {"type": "solved", "call": winner, "steps": steps, "note": why}
+        return
+    steps: list[dict[str, Any]] = []
+    threshold = spec_route.min_logprob if spec_route is not None else 0.0
+    for i, mid in enumerate(models):
+        spec = registry.get(mid)
+        last = i == len(models) - 1 or strategy != "cascade"
+        if not last:
+            call = await _quiet(engine, spec, _request(spec, messages, common, logprobs=True),
+                                fetch=fetch, progress_factory=progress_factory)
+            sure = call.done.get("mean_logprob")
+            keep = sure is None or sure >= threshold  # nothing generated: nothing to be unsure about
+            steps.append(call.step(task, "cascade", route.confidence, accepted=keep, threshold=threshold))
+            if not keep:
+                continue
+            yield {"type": "visible", "model": mid}
+            for chunk in call.chunks:
+                yield {"type": "token", "text": chunk}
+            yield {"type": "solved", "call": call, "steps": steps}
+            return
+        async with contextlib.aclosing(_call(engine, spec, _request(spec, messages, common), fetch=fetch,
+                                             progress_factory=progress_factory)) as events:
+            async for ev in events:
+                if ev["type"] == "leased":
+                    yield {"type": "visible", "model": mid}
+                elif ev["type"] == "token":
+                    yield ev
+                else:
+                    call = ev["call"]
+        steps.append(call.step(task, "answer" if not steps else "cascade-final", route.confidence))
+        yield {"type": "solved", "call": call, "steps": steps}
+        return
+
+
+_LABEL = re.compile(r"[^\w\s-]+")
+
+
+def _vote(task: str, calls: list[_Call]) -> tuple[_Call, str]:
+    """The ensemble's choice: majority of normalised first lines for label tasks, else the surest answer."""
+    def sureness(c: _Call) -> float:
+        return c.done.get("mean_logprob") if c.done.get("mean_logprob") is not None else -1e9
+
+    if task == "classify":
+        labels = {id(c): _LABEL.sub("", c.text.strip().splitlines()[0] if c.text.strip() else "").strip().lower()
+                  for c in calls}
+        counts = Counter(labels.values())
+        top = max(counts.values())
+        tied = [c for c in calls if counts[labels[id(c)]] == top]
+        best = max(tied, key=sureness)
+        return best, f"vote: {labels[id(best)]!r} from {top} of {len(calls)} models"
+    best = max(calls, key=sureness)
+    return best, f"surest of {len(calls)} answers (mean log-prob {sureness(best):.2f})"
+
+
+# ---------------------------------------------------------------- decomposition
+
+_JOINERS = re.compile(r"\b(and then|and also|then|and|after that|afterwards|also)\b|;|,\s*then\b", re.I)
+
+
+def looks_compound(engine: Engine, text: str) -> bool:
+    """Cheap pre-check before asking the planner: two or more tasks' keywords in the instruction, joined."""
+    head = _instruction(text)
+    shares = engine.router.keywords.shares(head)
+    return sum(1 for s in shares.values() if s > 0) >= 2 and bool(_JOINERS.search(head))
+
+
+def _instruction(text: str) -> str:
+    """The request without its pasted material: the text before a colon followed by a newline or a long tail."""
+    head = instruction_head(text)
+    return head if len(head) < len(text.strip()) else text.strip()
+
+
+def _material(text: str) -> str:
+    """The pasted material of a request: what follows its instruction head (empty if there is none)."""
+    head = instruction_head(text)
+    rest = text.strip()[len(head):]
+    return rest.lstrip(":\n ").strip()
+
+
+def plan_schema(tasks: list[str], max_steps: int = 4) -> dict:
+    """The JSON schema the planner's output is constrained to."""
+    return {
+        "type": "object",
+        "properties": {"subtasks": {"type": "array", "minItems": 1, "maxItems": max_steps, "items": {
+            "type": "object",
+            "properties": {"task": {"type": "string", "enum": tasks},
+                           "instruction": {"type": "string"},
+                           "uses_previous": {"type": "boolean"}},
+            "required": ["task", "instruction", "uses_previous"]}}},
+        "required": ["subtasks"],
+    }
+
+
+PLANNER_SYSTEM = (
+    "You split a user's request into the separate tasks it asks for, in the order they must be done. "
+    "Task types: {tasks}. For each task give its type, a short imperative instruction, and uses_previous: "
+    "true if it works on the previous task's output. Answer with JSON only.")
+
+PLANNER_EXAMPLE = [
+    {"role": "user", "content": "Request: Translate this into French and then list the verbs in it"},
+    {"role": "assistant", "content": json.dumps({"subtasks": [
+        {"task": "translate", "instruction": "Translate the text into French", "uses_previous": False},
+        {"task": "extract", "instruction": "List the verbs in this French text", "uses_previous": True}]})},
+]
+
+
+async def make_plan(engine: Engine, text: str, *, fetch=None, progress_factory=None) -> tuple[list[dict], _Call]:
+    """Ask the planner for the subtasks of `text`: ([{task, instruction, uses_previous}], the planner call)."""
+    registry = engine.registry
+    planner = registry.get(registry.router.planner)
+    tasks = list(registry.routes)
+    messages = [{"role": "system", "content": PLANNER_SYSTEM.format(tasks=", ".join(tasks))}, *PLANNER_EXAMPLE,
+                {"role": "user", "content": f"Request: {_instruction(text)}"}]
+    request = GenerateRequest(messages=messages, max_tokens=200, temperature=0.0,
+                              json_schema=plan_schema(tasks))
+    call = await _quiet(engine, planner, request, fetch=fetch, progress_factory=progress_factory)
+    try:
+        subtasks = json.loads(call.text)["subtasks"]
+    except (ValueError, KeyError, TypeError):
+        return [], call  # cut off by max_tokens: not a plan
+    return [s for s in subtasks if isinstance(s, dict) and s.get("task") in registry.routes], call
+
+
+def _subtask_prompt(sub: dict, material: str, previous: str | None) -> str:
+    body = previous if (sub.get("uses_previous") and previous) else material
+    return f"{sub['instruction'].strip()}:\n\n{body}" if body else sub["instruction"].strip()
+
+
+# ---------------------------------------------------------------- the one entry point
+
+
+async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None, prompt: str | None = None,
+                 model_id: str | None = None, max_tokens: int | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
+                 progress_factory=None, fetch: bool | None = None,
+                 decompose: bool = True) -> AsyncIterator[dict[str, Any]]:
+    """Answer chat `messages` (or a plain `prompt`): yields start, token..., done (with the Answer)."""
+    t0 = time.perf_counter()
+    if (messages is None) == (prompt is None):
+        raise ValueError("stream() needs exactly one of messages or prompt")
+    common = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop or []), seed=seed)
+    kw = dict(fetch=fetch, progress_factory=progress_factory)
+    text = prompt if prompt is not None else _last_user_text(messages)
+    registry = engine.registry
+    t_route = None
+
+    if model_id and model_id.startswith(PIPELINE_PREFIX):
+        name = model_id[len(PIPELINE_PREFIX):]
+        if name not in registry.pipelines:
+            raise UnknownModelError(f"unknown pipeline {name!r}; pipelines in {registry.path}: "
+                                    + (", ".join(sorted(registry.pipelines)) or "none"))
+        pipe = registry.pipelines[name]
+        subtasks = [{"task": t, "instruction": (pipe.instructions[i] if pipe.instructions else ""),
+                     "uses_previous": i > 0} for i, t in enumerate(pipe.steps)]
+        top = Route(task=pipe.steps[0], model=registry.routes[pipe.steps[0]].models[0], confidence=1.0,
+                    reason=f"pipeline {name!r}: {' -> '.join(pipe.steps)}")
+        plan, planner_call = "pipeline", None
+    elif model_id and model_id != AUTO:
+        spec = registry.get(model_id)
+        if prompt is not None:
+            request = GenerateRequest(prompt=prompt, **{**common, "max_tokens": max_tokens or spec.max_tokens})
+        else:
+            request = _request(spec, messages, common)
+        top = Route(task="explicit", model=spec.id, confidence=1.0, reason="model chosen by the caller")
+        async for ev in _single(engine, spec, request, top, t0, **kw):
+            yield ev
+        return
+    else:
+        top = await route_async(engine, text)
+        t_route = time.perf_counter() - t0
+        if prompt is not None:  # a raw completion prompt: no template, no plan; the routed model continues it
+            spec = registry.get(top.model)
+            request = GenerateRequest(prompt=prompt, **{**common, "max_tokens": max_tokens or spec.max_tokens})
+            async for ev in _single(engine, spec, request, top, t0, **kw):
+                yield ev
+            return
+        subtasks, planner_call, plan = [], None, "single"
+        if decompose and registry.router.planner and looks_compound(engine, text):
+            subtasks, planner_call = await make_plan(engine, text, **kw)
+            if len(subtasks) >= 2:
+                plan = "decompose"
+                top = Route(task=top.task, model=top.model, target=top.target, confidence=top.confidence,
+                            reason=f"compound request: {len(subtasks)} subtasks planned by {planner_call.model}",
+                            scores=top.scores)
+        if plan == "single":
+            strategy = registry.routes[top.task].strategy if top.task in registry.routes else "single"
+            plan = strategy if strategy != "single" else "single"
+            msgs = messages if messages is not None else [{"role": "user", "content": text}]
+            steps = [planner_call.step("plan", "planner", note="not a usable plan; answered as one request")] \
+                if planner_call else []
+            async for ev in _finish_one(engine, top, msgs, common, strategy, t0, t_route, plan, steps, **kw):
+                yield ev
+            return
+
+    # multi-step: pipeline or decompose
+    steps: list[dict[str, Any]] = []
+    if planner_call is not None:
+        steps.append(planner_call.step("plan", "planner", subtasks=[s["task"] for s in subtasks]))
+    system = [m for m in (messages or []) if m.get("role") == "system"]
+    material = _material(text) if plan == "decompose" else text
+    previous: str | None = None
+    shown: list[str] = []
+    last_call: _Call | None = None
+    started = False
+    t_first = None
+    for i, sub in enumerate(subtasks):
+        if plan == "pipeline":
+            body = previous if previous is not None else material
+            step_prompt = (sub["instruction"].format(input=body) if sub["instruction"]
+                           else body)
+        else:
+            step_prompt = _subtask_prompt(sub, material, previous)
+        step_route = await route_async(engine, step_prompt) if plan == "decompose" else None
+        task = sub["task"]
+        model = registry.routes[task].models[0]
+        if step_route is not None and step_route.task == task:
+            model = step_route.model  # the router agrees on the task: let it pick (it prefers resident models)
+        r = Route(task=task, model=model, confidence=step_route.confidence if step_route else 1.0,
+                  reason=f"subtask {i + 1}/{len(subtasks)}")
+        engine.scheduler.hint([registry.routes[s["task"]].models[0] for s in subtasks[i:]])
+        strategy = registry.routes[task].strategy
+        if i > 0:
+            if started:
+                yield {"type": "token", "text": SEPARATOR}
+        async with contextlib.aclosing(_solve(engine, task, r, [*system, {"role": "user", "content": step_prompt}],
+                                              common, strategy=strategy, **kw)) as events:
+            async for ev in events:
+                if ev["type"] == "visible":
+                    if not started:
+                        started = True
+                        yield {"type": "start", "model": ev["model"], "route": top}
+                elif ev["type"] == "token":
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    yield ev
+                elif ev["type"] == "solved":
+                    last_call = ev["call"]
+                    for s in ev["steps"]:
+                        s["subtask"] = i + 1
+                        s["instruction"] = sub["instruction"] or task
+                    steps.extend(ev["steps"])
+        previous = last_call.text
+        shown.append(last_call.text)
+    engine.scheduler.hint([])
+    t_end = time.perf_counter()
+    yield {"type": "done", "answer": _answer(SEPARATOR.join(shown), last_call, top, plan, steps, t0, t_first, t_end,
+                                             t_route)}
+
+
+async def _single(engine, spec, request, top, t0, **kw):
+    """An explicit model: one call, streamed."""
+    t_first = None
+    async with contextlib.aclosing(_call(engine, spec, request, **kw)) as events:
+        async for ev in events:
+            if ev["type"] == "leased":
+                yield {"type": "start", "model": spec.id, "route": top}
+            elif ev["type"] == "token":
+                if t_first is None:
+                    t_first = time.perf_counter()
+                yield ev
+            else:
+                call = ev["call"]
+    steps = [call.step(top.task, "answer", 1.0)]
+    yield {"type": "done", "answer": _answer(call.text, call, top, "single", steps, t0, t_first,
+                                             time.perf_counter(), None)}
+
+
+async def _finish_one(engine, top, msgs, common, strategy, t0, t_route, plan, steps, **kw):
+    t_first = None
+    call = None
+    async with contextlib.aclosing(_solve(engine, top.task, top, msgs, common, strategy=strategy, **kw)) as events:
+        async for ev in events:
+            if ev["type"] == "visible":
+                yield {"type": "start", "model": ev["model"], "route": top}
+            elif ev["type"] == "token":
+                if t_first is None:
+                    t_first = time.perf_counter()
+                yield ev
+            elif ev["type"] == "solved":
+                call = ev["call"]
+                steps = steps + ev["steps"]
+    yield {"type": "done", "answer": _answer(call.text, call, top, plan, steps, t0, t_first, time.perf_counter(),
+                                             t_route)}
+
+
+def _answer(text, call: _Call, top: Route, plan: str, steps: list[dict], t0, t_first, t_end, t_route) -> Answer:
+    """The Answer: the shown text, the model of its last part, timings summed over every step."""
+    def total(key):
+        vals = [s["timings"].get(key) for s in steps if s.get("timings")]
+        return _r(sum(v for v in vals if v is not None)) if vals else None
+
+    timings = {"route_s": _r(t_route), "files_s": total("files_s"), "queue_s": total("queue_s"),
+               "load_s": total("load_s"), "ttft_s": _r(t_first - t0 if t_first else None),
+               "model_ttft_s": call.timings.get("model_ttft_s"), "decode_tok_s": call.timings.get("decode_tok_s"),
+               "generate_s": total("generate_s"), "total_s": _r(t_end - t0)}
+    shown_tokens = sum(s["tokens"] for s in steps if s.get("role") in ("answer", "cascade-final")
+                       or s.get("accepted") or s.get("chosen"))
+    return Answer(text=text, model=call.model, route=top, finish_reason=call.done.get("finish_reason", "stop"),
+                  tokens=shown_tokens, prompt_tokens=call.done.get("prompt_tokens"), timings=timings,
+                  plan=plan, steps=steps)
 
 
 async def embed(engine: Engine, texts: list[str], model_id: str | None = None) -> tuple[str, list[list[float]], dict]:
@@ -186,4 +557,5 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-__all__ = ["AUTO", "Answer", "ask", "ask_async", "choose", "embed", "route", "stream"]
+__all__ = ["AUTO", "PIPELINE_PREFIX", "Answer", "ask", "ask_async", "embed", "looks_compound", "make_plan",
+           "plan_schema", "route", "route_async", "stream"]

@@ -162,6 +162,10 @@ class RouteSpec(_Strict):
     keywords: list[str] = Field(default_factory=list)
     examples: list[str] = Field(default_factory=list)
     models: list[str] = Field(min_length=1)
+    # single: the first model answers. cascade: each model in turn until one is sure of its answer (mean
+    # token log-probability >= min_logprob). ensemble: every model answers; a vote picks the label.
+    strategy: Literal["single", "cascade", "ensemble"] = "single"
+    min_logprob: float = Field(default=-0.35, le=0.0)
 
 
 class PipelineSpec(_Strict):
@@ -169,6 +173,32 @@ class PipelineSpec(_Strict):
 
     steps: list[str] = Field(min_length=1)
     description: str = ""
+    # one prompt template per step, with {input}: the request for the first step, the previous output after
+    instructions: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _instructions_fit(self) -> PipelineSpec:
+        if self.instructions and len(self.instructions) != len(self.steps):
+            raise ValueError(f"instructions has {len(self.instructions)} entries for {len(self.steps)} steps")
+        for text in self.instructions:
+            if "{input}" not in text:
+                raise ValueError(f"instruction {text[:40]!r} has no {{input}} placeholder")
+            try:
+                text.format(input="")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"instruction {text[:40]!r}: only {{input}} may be in braces ({exc})") from None
+        return self
+
+
+class RouterSpec(_Strict):
+    """How requests are routed and planned."""
+
+    embedder: str | None = None        # embedding model for semantic routing (runs in the daemon); None: rules only
+    temperature: float = Field(default=0.025, gt=0)   # softmax temperature that turns scores into confidence
+    keyword_weight: float = Field(default=0.2, ge=0)  # weight of the keyword rules next to similarity
+    min_confidence: float = Field(default=0.5, ge=0, le=1)  # under this a route is "unsure"
+    prefer_resident_within: float = Field(default=0.1, ge=0, le=1)  # confidence gap a resident model may close
+    planner: str | None = None          # chat model that splits compound requests (JSON-schema output)
 
 
 class RegistryFile(_Strict):
@@ -179,6 +209,7 @@ class RegistryFile(_Strict):
     models: list[ModelSpec] = Field(min_length=1)
     routes: dict[str, RouteSpec] = Field(default_factory=dict)
     pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
+    router: RouterSpec = Field(default_factory=RouterSpec)
 
 
 class Registry:
@@ -191,6 +222,7 @@ class Registry:
         self.models: dict[str, ModelSpec] = {m.id: m for m in data.models}
         self.routes: dict[str, RouteSpec] = dict(data.routes)
         self.pipelines: dict[str, PipelineSpec] = dict(data.pipelines)
+        self.router: RouterSpec = data.router
 
     def get(self, model_id: str) -> ModelSpec:
         """The model with this id, or UnknownModelError listing the known ones."""
@@ -325,6 +357,15 @@ def _check_references(parsed: RegistryFile, root: yaml.Node, file: str) -> None:
         for j, step in enumerate(pipe.steps):
             if step not in parsed.routes:
                 fail(f"pipeline {name!r} step {step!r} is not a task with a route", ("pipelines", name, "steps", j))
+    for key, want in (("embedder", "embedding"), ("planner", "chat")):
+        mid = getattr(parsed.router, key)
+        if mid is None:
+            continue
+        if mid not in seen:
+            fail(f"router {key} names unknown model {mid!r}", ("router", key))
+        if parsed.models[seen[mid]].kind != want:
+            fail(f"router {key} {mid!r} must be a {want} model (it is {parsed.models[seen[mid]].kind})",
+                 ("router", key))
 
 
 def load_registry(path: str | Path) -> Registry:

@@ -1,14 +1,28 @@
 """Routing: which task a prompt is and which model serves it.
 
-Today: a keyword rule over the routes in models.yaml (word-boundary matches, counted per task). The
-semantic router (minilm embeddings against route examples) replaces the scoring, not the Route shape.
+Two stages, both driven by the routes in models.yaml:
+- rules: each task's keywords, matched (word boundaries) in the prompt's instruction head, give a keyword
+  share per task. Alone they are the fallback when no embedding model is configured or available.
+- similarity: the router's embedding model (minilm-l6) embeds the prompt once; the vector pooled over the
+  instruction head and the one pooled over the whole prompt are compared with each task's example
+  centroids (embedded once, cached by a hash of the model and the examples).
+Score = 0.7 x head similarity + 0.3 x whole similarity + keyword_weight x keyword share; a softmax with a
+temperature fitted on tests/data/route_dev.jsonl turns scores into calibrated per-task probabilities, and
+the winner's probability is the route's confidence.
+
+The embedding model runs in this process (the daemon), not in a worker: a route is one 3-4 ms forward pass
+with no IPC and no lease, and routing never competes with generation models for the budget (its memory is
+part of the daemon's measured base).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 
+from swarm_edge.errors import ConfigError, SwarmEdgeError
 from swarm_edge.registry import Registry
 
 
@@ -44,6 +58,13 @@ class KeywordRouter:
         self._patterns = {task: [(kw, _pattern(kw)) for kw in route.keywords if kw.strip()]
                           for task, route in registry.routes.items()}
 
+    def shares(self, text: str) -> dict[str, float]:
+        """Each task's share of the keyword hits in `text` (all zero when nothing matches)."""
+        text = text.lower()
+        hits = {task: sum(1 for _, pat in pats if pat.search(text)) for task, pats in self._patterns.items()}
+        total = sum(hits.values())
+        return {t: (h / total if total else 0.0) for t, h in hits.items()}
+
     def route(self, prompt: str) -> Route:
         """Pick a task and its first-choice model for `prompt`."""
         text = prompt.lower()
@@ -52,29 +73,28 @@ class KeywordRouter:
         total = sum(scores.values())
         if total == 0:
             task = self.registry.default_task
-            return Route(task=task, model=self._model_for(task), confidence=0.0,
+            return Route(task=task, model=self.model_for(task), confidence=0.0,
                          reason=f"no task keyword matched; default task {task!r}",
                          scores={t: 0.0 for t in scores})
         task = max(scores, key=lambda t: scores[t])  # first maximum in declaration order
         norm = {t: round(s / total, 3) for t, s in scores.items()}
-        return Route(task=task, model=self._model_for(task), confidence=norm[task],
+        return Route(task=task, model=self.model_for(task), confidence=norm[task],
                      reason=f"keywords for {task!r}: {', '.join(hits[task])}", scores=norm)
 
-    def _model_for(self, task: str) -> str:
+    def model_for(self, task: str) -> str:
         route = self.registry.routes.get(task)
         if route:
             return route.models[0]
         chat_models = [m.id for m in self.registry if m.kind == "chat"]
         if not chat_models:
-            from swarm_edge.errors import ConfigError
-
             raise ConfigError(f"{self.registry.path}: no route for task {task!r} and no chat model to fall back on")
         return chat_models[0]
 
 
-# ---------------------------------------------------------------- semantic routing (WIP, issue 5)
+# ---------------------------------------------------------------- semantic routing
 
 _HEAD = re.compile(r"^(.{8,160}?)[:\n]", re.S)
+METHOD = "head0.7-whole0.3-v1"  # part of the centroid cache key: change it when the pooling changes
 
 
 def instruction_head(text: str) -> str:
@@ -84,71 +104,179 @@ def instruction_head(text: str) -> str:
     dominated by the pasted content; the head is what says what to do with it.
     """
     m = _HEAD.match(text.strip())
-    return m.group(1) if m else text
+    return m.group(1) if m else text.strip()
 
 
 class SemanticRouter:
-    """Keyword share + minilm similarity of the prompt (its instruction head, and all of it) to each task's
-    example centroid. The centroids are computed once per set of examples and cached by their hash."""
+    """Rules + similarity to each task's examples, calibrated into per-task probabilities (module docstring).
 
-    HEAD_W, WHOLE_W, KEYWORD_W = 0.7, 0.3, 0.1   # tuned on tests/data/route_dev.jsonl (WIP: needs a held-out split)
+    `backend` is an in-process ONNXBackend (it needs `embed_with_prefix`). Thread-safe after construction:
+    onnxruntime sessions may be run from several threads.
+    """
 
-    def __init__(self, registry: Registry, *, embedder_sha: str = "", cache_dir=None) -> None:
+    HEAD_W, WHOLE_W = 0.7, 0.3
+
+    def __init__(self, registry: Registry, backend, *, embedder_sha: str = "", cache_dir=None) -> None:
+        import numpy as np
+
+        self._np = np
         self.registry = registry
+        self.spec = registry.router
+        self.backend = backend
         self.keywords = KeywordRouter(registry)
         self.tasks = [t for t, r in registry.routes.items() if r.examples]
+        if not self.tasks:
+            raise ConfigError(f"{registry.path}: semantic routing needs `examples` under at least one route")
         self.embedder_sha, self.cache_dir = embedder_sha, cache_dir
-        self.centroids: list[list[float]] | None = None
+        self.head_centroids, self.whole_centroids = self._centroids()
 
     def examples_key(self) -> str:
-        """Hash of the embedding model and every task's examples: the cache key of the centroids."""
+        """Hash of the embedding model, the pooling method and every task's examples: the centroid cache key."""
         import hashlib
         import json
 
-        blob = json.dumps({"embedder": self.embedder_sha,
+        blob = json.dumps({"embedder": self.embedder_sha, "method": METHOD,
                            "examples": {t: self.registry.routes[t].examples for t in self.tasks}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
-    async def prepare(self, embed) -> None:
-        """Load the cached centroids, or embed the examples (`await embed(texts)`) and cache them."""
+    def _centroids(self):
+        """Per task, the normalised mean of its examples' head vectors and of their whole vectors (cached)."""
         import json
         from pathlib import Path
 
+        np = self._np
         cache = Path(self.cache_dir) / f"router-{self.examples_key()}.json" if self.cache_dir else None
-        if cache is not None and cache.exists():
-            data = json.loads(cache.read_text())
-            if data.get("tasks") == self.tasks:
-                self.centroids = data["centroids"]
-                return
-        centroids = []
-        for task in self.tasks:
-            vecs = await embed(self.registry.routes[task].examples)
-            mean = [sum(col) / len(vecs) for col in zip(*vecs, strict=True)]
-            norm = sum(x * x for x in mean) ** 0.5 or 1.0
-            centroids.append([x / norm for x in mean])
-        self.centroids = centroids
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"tasks": self.tasks, "centroids": centroids}))
-            tmp.replace(cache)
+            try:
+                data = json.loads(cache.read_text())
+                if data.get("tasks") == self.tasks:
+                    return (np.asarray(data["head"], dtype=np.float32), np.asarray(data["whole"], dtype=np.float32))
+            except (OSError, ValueError, KeyError):
+                pass  # missing or unreadable: recompute and rewrite it
+        heads, wholes = [], []
+        for task in self.tasks:
+            pairs = [self._vectors(e) for e in self.registry.routes[task].examples]
+            heads.append(_unit(np.mean([h for h, _ in pairs], axis=0)))
+            wholes.append(_unit(np.mean([w for _, w in pairs], axis=0)))
+        head, whole = np.asarray(heads, dtype=np.float32), np.asarray(wholes, dtype=np.float32)
+        if cache is not None:
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_text(json.dumps({"tasks": self.tasks, "head": head.tolist(), "whole": whole.tolist()}))
+                tmp.replace(cache)
+            except OSError:
+                pass  # a read-only home only costs the next start 0.4 s of embedding
+        return head, whole
 
-    async def route(self, text: str, embed) -> Route:
-        """Scores for every task, the best task and its first-choice model."""
-        if self.centroids is None:
-            await self.prepare(embed)
-        head_vec, whole_vec = await embed([instruction_head(text), text])
-        kw = self.keywords.route(text)
-        scores = {}
-        for task, c in zip(self.tasks, self.centroids, strict=True):
-            sim_head = sum(a * b for a, b in zip(head_vec, c, strict=True))
-            sim_whole = sum(a * b for a, b in zip(whole_vec, c, strict=True))
-            scores[task] = (self.HEAD_W * sim_head + self.WHOLE_W * sim_whole
-                            + self.KEYWORD_W * kw.scores.get(task, 0.0))
-        ranked = sorted(scores, key=scores.get, reverse=True)
-        best = ranked[0]
-        margin = scores[best] - (scores[ranked[1]] if len(ranked) > 1 else 0.0)
-        return Route(task=best, model=self.keywords._model_for(best), confidence=round(min(1.0, margin * 10), 3),
-                     reason=f"closest to the {best!r} examples (margin {margin:.3f})"
-                     + (f"; keywords: {kw.reason}" if kw.confidence else ""),
-                     scores={t: round(s, 4) for t, s in scores.items()})
+    def _vectors(self, text: str):
+        text = text.strip() or " "
+        head = instruction_head(text)
+        return self.backend.embed_with_prefix(text, len(head))
+
+    def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
+        """The calibrated task probabilities for `text`, the winning task and the model to run it.
+
+        `resident`: models loaded right now. When the winner's first-choice model is not resident and a
+        resident model that the winning route also lists is the first choice of a task within
+        `prefer_resident_within` of the winner, that model answers instead (no swap for a coin flip).
+        """
+        np = self._np
+        head_vec, whole_vec = self._vectors(text)
+        sim = self.HEAD_W * (self.head_centroids @ head_vec) + self.WHOLE_W * (self.whole_centroids @ whole_vec)
+        shares = self.keywords.shares(instruction_head(text))
+        kw = np.array([shares.get(t, 0.0) for t in self.tasks], dtype=np.float32)
+        raw = sim + self.spec.keyword_weight * kw
+        z = raw / self.spec.temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        order = np.argsort(-p)
+        best = self.tasks[order[0]]
+        conf = float(p[order[0]])
+        model = self.keywords.model_for(best)
+        why = [f"closest to the {best!r} examples"]
+        hits = [t for t in self.tasks if shares.get(t)]
+        if hits:
+            why.append("keywords for " + ", ".join(hits))
+        if resident and model not in resident:
+            serving = self.registry.routes[best].models
+            for i in order[1:]:
+                if conf - float(p[i]) > self.spec.prefer_resident_within:
+                    break
+                alt = self.keywords.model_for(self.tasks[i])
+                if alt in resident and alt in serving:
+                    why.append(f"{alt} is resident and serves {best!r} ({self.tasks[i]!r} is within "
+                               f"{conf - float(p[i]):.2f}); no swap")
+                    model = alt
+                    break
+        if conf < self.spec.min_confidence:
+            runner = self.tasks[order[1]] if len(order) > 1 else None
+            why.append(f"unsure: confidence {conf:.2f} < {self.spec.min_confidence}"
+                       + (f", runner-up {runner!r} {float(p[order[1]]):.2f}" if runner else ""))
+        return Route(task=best, model=model, confidence=round(conf, 3), reason="; ".join(why),
+                     scores={t: round(float(p[i]), 4) for i, t in enumerate(self.tasks)})
+
+
+def _unit(v):
+    import numpy as np
+
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+class Router:
+    """The engine's router: semantic when the registry names an embedder whose files are here, else rules.
+
+    The embedding model is loaded on the first route (or by `warm()`); if it cannot be (not fetched and
+    offline, corrupt), routing falls back to the keyword rules and every Route says why.
+    """
+
+    def __init__(self, registry: Registry, files=None, *, threads: int = 1, cache_dir=None) -> None:
+        self.registry = registry
+        self.keywords = KeywordRouter(registry)
+        self._files = files              # callable(model_id) -> verified files, or None: rules only
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self._semantic: SemanticRouter | None = None
+        self._failed: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def kind(self) -> str:
+        """"semantic" or "keywords" (before the first route: what the configuration asks for)."""
+        if self._semantic is not None:
+            return "semantic"
+        return "keywords" if self._failed or not self.registry.router.embedder or self._files is None else "semantic"
+
+    def warm(self) -> str | None:
+        """Load the embedding model and centroids now; returns why semantic routing is off, or None."""
+        self._get()
+        return self._failed
+
+    def _get(self) -> SemanticRouter | None:
+        if self._semantic is not None or self._failed is not None:
+            return self._semantic
+        embedder = self.registry.router.embedder
+        if not embedder or self._files is None:
+            self._failed = "no router embedder configured" if not embedder else "rules only"
+            return None
+        with self._lock:
+            if self._semantic is None and self._failed is None:
+                try:
+                    from swarm_edge.workers import open_backend
+
+                    spec = self.registry.get(embedder)
+                    backend = open_backend(spec, self._files(embedder), self.threads)
+                    self._semantic = SemanticRouter(self.registry, backend, embedder_sha=spec.file("model").sha256,
+                                                    cache_dir=self.cache_dir)
+                except SwarmEdgeError as exc:
+                    self._failed = f"semantic router unavailable ({exc}); keyword rules only"
+        return self._semantic
+
+    def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
+        """Route `text` (blocking: 3-4 ms of embedding; call it from a thread in async code)."""
+        semantic = self._get()
+        if semantic is not None:
+            return semantic.route(text, resident)
+        r = self.keywords.route(text)
+        return Route(task=r.task, model=r.model, confidence=r.confidence,
+                     reason=f"{r.reason} ({self._failed})" if self._failed else r.reason, scores=r.scores)

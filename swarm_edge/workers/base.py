@@ -22,6 +22,8 @@ class GenerateRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    logprobs: bool = False          # report the mean log-probability of the sampled tokens (cascade confidence)
+    json_schema: dict | None = None  # constrain the output to JSON matching this schema (grammar-constrained)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -57,6 +58,18 @@ class GGUFBackend:
                       stop=request.stop or None, stream=True)
         if request.seed is not None:
             common["seed"] = request.seed
+        meter = _LogprobMeter() if request.logprobs else None
+        if meter is not None:
+            from llama_cpp import LogitsProcessorList
+
+            common["logits_processor"] = LogitsProcessorList([meter])
+        if request.json_schema is not None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            try:
+                common["grammar"] = LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)
+            except Exception as exc:  # the converter raises ValueError/KeyError/... for schemas it cannot express
+                raise InferenceError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
         t0 = time.perf_counter()
         t_first = t_last = None
         n = 0
@@ -92,6 +105,7 @@ class GGUFBackend:
             "ttft_s": (t_first - t0) if t_first else None,
             "decode_tok_s": (n - 1) / (t_last - t_first) if t_first and t_last and n > 1 and t_last > t_first else None,
             "generate_s": t_end - t0,
+            **({"mean_logprob": meter.mean(), "min_logprob": meter.min()} if meter is not None else {}),
         }
 
     def _prompt_tokens(self, request: GenerateRequest) -> int | None:
@@ -129,6 +143,39 @@ class GGUFBackend:
         if not self._closed:
             self._closed = True
             self._stack.close()
+
+
+class _LogprobMeter:
+    """A logits processor that measures how sure the model was of each token it produced.
+
+    llama-cpp-python only returns logprobs with `logits_all=True` (an n_ctx x n_vocab scores buffer: 1.2 GB
+    for Qwen's 152k vocabulary). A processor sees each step's logits before sampling; the token sampled
+    from them is the last input id at the next step, so its log-probability is read one step later. The
+    last token (usually end-of-turn) is not counted. Costs one log-sum-exp over the vocabulary per token.
+    """
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self._prev = None  # the previous step's logits and their log-sum-exp
+        self._prev_lse = 0.0
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+
+        if self._prev is not None and len(input_ids):  # input_ids: the evaluated tokens, newest last
+            token = int(input_ids[-1])
+            if 0 <= token < self._prev.shape[0]:
+                self.values.append(float(self._prev[token]) - self._prev_lse)
+        top = float(scores.max())
+        self._prev_lse = top + float(np.log(np.exp(scores - top).sum()))
+        self._prev = np.array(scores, dtype=np.float32, copy=True)
+        return scores
+
+    def mean(self) -> float | None:
+        return round(sum(self.values) / len(self.values), 4) if self.values else None
+
+    def min(self) -> float | None:
+        return round(min(self.values), 4) if self.values else None
 
 
 def _chat_text(chunk: dict) -> tuple[str, str | None]:

@@ -96,6 +96,36 @@ class ONNXBackend:
             out.extend(vec.astype(np.float32).tolist())
         return out
 
+    def embed_with_prefix(self, text: str, prefix_chars: int):
+        """Two vectors from one forward pass: pooled over the tokens of text[:prefix_chars], and over all of it.
+
+        The router's instruction head ("Summarize this") and the whole prompt cost one embedding, not two;
+        the head's tokens are read in the context of the whole prompt. In-process use only (the router):
+        returns two float32 numpy vectors.
+        """
+        if self._closed:
+            raise InferenceError("model is closed")
+        np = self._np
+        enc = self.tokenizer.encode(text)
+        self.last_tokens = len(enc.ids)
+        ids = np.array([enc.ids], dtype=np.int64)
+        feeds = {"input_ids": ids}
+        if "attention_mask" in self.input_names:
+            feeds["attention_mask"] = np.ones_like(ids)
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        try:
+            hidden = self.session.run(None, feeds)[0][0]
+        except Exception as exc:
+            raise InferenceError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from exc
+        # special tokens have empty offsets; the first one ([CLS]) is kept, as whole-text pooling keeps it
+        keep = [0] + [i for i, (_, end) in enumerate(enc.offsets) if 0 < end <= prefix_chars]
+        head, whole = hidden[keep].mean(axis=0), hidden.mean(axis=0)
+        if self.normalize:
+            head = head / max(float(np.linalg.norm(head)), 1e-12)
+            whole = whole / max(float(np.linalg.norm(whole)), 1e-12)
+        return head.astype(np.float32), whole.astype(np.float32)
+
     def calibrate(self) -> None:
         """Embed three full batches of maximum-length texts: the largest working set a request touches (the
         allocator keeps some freed memory between batches, so one batch would under-report)."""
