@@ -127,14 +127,23 @@ def _stream_from_daemon(client, body: dict, on_token) -> dict:
             trace = chunk["swarm"]
     return {"text": "".join(parts), "model": trace.get("model"), "route": trace.get("route", {}),
             "finish_reason": finish, "timings": trace.get("timings", {}), "tokens": trace.get("tokens", 0),
-            "prompt_tokens": trace.get("prompt_tokens"), "left_device": trace.get("left_device", False)}
+            "prompt_tokens": trace.get("prompt_tokens"), "left_device": trace.get("left_device", False),
+            "plan": trace.get("plan", "single"), "steps": trace.get("steps", [])}
 
 
 def _trace_line(a: dict, via: str) -> str:
     t = a["timings"]
     rate = f", {t['decode_tok_s']:.1f} tok/s" if t.get("decode_tok_s") else ""
     route = a["route"]
-    return (f"-- {a['model']} (task {route.get('task')}: {route.get('reason')}; {via}; "
+    steps = a.get("steps") or []
+    plan = ""
+    if len(steps) > 1:
+        def one(s: dict) -> str:
+            sure = f" {s['mean_logprob']:.2f}" if s.get("mean_logprob") is not None else ""
+            kept = {True: "", False: " unsure", None: ""}[s.get("accepted")] if s["role"] != "planner" else ""
+            return f"{s['task']}:{s['model']}{sure}{kept}"
+        plan = f"plan {a.get('plan')}: " + " -> ".join(one(s) for s in steps) + "; "
+    return (f"-- {a['model']} (task {route.get('task')}: {route.get('reason')}; {plan}{via}; "
             f"load {t.get('load_s') or 0:.2f} s, {a['tokens']} tokens in {t.get('generate_s') or 0:.2f} s{rate})")
 
 
@@ -146,7 +155,8 @@ def _echo_token(text: str) -> None:
 @app.command()
 def ask(
     prompt: str = typer.Argument(..., help="The question or instruction. Use - to read it from stdin."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model id; default: routed by task (auto)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model id, or pipeline:NAME (see models.yaml); default: auto (routed, planned)."),
     as_json: bool = JsonOpt,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Cap on generated tokens."),
     temperature: float = TemperatureOpt,
@@ -369,16 +379,22 @@ def route(
 ) -> None:
     """Explain which task and model a prompt would go to, without generating anything.
 
-    With -, prints one JSON object per line of input (the Route JSON: task, model, target, confidence,
-    reason, scores).
+    The router compares the prompt with each task's examples in models.yaml (minilm-l6 embeddings) and
+    matches the tasks' keywords; confidence is the calibrated probability of the chosen task. With -,
+    prints one JSON object per line of input (the Route JSON: task, model, target, confidence, reason,
+    scores).
     """
     try:
         settings, registry = _setup(config, socket=socket)
         client = _daemon(settings, local, config=config)
         if client is None:
-            from swarm_edge.router import KeywordRouter
+            from swarm_edge.router import Router
+            from swarm_edge.sources import ensure_model
 
-            router = KeywordRouter(registry)
+            # never downloads: without the embedding model's files the rules decide, and the reason says so
+            router = Router(registry, lambda mid: ensure_model(settings, registry.get(mid), registry.base_dir,
+                                                               fetch=False),
+                            cache_dir=settings.home / "cache")
 
             def decide(text: str) -> dict:
                 return router.route(text).to_dict()

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from swarm_edge import calc
 from swarm_edge.config import Settings
 from swarm_edge.engine import Engine
 from swarm_edge.errors import ConfigError, InferenceError, UnknownModelError
@@ -43,6 +44,12 @@ from swarm_edge.workers import GenerateRequest
 AUTO = "auto"
 PIPELINE_PREFIX = "pipeline:"
 SEPARATOR = "\n\n"  # between the shown outputs of a multi-step plan
+CALC_SYSTEM = ("Reply with one arithmetic expression that computes the answer. "
+               "Use numbers, + - * / and parentheses only.")
+CALC_EXAMPLES = [  # one worked pair: small models copy the form of an example far better than they follow rules
+    {"role": "user", "content": "A book costs $12 and a pen costs $3. How much do 2 books and 4 pens cost in dollars?"},
+    {"role": "assistant", "content": "2 * 12 + 4 * 3"},
+]
 
 
 @dataclass
@@ -209,6 +216,33 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
     """Answer one task: yields `visible` (the shown answer's model is leased), `token`s, then `solved`."""
     registry = engine.registry
     spec_route = registry.routes.get(task)
+    own_system = any(m.get("role") == "system" for m in messages)
+    tried: list[dict[str, Any]] = []  # calculator attempts that wrote no usable expression
+    if spec_route is not None and spec_route.tool == "calculator" and not own_system:
+        order = [route.model] if strategy == "single" else list(dict.fromkeys([route.model, *spec_route.models]))
+        for i, mid in enumerate(order):
+            spec = registry.get(mid)
+            last = i == len(order) - 1
+            call = await _quiet(engine, spec, _request(spec, [{"role": "system", "content": CALC_SYSTEM},
+                                                              *CALC_EXAMPLES, *messages],
+                                                       {**common, "max_tokens": 64}, logprobs=not last),
+                                fetch=fetch, progress_factory=progress_factory)
+            expr = calc.expression_in(call.text)
+            sure = call.done.get("mean_logprob")
+            keep = expr is not None and (last or sure is None or sure >= spec_route.min_logprob)
+            tried.append(call.step(task, "calculator", route.confidence, wrote=call.text[:200], expression=expr,
+                                   accepted=keep))
+            if not keep:
+                continue
+            value = calc.show(calc.evaluate(expr))
+            call.chunks = [f"{expr} = {value}\nAnswer: {value}"]
+            call.text = call.chunks[0]
+            yield {"type": "visible", "model": mid}
+            yield {"type": "token", "text": call.text}
+            yield {"type": "solved", "call": call, "steps": tried}
+            return
+    if spec_route is not None and spec_route.system and not own_system:
+        messages = [{"role": "system", "content": spec_route.system}, *messages]
     models = [route.model]
     if spec_route is not None and strategy != "single":
         listed = spec_route.models
@@ -221,13 +255,13 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
                                                                           logprobs=True),
                                       fetch=fetch, progress_factory=progress_factory))
         winner, why = _vote(task, calls)
-        steps = [c.step(task, "vote", route.confidence, chosen=c is winner) for c in calls]
+        steps = tried + [c.step(task, "vote", route.confidence, chosen=c is winner) for c in calls]
         yield {"type": "visible", "model": winner.model}
         for chunk in winner.chunks:
             yield {"type": "token", "text": chunk}
         yield {"type": "solved", "call": winner, "steps": steps, "note": why}
         return
-    steps: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = tried
     threshold = spec_route.min_logprob if spec_route is not None else 0.0
     for i, mid in enumerate(models):
         spec = registry.get(mid)
@@ -237,7 +271,10 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
                                 fetch=fetch, progress_factory=progress_factory)
             sure = call.done.get("mean_logprob")
             keep = sure is None or sure >= threshold  # nothing generated: nothing to be unsure about
-            steps.append(call.step(task, "cascade", route.confidence, accepted=keep, threshold=threshold))
+            echo = _echoes(call.text, messages)  # self-check: a rewrite or translation that copies its input
+            steps.append(call.step(task, "cascade", route.confidence, accepted=keep and not echo, threshold=threshold,
+                                   **({"echo": True} if echo else {})))
+            keep = keep and not echo
             if not keep:
                 continue
             yield {"type": "visible", "model": mid}
@@ -260,6 +297,16 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
 
 
 _LABEL = re.compile(r"[^\w\s-]+")
+
+
+def _norm(text: str) -> str:
+    return " ".join(_LABEL.sub(" ", text.lower()).split())
+
+
+def _echoes(answer: str, messages: list[dict[str, str]]) -> bool:
+    """Whether an answer only repeats the request's material (small models do that instead of rewriting)."""
+    material = _material(_last_user_text(messages))
+    return bool(material) and _norm(answer) == _norm(material)
 
 
 def _vote(task: str, calls: list[_Call]) -> tuple[_Call, str]:
@@ -324,10 +371,10 @@ PLANNER_SYSTEM = (
     "true if it works on the previous task's output. Answer with JSON only.")
 
 PLANNER_EXAMPLE = [
-    {"role": "user", "content": "Request: Translate this into French and then list the verbs in it"},
+    {"role": "user", "content": "Request: Fix the grammar of this note and then count how many words it has"},
     {"role": "assistant", "content": json.dumps({"subtasks": [
-        {"task": "translate", "instruction": "Translate the text into French", "uses_previous": False},
-        {"task": "extract", "instruction": "List the verbs in this French text", "uses_previous": True}]})},
+        {"task": "rewrite", "instruction": "Fix the grammar of the note", "uses_previous": False},
+        {"task": "math", "instruction": "Count the words in the corrected note", "uses_previous": True}]})},
 ]
 
 

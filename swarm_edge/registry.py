@@ -166,6 +166,11 @@ class RouteSpec(_Strict):
     # token log-probability >= min_logprob). ensemble: every model answers; a vote picks the label.
     strategy: Literal["single", "cascade", "ensemble"] = "single"
     min_logprob: float = Field(default=-0.35, le=0.0)
+    # system prompt for routed requests of this task that bring none of their own (e.g. "answer with the label")
+    system: str = ""
+    # calculator: the model writes one arithmetic expression and swarm_edge.calc computes it (falls back to a
+    # plain answer when no expression comes back)
+    tool: Literal["calculator"] | None = None
 
 
 class PipelineSpec(_Strict):

@@ -247,6 +247,11 @@ class Router:
             return "semantic"
         return "keywords" if self._failed or not self.registry.router.embedder or self._files is None else "semantic"
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why semantic routing fell back to the rules, if it did."""
+        return self._failed
+
     def warm(self) -> str | None:
         """Load the embedding model and centroids now; returns why semantic routing is off, or None."""
         self._get()
@@ -257,8 +262,7 @@ class Router:
             return self._semantic
         embedder = self.registry.router.embedder
         if not embedder or self._files is None:
-            self._failed = "no router embedder configured" if not embedder else "rules only"
-            return None
+            return None  # rules only, as configured
         with self._lock:
             if self._semantic is None and self._failed is None:
                 try:

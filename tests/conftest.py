@@ -33,12 +33,16 @@ def model_files() -> dict[str, dict[str, Path]]:
     return {mid: ensure_model(settings, registry.get(mid), registry.base_dir) for mid in TEST_MODELS}
 
 
-def registry_yaml(model_files: dict[str, dict[str, Path]], *, twin: bool = False) -> str:
+def registry_yaml(model_files: dict[str, dict[str, Path]], *, twin: bool = False, swarm: bool = False,
+                  min_logprob: float = -0.35) -> str:
     """models.yaml text for the two test models (local paths to the cached real files).
 
     `twin` adds smollm2-135m-b: the same GGUF under a second id, so a test gets a third model (its own
-    worker, its own budget share) without another download.
+    worker, its own budget share) without another download. `swarm` (implies twin) adds what the plans
+    need: the semantic router (minilm-l6), smollm2 as planner, a cascade (rewrite: smollm2 then the twin,
+    `min_logprob`), an ensemble (classify), the calculator (math) and a pipeline (`polish`).
     """
+    twin = twin or swarm
     default = load_registry(DEFAULT_CONFIG)
     smol, mini = default.get("smollm2-135m"), default.get("minilm-l6")
     smol_file = f"""
@@ -76,9 +80,46 @@ models:
         size: {mini.files[1].size}
         sha256: {mini.files[1].sha256}
         sources: [{{path: "{model_files['minilm-l6']['tokenizer']}"}}]{twin_text}
+""" + (SWARM_ROUTES.format(min_logprob=min_logprob) if swarm else """
 routes:
-  chat: {{keywords: [hello, hi], models: [smollm2-135m]}}
-  rewrite: {{keywords: [rewrite], models: [smollm2-135m]}}
+  chat: {keywords: [hello, hi], models: [smollm2-135m]}
+  rewrite: {keywords: [rewrite], models: [smollm2-135m]}
+""")
+
+
+SWARM_ROUTES = """
+routes:
+  chat:
+    keywords: [hello, hi]
+    examples: ["Hi! How are you today?", "Tell me something fun.", "Good morning, what's up?", "I'm bored, talk to me."]
+    models: [smollm2-135m]
+  rewrite:
+    keywords: [rewrite, rephrase]
+    examples: ["Rewrite this more politely: give me the file.", "Rephrase this sentence: the cat sat on the mat.",
+               "Make this sound friendlier: send the report.", "Fix the grammar: he go home."]
+    models: [smollm2-135m, smollm2-135m-b]
+    strategy: cascade
+    min_logprob: {min_logprob}
+  classify:
+    keywords: [classify, sentiment]
+    examples: ["Classify the sentiment as positive or negative: great film.", "Is this email spam or ham? You won!",
+               "Label this review as positive or negative: it broke.", "Which category is this: sports or politics?"]
+    models: [smollm2-135m, smollm2-135m-b]
+    strategy: ensemble
+    system: "Answer with the label only."
+  math:
+    keywords: [calculate, how much, how many]
+    examples: ["What is 12 times 7?", "How many minutes are in 3 hours?", "Calculate 15% of 80.",
+               "A pen costs $2. How much do 5 pens cost?"]
+    models: [smollm2-135m]
+    tool: calculator
+pipelines:
+  polish:
+    steps: [rewrite, chat]
+    instructions: ["Rewrite this more politely: {{input}}", "Reply briefly to this message: {{input}}"]
+router:
+  embedder: minilm-l6
+  planner: smollm2-135m
 """
 
 

@@ -322,7 +322,14 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
     async def lifespan(app: FastAPI):
         await engine.start()
         # read GGUF facts of fetched models now, off the event loop, so admission finds them cached
-        warm = asyncio.get_running_loop().create_task(asyncio.to_thread(engine.model_estimates))
+        # and load the router's embedding model and example centroids, so the first `auto` request is not slower
+        def warm_up():
+            engine.model_estimates()
+            why = engine.router.warm()
+            if why:
+                log.warning("%s", why)
+
+        warm = asyncio.get_running_loop().create_task(asyncio.to_thread(warm_up))
         if on_ready:
             on_ready()
         try:
@@ -373,8 +380,12 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
     @app.get("/v1/models")
     async def list_models():
         auto = {"id": orchestrator.AUTO, "object": "model", "created": int(metrics.started), "owned_by": "swarm-edge",
-                "swarm": {"kind": "router", "tasks": list(engine.registry.routes)}}
-        return {"object": "list", "data": [auto] + [model_card(s) for s in engine.registry]}
+                "swarm": {"kind": "router", "router": engine.router.kind, "tasks": list(engine.registry.routes)}}
+        pipes = [{"id": orchestrator.PIPELINE_PREFIX + name, "object": "model", "created": int(metrics.started),
+                  "owned_by": "swarm-edge",
+                  "swarm": {"kind": "pipeline", "steps": p.steps, "description": p.description}}
+                 for name, p in engine.registry.pipelines.items()]
+        return {"object": "list", "data": [auto] + [model_card(s) for s in engine.registry] + pipes}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
@@ -579,7 +590,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
 
     @app.post("/swarm/route")
     async def swarm_route(body: RouteRequest):
-        return orchestrator.route(engine, body.prompt).to_dict()
+        return (await orchestrator.route_async(engine, body.prompt)).to_dict()
 
     @app.get("/metrics")
     async def prometheus():

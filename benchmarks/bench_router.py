@@ -1,0 +1,146 @@
+"""Router latency and accuracy: a full route vs a bare minilm-l6 embedding of the same text, one run.
+
+route  swarm_edge.router.Router.route(text): keyword rules, one minilm forward pass pooled over the
+       instruction head and over the whole prompt, similarity to the task centroids, softmax, model choice
+bare   the same ONNX file and tokenizer straight through onnxruntime + tokenizers (no swarm-edge code):
+       encode, run, mean-pool, normalise one text
+Same texts (every prompt of tests/data/route_dev.jsonl and route_heldout.jsonl), same thread count (1),
+alternating route/bare per text, `--reps` passes; p50 and p90 of each, and p50 route / p50 bare.
+Also: accuracy and confusion on both labelled sets, expected calibration error, and the softmax
+temperature that minimises the dev set's log-loss (what models.yaml's router.temperature should be).
+
+Rerun:  .venv/bin/python benchmarks/bench_router.py [--reps 5]
+Writes: benchmarks/results/router.json and benchmarks/results/router.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from results_io import fetched_models, write_results
+
+from swarm_edge.config import DEFAULT_CONFIG, Settings
+from swarm_edge.registry import load_registry
+from swarm_edge.router import Router
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+
+
+def bare_embedder(files: dict, max_length: int):
+    """minilm-l6 without swarm-edge: the raw libraries, one text at a time."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(files["tokenizer"]))
+    tok.enable_truncation(max_length=max_length)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    sess = ort.InferenceSession(str(files["model"]), sess_options=so, providers=["CPUExecutionProvider"])
+
+    def embed(text: str):
+        enc = tok.encode(text)
+        ids = np.array([enc.ids], dtype=np.int64)
+        out = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                              "token_type_ids": np.zeros_like(ids)})[0][0]
+        v = out.mean(axis=0)
+        return v / np.linalg.norm(v)
+    return embed
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    settings = Settings.load(threads=1)
+    registry = load_registry(DEFAULT_CONFIG)
+    spec, files = next(fetched_models(settings, registry, [registry.router.embedder]), (None, None))
+    if spec is None:
+        raise SystemExit("minilm-l6 is not fetched: swarm-edge models fetch minilm-l6")
+    router = Router(registry, lambda mid: files, threads=1, cache_dir=settings.home / "cache")
+    if router.warm():
+        raise SystemExit(router.warm())
+    bare = bare_embedder(files, spec.embedding.max_length)
+    sets = {name: [json.loads(x) for x in (DATA / f"route_{name}.jsonl").read_text().splitlines() if x.strip()]
+            for name in ("dev", "heldout")}
+    texts = [r["prompt"] for rows in sets.values() for r in rows]
+    for t in texts[:20]:  # warm both paths
+        router.route(t)
+        bare(t)
+    t_route, t_bare = [], []
+    for _ in range(args.reps):
+        for t in texts:
+            a = time.perf_counter()
+            router.route(t)
+            b = time.perf_counter()
+            bare(t)
+            c = time.perf_counter()
+            t_route.append(b - a)
+            t_bare.append(c - b)
+    ratio = statistics.median(t_route) / statistics.median(t_bare)
+
+    quality = {}
+    for name, rows in sets.items():
+        routes = [router.route(r["prompt"]) for r in rows]
+        confusion = defaultdict(Counter)
+        for route, row in zip(routes, rows, strict=True):
+            confusion[row["task"]][route.task] += 1
+        conf = np.array([r.confidence for r in routes])
+        right = np.array([r.task == row["task"] for r, row in zip(routes, rows, strict=True)])
+        ece = float(sum(abs(conf[m].mean() - right[m].mean()) * m.mean()
+                        for lo in np.arange(0, 1, 0.1) if (m := (conf > lo) & (conf <= lo + 0.1)).any()))
+        quality[name] = {"n": len(rows), "accuracy": round(float(right.mean()), 4), "ece": round(ece, 4),
+                         "confusion": {t: dict(c) for t, c in confusion.items()},
+                         "errors": [{"prompt": row["prompt"], "task": row["task"], "routed": r.task,
+                                     "confidence": r.confidence}
+                                    for r, row in zip(routes, rows, strict=True) if r.task != row["task"]]}
+    # the temperature that minimises the dev set's log-loss, from the raw scores (confidence = softmax(raw / T))
+    sem = router._get()
+    tasks = sem.tasks
+    t_now = registry.router.temperature
+    logits = np.array([[np.log(max(r.scores[t], 1e-12)) * t_now for t in tasks]
+                       for r in (router.route(x["prompt"]) for x in sets["dev"])])
+    y = np.array([tasks.index(x["task"]) for x in sets["dev"]])
+
+    def log_loss(temperature: float) -> float:
+        z = logits / temperature
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    best_t = min(np.linspace(0.005, 0.1, 39), key=log_loss)
+
+    ms = 1000
+    lines = ["# Router latency and accuracy (one run; rerun: .venv/bin/python benchmarks/bench_router.py)", "",
+             f"{len(texts)} texts x {args.reps} reps, 1 thread, alternating per text.", "",
+             "| path | p50 ms | p90 ms |", "|---|---|---|",
+             f"| route (rules + embedding + scoring + model choice) | {statistics.median(t_route) * ms:.2f} "
+             f"| {pct(t_route, 0.9) * ms:.2f} |",
+             f"| bare minilm-l6 embedding (onnxruntime + tokenizers) | {statistics.median(t_bare) * ms:.2f} "
+             f"| {pct(t_bare, 0.9) * ms:.2f} |", "",
+             f"**p50 route / p50 bare embedding = {ratio:.3f}** (bar: <= 1.2)", "",
+             "| set | prompts | accuracy | ECE |", "|---|---|---|---|"]
+    for name, q in quality.items():
+        lines.append(f"| {name} | {q['n']} | {q['accuracy']:.3f} | {q['ece']:.3f} |")
+    lines += ["", f"softmax temperature: configured {t_now}, dev-set log-loss optimum {best_t:.4f}", "",
+              "Confusion on the dev set (true -> predicted):", ""]
+    for t, c in quality["dev"]["confusion"].items():
+        lines.append(f"- {t}: {dict(c)}")
+    write_results("router", {"reps": args.reps, "texts": len(texts), "p50_route_ms": statistics.median(t_route) * ms,
+                             "p50_bare_ms": statistics.median(t_bare) * ms, "p90_route_ms": pct(t_route, 0.9) * ms,
+                             "p90_bare_ms": pct(t_bare, 0.9) * ms, "ratio_p50": ratio, "quality": quality,
+                             "temperature": {"configured": t_now, "dev_optimum": float(best_t)}}, lines)
+
+
+if __name__ == "__main__":
+    main()
