@@ -65,6 +65,16 @@ class KeywordRouter:
         total = sum(hits.values())
         return {t: (h / total if total else 0.0) for t, h in hits.items()}
 
+    def named_tasks(self, text: str) -> list[str]:
+        """The tasks whose keywords occur in `text`, in the order they are first named."""
+        text = text.lower()
+        first = {}
+        for task, pats in self._patterns.items():
+            starts = [m.start() for _, pat in pats if (m := pat.search(text))]
+            if starts:
+                first[task] = min(starts)
+        return sorted(first, key=first.get)
+
     def route(self, prompt: str) -> Route:
         """Pick a task and its first-choice model for `prompt`."""
         text = prompt.lower()

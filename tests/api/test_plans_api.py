@@ -1,0 +1,110 @@
+"""Routing and plans through a real daemon: model "auto" and "pipeline:NAME" over the socket (openai SDK),
+POST /swarm/route, and `swarm-edge route` / `ask` on the command line (through the daemon and in-process)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx2
+import openai
+import pytest
+
+from tests.api.conftest import Daemon, private_root
+from tests.api.test_cli_daemon import _run
+from tests.conftest import registry_yaml
+
+pytestmark = pytest.mark.real_model
+
+REWRITE = "Rewrite this more politely: close the door now."
+
+
+@pytest.fixture(scope="module")
+def swarm_config(model_files, tmp_path_factory):
+    path = tmp_path_factory.mktemp("swarm") / "models.yaml"
+    path.write_text(registry_yaml(model_files, swarm=True))
+    return path
+
+
+@pytest.fixture(scope="module")
+def swarm_daemon(swarm_config):
+    root = private_root()
+    d = Daemon(root, swarm_config).start()
+    yield d
+    assert d.stop() == 0, d.output()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sdk(swarm_daemon):
+    http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(swarm_daemon.socket)), timeout=300)
+    yield openai.OpenAI(base_url="http://swarm-edge/v1", api_key="not-needed", http_client=http, max_retries=0)
+    http.close()
+
+
+def test_models_list_the_router_and_pipelines(sdk):
+    models = {m.id: m.model_extra["swarm"] for m in sdk.models.list()}
+    assert models["auto"]["router"] == "semantic"
+    assert models["pipeline:polish"] == {"kind": "pipeline", "steps": ["rewrite", "chat"], "description": ""}
+
+
+def test_swarm_route_explains_without_generating(swarm_daemon):
+    http = swarm_daemon.http
+    r = http.post("/swarm/route", json={"prompt": REWRITE})
+    assert r.status_code == 200
+    route = r.json()
+    assert route["task"] == "rewrite" and route["model"] == "smollm2-135m" and route["target"] == "local"
+    assert route["reason"].startswith("closest to the 'rewrite' examples")
+    assert abs(sum(route["scores"].values()) - 1) < 1e-3 and route["confidence"] == max(route["scores"].values())
+    assert http.get("/swarm/status").json()["residents"] == []  # routing loaded no generation model
+    bad = http.post("/swarm/route", json={"text": "hi"})
+    assert bad.status_code == 400 and "prompt" in bad.json()["error"]["message"]
+
+
+def test_auto_runs_the_plan_and_reports_every_step(sdk):
+    messages = [{"role": "user", "content": REWRITE}]
+    full = sdk.chat.completions.create(model="auto", messages=messages, max_tokens=24, temperature=0)
+    swarm = full.model_extra["swarm"]
+    assert swarm["plan"] == "cascade" and swarm["route"]["task"] == "rewrite"
+    assert swarm["steps"][0]["model"] == "smollm2-135m" and swarm["steps"][0]["role"] == "cascade"
+    assert "mean_logprob" in swarm["steps"][0] and full.model == swarm["model"]
+    text = full.choices[0].message.content
+    stream = list(sdk.chat.completions.create(model="auto", messages=messages, max_tokens=24, temperature=0,
+                                              stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text  # same plan, same answer
+    final = next(c for c in stream if c.choices and c.choices[0].finish_reason)
+
+    def shape(steps):
+        return [(s["model"], s["role"], s.get("accepted")) for s in steps]
+    assert shape(final.model_extra["swarm"]["steps"]) == shape(swarm["steps"])
+
+
+def test_pipeline_by_name(sdk):
+    r = sdk.chat.completions.create(model="pipeline:polish", messages=[{"role": "user", "content": "give me the keys"}],
+                                    max_tokens=16)
+    swarm = r.model_extra["swarm"]
+    assert swarm["plan"] == "pipeline" and [s["subtask"] for s in swarm["steps"]][-1] == 2
+    with pytest.raises(openai.NotFoundError, match="unknown pipeline 'nope'"):
+        sdk.chat.completions.create(model="pipeline:nope", messages=[{"role": "user", "content": "x"}])
+
+
+def test_route_command_through_the_daemon_and_in_process(swarm_daemon, swarm_config):
+    prompts = "Hi! How are you today?\nWhat is 12 times 7?\n" + REWRITE + "\n"
+    via = _run(["route", "-"], swarm_daemon, stdin=prompts)
+    local = _run(["route", "-", "--local", "--config", str(swarm_config)], swarm_daemon, stdin=prompts)
+    for out in (via, local):
+        assert out.returncode == 0, out.stderr
+        lines = [json.loads(x) for x in out.stdout.splitlines()]
+        assert [r["task"] for r in lines] == ["chat", "math", "rewrite"]
+        assert all(r["reason"].startswith("closest to the") for r in lines)
+    one = _run(["route", REWRITE], swarm_daemon)
+    assert one.returncode == 0 and one.stdout.startswith("task rewrite -> smollm2-135m (local), confidence")
+
+
+def test_ask_shows_the_plan(swarm_daemon):
+    out = _run(["ask", "--json", REWRITE], swarm_daemon)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["via"] == "daemon" and answer["plan"] == "cascade" and answer["steps"]
+    plain = _run(["ask", "--model", "pipeline:polish", "give me the keys"], swarm_daemon)
+    assert plain.returncode == 0 and "plan pipeline: rewrite:smollm2-135m" in plain.stderr
