@@ -39,12 +39,13 @@ def bare_embedder(files: dict, max_length: int):
 
     tok = Tokenizer.from_file(str(files["tokenizer"]))
     tok.enable_truncation(max_length=max_length)
+    # this tokenizer.json pads every text to 128 tokens ("Fixed" padding in the file): a bare session fed
+    # that is ~4x slower and pools over padding. One text needs no padding (swarm-edge's backend pads a
+    # batch to its longest text instead).
+    tok.no_padding()
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    # onnxruntime's defaults (memory arena and memory patterns on) make every new input length re-plan its
-    # buffers: ~26 ms per text here instead of ~8. The fair baseline is a well-configured bare session, so it
-    # gets the same settings as swarm-edge's own ONNX backend.
-    so.enable_cpu_mem_arena = False
+    so.enable_cpu_mem_arena = False  # as swarm-edge's backend sets them
     so.enable_mem_pattern = False
     sess = ort.InferenceSession(str(files["model"]), sess_options=so, providers=["CPUExecutionProvider"])
 

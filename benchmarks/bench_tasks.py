@@ -7,6 +7,7 @@ asserts, translations and summaries that must contain given words, rewrites.
 Configurations, each run in its own fresh process, one after the other in one run:
   auto                the default swarm: router + task prompts + cascades (0.5B, then 1.5B when unsure)
   auto-small          the same without qwen2.5-coder-1.5b (routes keep their other models)
+  auto@BUDGET         auto inside a memory budget (e.g. auto@2.5GiB: room for the 1.5B, not for it and the 0.5B)
   1.5b-routed         the router and task prompts, but every route answered by qwen2.5-coder-1.5b alone
   MODEL               one model alone, the raw prompt, no system prompt (what a one-model runtime gives)
 Latency = wall time of one request end to end (routing, planning, loads, every cascade step), 2 threads,
@@ -53,7 +54,7 @@ def registry_for(config: str):
     from swarm_edge.registry import load_registry
 
     registry = load_registry(DEFAULT_CONFIG)
-    if config == "auto":
+    if config == "auto" or config.startswith("auto@"):
         return registry, "auto"
     if config == "auto-small":
         for task, r in registry.routes.items():
@@ -75,6 +76,8 @@ async def run_config(config: str, items: list[dict], budget: str) -> list[dict]:
     from swarm_edge.engine import Engine
 
     registry, model_id = registry_for(config)
+    if "@" in config:
+        budget = config.split("@", 1)[1]
     engine = Engine(registry, Settings.load(threads=2), budget=budget, spare=False, fetch=False)
     await engine.start()
     out = []
@@ -158,7 +161,7 @@ def measure(config: str, limit: int | None, budget: str) -> dict:
             "peak_pss_bytes": peak, "escalated": sum(r["escalated"] for r in records),
             "used_big_model": sum(BIG in r["models"] for r in records),
             "routing_accuracy": round(sum(r["routed_task"] == r["task"] for r in records) / n, 4)
-            if config in ("auto", "auto-small", "1.5b-routed") else None,
+            if config.startswith(("auto", "1.5b-routed")) else None,
             "per_task": {t: f"{sum(v)}/{len(v)}" for t, v in by_task.items()}, "records": records}
 
 
