@@ -481,9 +481,7 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
     material = _material(text) if plan == "decompose" else text
     previous: str | None = None
     shown: list[str] = []
-    last_call: _Call | None = None
-    started = False
-    t_first = None
+    relay = _Relay(top)
     try:
         for i, sub in enumerate(subtasks):
             if plan == "pipeline":
@@ -500,32 +498,24 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
                       reason=f"subtask {i + 1}/{len(subtasks)}")
             engine.scheduler.hint([registry.routes[s["task"]].models[0] for s in subtasks[i:]])
             strategy = registry.routes[task].strategy
-            if i > 0 and started:
+            if i > 0 and relay.started:
                 yield {"type": "token", "text": SEPARATOR}
             async with contextlib.aclosing(_solve(engine, task, r, [*system, {"role": "user", "content": step_prompt}],
                                                   common, strategy=strategy, **kw)) as events:
                 async for ev in events:
-                    if ev["type"] == "visible":
-                        if not started:
-                            started = True
-                            yield {"type": "start", "model": ev["model"], "route": top}
-                    elif ev["type"] == "token":
-                        if t_first is None:
-                            t_first = time.perf_counter()
-                        yield ev
-                    elif ev["type"] == "solved":
-                        last_call = ev["call"]
-                        for s in ev["steps"]:
-                            s["subtask"] = i + 1
-                            s["instruction"] = sub["instruction"] or task
-                        steps.extend(ev["steps"])
-            previous = last_call.text
-            shown.append(last_call.text)
+                    if (out := relay(ev)) is not None:
+                        yield out
+            for s in relay.steps:
+                s["subtask"] = i + 1
+                s["instruction"] = sub["instruction"] or task
+            steps.extend(relay.steps)
+            previous = relay.call.text
+            shown.append(relay.call.text)
     finally:
         engine.scheduler.hint([])  # the plan is over (or failed): no model is needed next
     t_end = time.perf_counter()
-    yield {"type": "done", "answer": _answer(SEPARATOR.join(shown), last_call, top, plan, steps, t0, t_first, t_end,
-                                             t_route)}
+    yield {"type": "done", "answer": _answer(SEPARATOR.join(shown), relay.call, top, plan, steps, t0, relay.t_first,
+                                             t_end, t_route)}
 
 
 async def _single(engine, spec, request, top, t0, **kw):
@@ -547,21 +537,36 @@ async def _single(engine, spec, request, top, t0, **kw):
 
 
 async def _finish_one(engine, top, msgs, common, strategy, t0, t_route, plan, steps, **kw):
-    t_first = None
-    call = None
+    """One task answered by its route's strategy (single, cascade, ensemble, calculator)."""
+    relay = _Relay(top)
     async with contextlib.aclosing(_solve(engine, top.task, top, msgs, common, strategy=strategy, **kw)) as events:
         async for ev in events:
-            if ev["type"] == "visible":
-                yield {"type": "start", "model": ev["model"], "route": top}
-            elif ev["type"] == "token":
-                if t_first is None:
-                    t_first = time.perf_counter()
-                yield ev
-            elif ev["type"] == "solved":
-                call = ev["call"]
-                steps = steps + ev["steps"]
-    yield {"type": "done", "answer": _answer(call.text, call, top, plan, steps, t0, t_first, time.perf_counter(),
-                                             t_route)}
+            if (out := relay(ev)) is not None:
+                yield out
+    yield {"type": "done", "answer": _answer(relay.call.text, relay.call, top, plan, steps + relay.steps, t0,
+                                             relay.t_first, time.perf_counter(), t_route)}
+
+
+class _Relay:
+    """Turns `_solve` events into the caller's: one `start` for the whole answer, tokens (timing the first),
+    and keeps each task's result and steps."""
+
+    def __init__(self, top: Route) -> None:
+        self.top, self.started, self.t_first = top, False, None
+        self.call: _Call | None = None
+        self.steps: list[dict[str, Any]] = []
+
+    def __call__(self, ev: dict[str, Any]) -> dict[str, Any] | None:
+        if ev["type"] == "visible" and not self.started:
+            self.started = True
+            return {"type": "start", "model": ev["model"], "route": self.top}
+        if ev["type"] == "token":
+            if self.t_first is None:
+                self.t_first = time.perf_counter()
+            return ev
+        if ev["type"] == "solved":
+            self.call, self.steps = ev["call"], ev["steps"]
+        return None
 
 
 def _answer(text, call: _Call, top: Route, plan: str, steps: list[dict], t0, t_first, t_end, t_route) -> Answer:

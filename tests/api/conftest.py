@@ -89,17 +89,22 @@ def api_config(model_files, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def daemon(api_config):
-    """A daemon shared by a test module (default budget)."""
+def serve(config: Path):
+    """Run a daemon on `config` in a private directory for as long as the generator is open (fixture body)."""
     import shutil
 
     root = private_root()
-    d = Daemon(root, api_config).start()
+    d = Daemon(root, config).start()
     yield d
     code = d.stop()
     assert code == 0, d.output()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(api_config):
+    """A daemon shared by a test module (default budget)."""
+    yield from serve(api_config)
 
 
 @pytest.fixture()

@@ -4,13 +4,12 @@ POST /swarm/route, and `swarm-edge route` / `ask` on the command line (through t
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx2
 import openai
 import pytest
 
-from tests.api.conftest import Daemon, private_root
+from tests.api.conftest import serve
 from tests.api.test_cli_daemon import _run
 from tests.conftest import registry_yaml
 
@@ -28,11 +27,7 @@ def swarm_config(model_files, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def swarm_daemon(swarm_config):
-    root = private_root()
-    d = Daemon(root, swarm_config).start()
-    yield d
-    assert d.stop() == 0, d.output()
-    shutil.rmtree(root, ignore_errors=True)
+    yield from serve(swarm_config)
 
 
 @pytest.fixture(scope="module")
