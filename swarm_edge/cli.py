@@ -140,8 +140,7 @@ def _trace_line(a: dict, via: str) -> str:
     if len(steps) > 1:
         def one(s: dict) -> str:
             sure = f" {s['mean_logprob']:.2f}" if s.get("mean_logprob") is not None else ""
-            kept = {True: "", False: " unsure", None: ""}[s.get("accepted")] if s["role"] != "planner" else ""
-            return f"{s['task']}:{s['model']}{sure}{kept}"
+            return f"{s['task']}:{s['model']}{sure}{' unsure' if s.get('accepted') is False else ''}"
         plan = f"plan {a.get('plan')}: " + " -> ".join(one(s) for s in steps) + "; "
     return (f"-- {a['model']} (task {route.get('task')}: {route.get('reason')}; {plan}{via}; "
             f"load {t.get('load_s') or 0:.2f} s, {a['tokens']} tokens in {t.get('generate_s') or 0:.2f} s{rate})")

@@ -202,13 +202,34 @@ async def _quiet(engine: Engine, spec: ModelSpec, request: GenerateRequest, **kw
 # ---------------------------------------------------------------- answering one task
 
 
-def _request(spec: ModelSpec, messages: list[dict[str, str]], common: dict[str, Any], **extra) -> GenerateRequest:
-    limit = common.get("max_tokens") or spec.max_tokens
-    kw = {**common, "max_tokens": limit, **extra}
+def _request(spec: ModelSpec, messages: list[dict[str, str]] | None, common: dict[str, Any], *,
+             prompt: str | None = None, **extra) -> GenerateRequest:
+    """The worker request for chat `messages` (or a raw completion `prompt`) with the caller's sampling."""
+    kw = {**common, "max_tokens": common.get("max_tokens") or spec.max_tokens, **extra}
+    if prompt is not None:
+        return GenerateRequest(prompt=prompt, **kw)
     if spec.kind == "completion":  # no template: the conversation's text is what the model continues
         turns = [m for m in messages if m.get("role") != "system"] or messages
         return GenerateRequest(prompt="\n".join(m["content"] for m in turns), **kw)
     return GenerateRequest(messages=messages, **kw)
+
+
+def _order(route: Route, spec_route, strategy: str) -> list[str]:
+    """The models a task may use, in turn: the route's model, then (cascade, ensemble, calculator) the ones
+    listed after it in models.yaml."""
+    if spec_route is None or strategy == "single":
+        return [route.model]
+    listed = spec_route.models
+    return list(dict.fromkeys(listed[listed.index(route.model):] if route.model in listed
+                              else [route.model, *listed]))
+
+
+def _shown(call: _Call, steps: list[dict[str, Any]]):
+    """The events that show an answer which was generated held back (cascade try, vote, calculator)."""
+    yield {"type": "visible", "model": call.model}
+    for chunk in call.chunks:
+        yield {"type": "token", "text": chunk}
+    yield {"type": "solved", "call": call, "steps": steps}
 
 
 async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[str, str]], common: dict[str, Any],
@@ -219,7 +240,7 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
     own_system = any(m.get("role") == "system" for m in messages)
     tried: list[dict[str, Any]] = []  # calculator attempts that wrote no usable expression
     if spec_route is not None and spec_route.tool == "calculator" and not own_system:
-        order = [route.model] if strategy == "single" else list(dict.fromkeys([route.model, *spec_route.models]))
+        order = _order(route, spec_route, strategy)
         for i, mid in enumerate(order):
             spec = registry.get(mid)
             last = i == len(order) - 1
@@ -235,65 +256,53 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
             if not keep:
                 continue
             value = calc.show(calc.evaluate(expr))
-            call.chunks = [f"{expr} = {value}\nAnswer: {value}"]
-            call.text = call.chunks[0]
-            yield {"type": "visible", "model": mid}
-            yield {"type": "token", "text": call.text}
-            yield {"type": "solved", "call": call, "steps": tried}
+            call.text = f"{expr} = {value}\nAnswer: {value}"
+            call.chunks = [call.text]
+            for ev in _shown(call, tried):
+                yield ev
             return
     if spec_route is not None and spec_route.system and not own_system:
         messages = [{"role": "system", "content": spec_route.system}, *messages]
-    models = [route.model]
-    if spec_route is not None and strategy != "single":
-        listed = spec_route.models
-        models = listed[listed.index(route.model):] if route.model in listed else [route.model, *listed]
-        models = list(dict.fromkeys(models))
+    models = _order(route, spec_route, strategy)
     if strategy == "ensemble" and len(models) > 1:
         calls = []
         for mid in models:
             calls.append(await _quiet(engine, registry.get(mid), _request(registry.get(mid), messages, common,
                                                                           logprobs=True),
                                       fetch=fetch, progress_factory=progress_factory))
-        winner, why = _vote(task, calls)
+        winner = _vote(task, calls)
         steps = tried + [c.step(task, "vote", route.confidence, chosen=c is winner) for c in calls]
-        yield {"type": "visible", "model": winner.model}
-        for chunk in winner.chunks:
-            yield {"type": "token", "text": chunk}
-        yield {"type": "solved", "call": winner, "steps": steps, "note": why}
+        for ev in _shown(winner, steps):
+            yield ev
         return
     steps: list[dict[str, Any]] = tried
     threshold = spec_route.min_logprob if spec_route is not None else 0.0
-    for i, mid in enumerate(models):
+    *tries, final = models  # only a cascade has tries: single has one model, an ensemble of several returned above
+    for mid in tries:
         spec = registry.get(mid)
-        last = i == len(models) - 1 or strategy != "cascade"
-        if not last:
-            call = await _quiet(engine, spec, _request(spec, messages, common, logprobs=True),
-                                fetch=fetch, progress_factory=progress_factory)
-            sure = call.done.get("mean_logprob")
-            keep = sure is None or sure >= threshold  # nothing generated: nothing to be unsure about
-            echo = _echoes(call.text, messages)  # self-check: a rewrite or translation that copies its input
-            steps.append(call.step(task, "cascade", route.confidence, accepted=keep and not echo, threshold=threshold,
-                                   **({"echo": True} if echo else {})))
-            keep = keep and not echo
-            if not keep:
-                continue
-            yield {"type": "visible", "model": mid}
-            for chunk in call.chunks:
-                yield {"type": "token", "text": chunk}
-            yield {"type": "solved", "call": call, "steps": steps}
+        call = await _quiet(engine, spec, _request(spec, messages, common, logprobs=True),
+                            fetch=fetch, progress_factory=progress_factory)
+        sure = call.done.get("mean_logprob")
+        echo = _echoes(call.text, messages)  # self-check: a rewrite or translation that copies its input
+        keep = (sure is None or sure >= threshold) and not echo  # nothing generated: nothing to be unsure of
+        steps.append(call.step(task, "cascade", route.confidence, accepted=keep, threshold=threshold,
+                               **({"echo": True} if echo else {})))
+        if keep:
+            for ev in _shown(call, steps):
+                yield ev
             return
-        async with contextlib.aclosing(_call(engine, spec, _request(spec, messages, common), fetch=fetch,
-                                             progress_factory=progress_factory)) as events:
-            async for ev in events:
-                if ev["type"] == "leased":
-                    yield {"type": "visible", "model": mid}
-                elif ev["type"] == "token":
-                    yield ev
-                else:
-                    call = ev["call"]
-        steps.append(call.step(task, "answer" if not steps else "cascade-final", route.confidence))
-        yield {"type": "solved", "call": call, "steps": steps}
-        return
+    spec = registry.get(final)
+    async with contextlib.aclosing(_call(engine, spec, _request(spec, messages, common), fetch=fetch,
+                                         progress_factory=progress_factory)) as events:
+        async for ev in events:
+            if ev["type"] == "leased":
+                yield {"type": "visible", "model": final}
+            elif ev["type"] == "token":
+                yield ev
+            else:
+                call = ev["call"]
+    steps.append(call.step(task, "answer" if not steps else "cascade-final", route.confidence))
+    yield {"type": "solved", "call": call, "steps": steps}
 
 
 _LABEL = re.compile(r"[^\w\s-]+")
@@ -309,21 +318,18 @@ def _echoes(answer: str, messages: list[dict[str, str]]) -> bool:
     return bool(material) and _norm(answer) == _norm(material)
 
 
-def _vote(task: str, calls: list[_Call]) -> tuple[_Call, str]:
+def _vote(task: str, calls: list[_Call]) -> _Call:
     """The ensemble's choice: majority of normalised first lines for label tasks, else the surest answer."""
     def sureness(c: _Call) -> float:
         return c.done.get("mean_logprob") if c.done.get("mean_logprob") is not None else -1e9
 
-    if task == "classify":
-        labels = {id(c): _LABEL.sub("", c.text.strip().splitlines()[0] if c.text.strip() else "").strip().lower()
-                  for c in calls}
-        counts = Counter(labels.values())
-        top = max(counts.values())
-        tied = [c for c in calls if counts[labels[id(c)]] == top]
-        best = max(tied, key=sureness)
-        return best, f"vote: {labels[id(best)]!r} from {top} of {len(calls)} models"
-    best = max(calls, key=sureness)
-    return best, f"surest of {len(calls)} answers (mean log-prob {sureness(best):.2f})"
+    if task != "classify":
+        return max(calls, key=sureness)
+    labels = {id(c): _LABEL.sub("", c.text.strip().splitlines()[0] if c.text.strip() else "").strip().lower()
+              for c in calls}
+    counts = Counter(labels.values())
+    top = max(counts.values())
+    return max((c for c in calls if counts[labels[id(c)]] == top), key=sureness)
 
 
 # ---------------------------------------------------------------- decomposition
@@ -334,8 +340,7 @@ _JOINERS = re.compile(r"\b(and then|and also|then|and|after that|afterwards|also
 def looks_compound(engine: Engine, text: str) -> bool:
     """Cheap pre-check before asking the planner: two or more tasks' keywords in the instruction, joined."""
     head = _instruction(text)
-    shares = engine.router.keywords.shares(head)
-    return sum(1 for s in shares.values() if s > 0) >= 2 and bool(_JOINERS.search(head))
+    return len(engine.router.keywords.named_tasks(head)) >= 2 and bool(_JOINERS.search(head))
 
 
 def _instruction(text: str) -> str:
@@ -438,10 +443,7 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
         plan, planner_call = "pipeline", None
     elif model_id and model_id != AUTO:
         spec = registry.get(model_id)
-        if prompt is not None:
-            request = GenerateRequest(prompt=prompt, **{**common, "max_tokens": max_tokens or spec.max_tokens})
-        else:
-            request = _request(spec, messages, common)
+        request = _request(spec, messages, common, prompt=prompt)
         top = Route(task="explicit", model=spec.id, confidence=1.0, reason="model chosen by the caller")
         async for ev in _single(engine, spec, request, top, t0, **kw):
             yield ev
@@ -451,8 +453,7 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
         t_route = time.perf_counter() - t0
         if prompt is not None:  # a raw completion prompt: no template, no plan; the routed model continues it
             spec = registry.get(top.model)
-            request = GenerateRequest(prompt=prompt, **{**common, "max_tokens": max_tokens or spec.max_tokens})
-            async for ev in _single(engine, spec, request, top, t0, **kw):
+            async for ev in _single(engine, spec, _request(spec, None, common, prompt=prompt), top, t0, **kw):
                 yield ev
             return
         subtasks, planner_call, plan = [], None, "single"

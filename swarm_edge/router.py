@@ -179,10 +179,10 @@ class SemanticRouter:
                 pass  # a read-only home only costs the next start 0.4 s of embedding
         return head, whole
 
-    def _vectors(self, text: str):
+    def _vectors(self, text: str, head: str | None = None):
+        """(head vector, whole vector) of one forward pass; `head` when the caller already has it."""
         text = text.strip() or " "
-        head = instruction_head(text)
-        return self.backend.embed_with_prefix(text, len(head))
+        return self.backend.embed_with_prefix(text, len(head if head is not None else instruction_head(text)))
 
     def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
         """The calibrated task probabilities for `text`, the winning task and the model to run it.
@@ -192,9 +192,10 @@ class SemanticRouter:
         `prefer_resident_within` of the winner, that model answers instead (no swap for a coin flip).
         """
         np = self._np
-        head_vec, whole_vec = self._vectors(text)
+        head = instruction_head(text)
+        head_vec, whole_vec = self._vectors(text, head)
         sim = self.HEAD_W * (self.head_centroids @ head_vec) + self.WHOLE_W * (self.whole_centroids @ whole_vec)
-        shares = self.keywords.shares(instruction_head(text))
+        shares = self.keywords.shares(head)
         kw = np.array([shares.get(t, 0.0) for t in self.tasks], dtype=np.float32)
         raw = sim + self.spec.keyword_weight * kw
         z = raw / self.spec.temperature

@@ -15,6 +15,28 @@ from swarm_edge.sources import ensure_model
 REPO = Path(__file__).resolve().parent.parent
 TEST_MODELS = ("smollm2-135m", "minilm-l6")
 
+# CI (.ci/run sets SWARM_EDGE_CI=1) runs as root on a machine with every model and tool: a test that skips
+# itself there would hide a real-model or real-socket check, so any skip fails the run. The one exception is
+# a missing system tool that only double-checks a file we render (systemd-analyze on the service unit).
+ALLOWED_CI_SKIPS = ("systemd-analyze is not installed",)
+_skipped_in_ci: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if os.environ.get("SWARM_EDGE_CI") == "1" and report.skipped \
+            and not any(reason in str(report.longrepr) for reason in ALLOWED_CI_SKIPS):
+        _skipped_in_ci.append(f"{report.nodeid}: {report.longrepr}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _skipped_in_ci:
+        terminalreporter.write_line(f"SKIPPED IN CI (counts as a failure): {line}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped_in_ci and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):

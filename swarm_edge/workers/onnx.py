@@ -75,17 +75,7 @@ class ONNXBackend:
             batch = texts[start:start + BATCH]
             enc = self.tokenizer.encode_batch(batch)
             self.last_tokens += sum(sum(e.attention_mask) for e in enc)
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-            feeds = {"input_ids": ids}
-            if "attention_mask" in self.input_names:
-                feeds["attention_mask"] = mask
-            if "token_type_ids" in self.input_names:
-                feeds["token_type_ids"] = np.array([e.type_ids for e in enc], dtype=np.int64)
-            try:
-                hidden = self.session.run(None, feeds)[0]
-            except Exception as exc:
-                raise InferenceError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from exc
+            hidden, mask = self._forward(enc)
             if self.pooling == "cls":
                 vec = hidden[:, 0, :]
             else:
@@ -95,6 +85,21 @@ class ONNXBackend:
                 vec = vec / np.clip(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12, None)
             out.extend(vec.astype(np.float32).tolist())
         return out
+
+    def _forward(self, encodings):
+        """The graph's token vectors for a batch of encodings, and their attention mask (numpy)."""
+        np = self._np
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids}
+        if "attention_mask" in self.input_names:
+            feeds["attention_mask"] = mask
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        try:
+            return self.session.run(None, feeds)[0], mask
+        except Exception as exc:
+            raise InferenceError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from exc
 
     def embed_with_prefix(self, text: str, prefix_chars: int):
         """Two vectors from one forward pass: pooled over the tokens of text[:prefix_chars], and over all of it.
@@ -108,16 +113,7 @@ class ONNXBackend:
         np = self._np
         enc = self.tokenizer.encode(text)
         self.last_tokens = len(enc.ids)
-        ids = np.array([enc.ids], dtype=np.int64)
-        feeds = {"input_ids": ids}
-        if "attention_mask" in self.input_names:
-            feeds["attention_mask"] = np.ones_like(ids)
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        try:
-            hidden = self.session.run(None, feeds)[0][0]
-        except Exception as exc:
-            raise InferenceError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from exc
+        hidden = self._forward([enc])[0][0]
         # special tokens have empty offsets; the first one ([CLS]) is kept, as whole-text pooling keeps it
         keep = [0] + [i for i, (_, end) in enumerate(enc.offsets) if 0 < end <= prefix_chars]
         head, whole = hidden[keep].mean(axis=0), hidden.mean(axis=0)
