@@ -69,7 +69,8 @@ def _progress_factory(label: str, total: int, source: str):
 
 LocalOpt = typer.Option(False, "--local", help="Run in this process even if a daemon is running.")
 TemperatureOpt = typer.Option(0.0, min=0.0, max=2.0, help="0 = greedy (deterministic).")
-OfflineOpt = typer.Option(False, "--offline", help="Never download; use only fetched models.")
+OfflineOpt = typer.Option(False, "--offline", help="Never download, never use the cloud: only fetched models, "
+                          "and no cloud client is even built.")
 SocketOpt = typer.Option(None, "--socket", help="The daemon's Unix socket (env SWARM_EDGE_SOCKET; default "
                          "$XDG_RUNTIME_DIR/swarm-edge/swarm-edge.sock, else SWARM_EDGE_HOME/run/swarm-edge.sock).")
 
@@ -128,7 +129,8 @@ def _stream_from_daemon(client, body: dict, on_token) -> dict:
     return {"text": "".join(parts), "model": trace.get("model"), "route": trace.get("route", {}),
             "finish_reason": finish, "timings": trace.get("timings", {}), "tokens": trace.get("tokens", 0),
             "prompt_tokens": trace.get("prompt_tokens"), "left_device": trace.get("left_device", False),
-            "plan": trace.get("plan", "single"), "steps": trace.get("steps", [])}
+            "plan": trace.get("plan", "single"), "steps": trace.get("steps", []),
+            "escalation": trace.get("escalation")}
 
 
 def _trace_line(a: dict, via: str) -> str:
@@ -142,8 +144,15 @@ def _trace_line(a: dict, via: str) -> str:
             sure = f" {s['mean_logprob']:.2f}" if s.get("mean_logprob") is not None else ""
             return f"{s['task']}:{s['model']}{sure}{' unsure' if s.get('accepted') is False else ''}"
         plan = f"plan {a.get('plan')}: " + " -> ".join(one(s) for s in steps) + "; "
-    return (f"-- {a['model']} (task {route.get('task')}: {route.get('reason')}; {plan}{via}; "
+    line = (f"-- {a['model']} (task {route.get('task')}: {route.get('reason')}; {plan}{via}; "
             f"load {t.get('load_s') or 0:.2f} s, {a['tokens']} tokens in {t.get('generate_s') or 0:.2f} s{rate})")
+    esc = a.get("escalation")
+    if esc:
+        red = ", ".join(f"{k} x{n}" for k, n in (esc.get("redacted") or {}).items())
+        line += (f"\n-- cloud: {esc.get('reason')}; {esc.get('outcome')}"
+                 + (f"; redacted before sending: {red}" if red else "")
+                 + ("".join(f"; {n}" for n in esc.get("notes") or [])))
+    return line
 
 
 def _echo_token(text: str) -> None:
@@ -155,7 +164,8 @@ def _echo_token(text: str) -> None:
 def ask(
     prompt: str = typer.Argument(..., help="The question or instruction. Use - to read it from stdin."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Model id, or pipeline:NAME (see models.yaml); default: auto (routed, planned)."),
+        None, "--model", "-m", help="Model id, pipeline:NAME (see models.yaml), or cloud (the configured cloud "
+        "fallback, redacted); default: auto (routed, planned; may escalate to the cloud when one is configured)."),
     as_json: bool = JsonOpt,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Cap on generated tokens."),
     temperature: float = TemperatureOpt,
@@ -467,7 +477,8 @@ def serve(
     socket: Optional[Path] = SocketOpt,
     budget: Optional[str] = BudgetOpt,
     config: Optional[Path] = ConfigOpt,
-    offline: bool = typer.Option(False, "--offline", help="Never download models (use only fetched ones)."),
+    offline: bool = typer.Option(False, "--offline", help="Never download models (use only fetched ones) and never "
+                                 "build the cloud client: no outbound connection is possible."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads per model (default: physical cores)."),
     tcp: Optional[str] = typer.Option(None, "--tcp", help="Also listen on loopback TCP, e.g. 127.0.0.1:11435; "
                                       "requests then need the bearer token from --token-file."),

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from swarm_edge.cloud import make_client
 from swarm_edge.config import Settings, parse_size
 from swarm_edge.errors import ConfigError
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
@@ -63,7 +64,9 @@ class Engine:
         self.registry, self.settings = registry, settings
         self.store = FootprintStore(settings.home)
         self.pool = Pool(spare=spare)  # a one-shot CLI call has no next load to pre-fork a worker for
-        self.fetch = (not settings.offline) if fetch is None else fetch
+        self.fetch = (not (settings.offline or registry.offline)) if fetch is None else fetch
+        # the cloud fallback: None when offline or not configured (then no client object exists at all)
+        self.cloud = make_client(registry, settings)
         self._files: dict[str, dict[str, Path]] = {}
         self._files_lock: dict[str, threading.Lock] = {}   # files() runs in threads (start-up warm-up, requests)
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics
@@ -225,6 +228,8 @@ class Engine:
         """Stop every worker and the spare."""
         await self.scheduler.close()
         await self.pool.close()
+        if self.cloud is not None:
+            await self.cloud.aclose()
 
     def model_estimates(self) -> dict[str, dict[str, Any]]:
         """Each model's memory estimate, for the models whose files are here (never downloads)."""

@@ -15,7 +15,8 @@
     │   └── WorkerCrashedError     the worker process died mid-request (its budget is freed)
     ├── BudgetError                a model does not fit the memory budget even alone (both numbers)
     ├── DaemonRunningError         another daemon already serves on the socket
-    └── BusyError                  the request queue is full; retry after `retry_after` seconds
+    ├── BusyError                  the request queue is full; retry after `retry_after` seconds
+    └── CloudUnavailableError      the cloud fallback failed (deadline, retries spent, breaker open, 4xx)
 
 Native and library errors are translated at the boundary with ``raise ... from exc``; nothing above the
 backends sees a llama_cpp or onnxruntime exception. This module imports nothing internal.
@@ -114,3 +115,12 @@ class BusyError(SwarmEdgeError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CloudUnavailableError(SwarmEdgeError):
+    """The cloud endpoint could not answer; the text never contains the key. `partial`: some text was streamed
+    before it broke; `breaker`: refused without a connection because the circuit is open."""
+
+    def __init__(self, message: str, *, partial: bool = False, breaker: bool = False) -> None:
+        super().__init__(message)
+        self.partial, self.breaker = partial, breaker

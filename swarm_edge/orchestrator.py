@@ -36,12 +36,21 @@ from typing import Any
 from swarm_edge import calc
 from swarm_edge.config import Settings
 from swarm_edge.engine import Engine
-from swarm_edge.errors import ConfigError, InferenceError, UnknownModelError
+from swarm_edge.errors import (
+    BudgetError,
+    CloudUnavailableError,
+    ConfigError,
+    InferenceError,
+    ModelLoadError,
+    UnknownModelError,
+)
 from swarm_edge.registry import ModelSpec, Registry
 from swarm_edge.router import Route, instruction_head
 from swarm_edge.workers import GenerateRequest
 
 AUTO = "auto"
+CLOUD = "cloud"
+LOCAL_FAILURES = (InferenceError, BudgetError, ModelLoadError)  # what `on_local_failure` escalates
 PIPELINE_PREFIX = "pipeline:"
 SEPARATOR = "\n\n"  # between the shown outputs of a multi-step plan
 CALC_SYSTEM = ("Reply with one arithmetic expression that computes the answer. "
@@ -66,6 +75,7 @@ class Answer:
     left_device: bool = False
     plan: str = "single"
     steps: list[dict[str, Any]] = field(default_factory=list)
+    escalation: dict[str, Any] | None = None  # the cloud fallback: why, what was redacted, what happened
 
     def to_dict(self) -> dict:
         """JSON-ready form (what `ask --json` prints)."""
@@ -77,7 +87,7 @@ class Answer:
         """The `swarm` object of API responses: who answered, why, every step, and where the time went."""
         return {"model": self.model, "route": self.route.to_dict(), "plan": self.plan, "steps": self.steps,
                 "timings": self.timings, "tokens": self.tokens, "prompt_tokens": self.prompt_tokens,
-                "left_device": self.left_device}
+                "left_device": self.left_device, "escalation": self.escalation}
 
 
 def ask(prompt: str, registry: Registry, settings: Settings, *, budget: int | str | None = None,
@@ -233,7 +243,8 @@ def _shown(call: _Call, steps: list[dict[str, Any]]):
 
 
 async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[str, str]], common: dict[str, Any],
-                 *, strategy: str = "single", fetch=None, progress_factory=None) -> AsyncIterator[dict[str, Any]]:
+                 *, strategy: str = "single", fetch=None, progress_factory=None,
+                 esc: _Escalation | None = None) -> AsyncIterator[dict[str, Any]]:
     """Answer one task: yields `visible` (the shown answer's model is leased), `token`s, then `solved`."""
     registry = engine.registry
     spec_route = registry.routes.get(task)
@@ -291,6 +302,31 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
             for ev in _shown(call, steps):
                 yield ev
             return
+    if tries and esc is not None and esc.usable and esc.config.on_cascade_unsure:
+        # the last local model is measured too and held back: if it is unsure as well, the cloud answers
+        spec = registry.get(final)
+        call = await _quiet(engine, spec, _request(spec, messages, common, logprobs=True),
+                            fetch=fetch, progress_factory=progress_factory)
+        sure = call.done.get("mean_logprob")
+        echo = _echoes(call.text, messages)
+        keep = (sure is None or sure >= threshold) and not echo
+        steps.append(call.step(task, "cascade-final", route.confidence, accepted=keep, threshold=threshold,
+                               **({"echo": True} if echo else {})))
+        if not keep:
+            why = (f"cascade: the last local model {final} is unsure too "
+                   + ("(its answer repeats the input)" if echo else f"(mean logprob {sure:.2f} < {threshold})"))
+            try:
+                async for ev in _cloud(engine, esc, messages, common, why, task, steps):
+                    yield ev
+                return
+            except CloudUnavailableError as exc:
+                if exc.partial:
+                    raise
+                esc.note(f"cloud unavailable ({exc}); the last local answer is shown")
+                steps[-1]["accepted"] = True
+        for ev in _shown(call, steps):
+            yield ev
+        return
     spec = registry.get(final)
     async with contextlib.aclosing(_call(engine, spec, _request(spec, messages, common), fetch=fetch,
                                          progress_factory=progress_factory)) as events:
@@ -412,15 +448,134 @@ def _subtask_prompt(sub: dict, material: str, previous: str | None) -> str:
     return f"{instruction}:\n\n{body}" if body else instruction
 
 
+# ---------------------------------------------------------------- the cloud fallback
+
+
+class _Escalation:
+    """One request's view of the cloud: may it go there, why it did (or would have), and what happened."""
+
+    def __init__(self, engine: Engine, allowed: bool) -> None:
+        self.engine, self.allowed = engine, allowed
+        self.client = engine.cloud
+        self.config = self.client.config if self.client is not None else None
+        self.target = f"{CLOUD}:{self.config.model}" if self.config else CLOUD
+        self.reason: str | None = None
+        self.outcome: str | None = None
+        self.notes: list[str] = []
+        self.result = None
+        self.left_device = False
+
+    @property
+    def usable(self) -> bool:
+        return self.client is not None and self.allowed
+
+    def why_not(self) -> str:
+        if self.engine.settings.offline or self.engine.registry.offline:
+            return "offline: no cloud client exists in this process"
+        if self.client is None:
+            return ("not configured: set SWARM_EDGE_CLOUD_URL and SWARM_EDGE_CLOUD_MODEL, or a cloud: section in "
+                    f"{self.engine.registry.path}")
+        return "the request says allow_cloud: false"
+
+    def reason_for(self, route: Route) -> str | None:
+        """Why a routed request should go to the cloud (router unsure, a hard task), or None."""
+        cfg = self.config or self.engine.registry.cloud
+        if cfg is None:
+            return None
+        if route.task in cfg.hard_tasks:
+            return f"task {route.task!r} is one of cloud.hard_tasks"
+        if cfg.escalate_below is not None and route.confidence < cfg.escalate_below:
+            return f"router unsure: confidence {route.confidence:.2f} < {cfg.escalate_below}"
+        return None
+
+    def considered(self, why: str) -> bool:
+        """Record a reason to escalate; True if the request may actually go (else the trace says why not)."""
+        if self.usable:
+            return True
+        if self.reason is None:
+            self.reason, self.outcome = why, f"stayed on the device: {self.why_not()}"
+        return False
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.outcome = "unavailable"
+
+    def trace(self) -> dict[str, Any] | None:
+        if self.reason is None and not self.notes:
+            return None
+        d: dict[str, Any] = {"reason": self.reason, "target": self.target, "outcome": self.outcome}
+        if self.result is not None:
+            d.update(redacted=self.result.redacted, bytes_sent=self.result.bytes_sent, attempts=self.result.attempts,
+                     statuses=self.result.statuses)
+        if self.notes:
+            d["notes"] = self.notes
+        return d
+
+
+async def _cloud(engine: Engine, esc: _Escalation, messages: list[dict[str, str]], common: dict[str, Any],
+                 why: str, task: str, steps: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """The cloud answers (redacted, restored as it streams): yields `visible` with its first text, `token`s,
+    then `solved`. Raises CloudUnavailableError only before any text was yielded; a stream that breaks later
+    ends the answer there and the trace says so."""
+    from swarm_edge.cloud import CloudResult
+
+    res = CloudResult(esc.config.model)
+    esc.reason, esc.result = why, res
+    call = _Call(esc.target)
+    shown = False
+    try:
+        async for text in esc.client.stream_chat(messages, reason=why, max_tokens=common.get("max_tokens"),
+                                                 temperature=common["temperature"], top_p=common["top_p"],
+                                                 stop=common["stop"], seed=common["seed"], result=res):
+            if not shown:
+                shown = True
+                yield {"type": "visible", "model": call.model}
+            call.chunks.append(text)
+            yield {"type": "token", "text": text}
+    except CloudUnavailableError as exc:
+        esc.left_device = esc.left_device or res.left_device
+        if not shown:
+            raise
+        esc.note(str(exc))
+        res.finish_reason = "error"
+    esc.left_device = esc.left_device or res.left_device
+    if esc.outcome is None:
+        esc.outcome = "answered"
+    if not shown:
+        yield {"type": "visible", "model": call.model}
+    call.text = "".join(call.chunks)
+    call.done = {"chunks": res.tokens, "finish_reason": res.finish_reason,
+                 "prompt_tokens": (res.usage or {}).get("prompt_tokens")}
+    call.timings = {"ttft_s": res.ttft_s, "generate_s": res.total_s, "total_s": res.total_s}
+    steps.append(call.step(task, "cloud", None, reason=why, redacted=res.redacted, attempts=res.attempts,
+                           bytes_sent=res.bytes_sent))
+    yield {"type": "solved", "call": call, "steps": steps}
+
+
 # ---------------------------------------------------------------- the one entry point
 
 
-async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None, prompt: str | None = None,
-                 model_id: str | None = None, max_tokens: int | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                 progress_factory=None, fetch: bool | None = None,
-                 decompose: bool = True) -> AsyncIterator[dict[str, Any]]:
-    """Answer chat `messages` (or a plain `prompt`): yields start, token..., done (with the Answer)."""
+async def stream(engine: Engine, *, allow_cloud: bool = True, **kwargs) -> AsyncIterator[dict[str, Any]]:
+    """Answer chat `messages` (or a plain `prompt`): yields start, token..., done (with the Answer).
+
+    Keyword arguments: messages | prompt, model_id (a model id, "auto", "cloud" or "pipeline:NAME"),
+    max_tokens, temperature, top_p, stop, seed, progress_factory, fetch, decompose. `allow_cloud=False`
+    keeps this request on the device whatever the configuration says.
+    """
+    esc = _Escalation(engine, allow_cloud)
+    async with contextlib.aclosing(_stream(engine, esc, **kwargs)) as events:
+        async for ev in events:
+            if ev["type"] == "done":
+                ev["answer"].escalation = esc.trace()
+                ev["answer"].left_device = esc.left_device
+            yield ev
+
+
+async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, str]] | None = None,
+                  prompt: str | None = None, model_id: str | None = None, max_tokens: int | None = None,
+                  temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
+                  progress_factory=None, fetch: bool | None = None,
+                  decompose: bool = True) -> AsyncIterator[dict[str, Any]]:
     t0 = time.perf_counter()
     if (messages is None) == (prompt is None):
         raise ValueError("stream() needs exactly one of messages or prompt")
@@ -441,7 +596,7 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
         top = Route(task=pipe.steps[0], model=registry.routes[pipe.steps[0]].models[0], confidence=1.0,
                     reason=f"pipeline {name!r}: {' -> '.join(pipe.steps)}")
         plan, planner_call = "pipeline", None
-    elif model_id and model_id != AUTO:
+    elif model_id and model_id not in (AUTO, CLOUD):
         spec = registry.get(model_id)
         request = _request(spec, messages, common, prompt=prompt)
         top = Route(task="explicit", model=spec.id, confidence=1.0, reason="model chosen by the caller")
@@ -449,8 +604,33 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
             yield ev
         return
     else:
+        forced = None
+        if model_id == CLOUD:
+            if esc.client is None:
+                raise ConfigError(f"model \"cloud\": the cloud fallback is off here ({esc.why_not()})")
+            forced = "requested by the caller (model \"cloud\")"
         top = await route_async(engine, text)
         t_route = time.perf_counter() - t0
+        why = forced or esc.reason_for(top)
+        if why and esc.considered(why):
+            msgs = messages if messages is not None else [{"role": "user", "content": text}]
+            spec_route = registry.routes.get(top.task)
+            if not forced and spec_route is not None and spec_route.system \
+                    and not any(m.get("role") == "system" for m in msgs):
+                msgs = [{"role": "system", "content": spec_route.system}, *msgs]
+            up = Route(task=top.task, model=esc.target, target="cloud", confidence=top.confidence,
+                       reason=f"{top.reason}; to the cloud: {why}", scores=top.scores)
+            relay = _Relay(up)
+            try:
+                async for ev in _cloud(engine, esc, msgs, common, why, top.task, []):
+                    if (out := relay(ev)) is not None:
+                        yield out
+            except CloudUnavailableError as exc:
+                esc.note(f"cloud unavailable ({exc}); answered on the device")
+            else:
+                yield {"type": "done", "answer": _answer(relay.call.text, relay.call, up, "cloud", relay.steps, t0,
+                                                         relay.t_first, time.perf_counter(), t_route)}
+                return
         if prompt is not None:  # a raw completion prompt: no template, no plan; the routed model continues it
             spec = registry.get(top.model)
             async for ev in _single(engine, spec, _request(spec, None, common, prompt=prompt), top, t0, **kw):
@@ -470,8 +650,28 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
             msgs = messages if messages is not None else [{"role": "user", "content": text}]
             steps = [planner_call.step("plan", "planner", note="not a usable plan; answered as one request")] \
                 if planner_call else []
-            async for ev in _finish_one(engine, top, msgs, common, strategy, t0, t_route, plan, steps, **kw):
-                yield ev
+            started = False
+            try:
+                async for ev in _finish_one(engine, top, msgs, common, strategy, t0, t_route, plan, steps, esc=esc,
+                                            **kw):
+                    started = started or ev["type"] == "start"
+                    yield ev
+            except LOCAL_FAILURES as exc:
+                why = f"local failure: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                if started or not esc.config or not esc.config.on_local_failure or not esc.considered(why):
+                    raise
+                up = Route(task=top.task, model=esc.target, target="cloud", confidence=top.confidence,
+                           reason=f"{top.reason}; to the cloud: {why}", scores=top.scores)
+                relay = _Relay(up)
+                try:
+                    async for ev in _cloud(engine, esc, msgs, common, why, top.task, []):
+                        if (out := relay(ev)) is not None:
+                            yield out
+                except CloudUnavailableError as cloud_exc:
+                    esc.note(f"cloud unavailable ({cloud_exc})")
+                    raise exc from None
+                yield {"type": "done", "answer": _answer(relay.call.text, relay.call, up, "cloud", relay.steps, t0,
+                                                         relay.t_first, time.perf_counter(), t_route)}
             return
 
     # multi-step: pipeline or decompose
@@ -502,7 +702,7 @@ async def stream(engine: Engine, *, messages: list[dict[str, str]] | None = None
             if i > 0 and relay.started:
                 yield {"type": "token", "text": SEPARATOR}
             async with contextlib.aclosing(_solve(engine, task, r, [*system, {"role": "user", "content": step_prompt}],
-                                                  common, strategy=strategy, **kw)) as events:
+                                                  common, strategy=strategy, esc=esc, **kw)) as events:
                 async for ev in events:
                     if (out := relay(ev)) is not None:
                         yield out
@@ -537,10 +737,11 @@ async def _single(engine, spec, request, top, t0, **kw):
                                              time.perf_counter(), None)}
 
 
-async def _finish_one(engine, top, msgs, common, strategy, t0, t_route, plan, steps, **kw):
+async def _finish_one(engine, top, msgs, common, strategy, t0, t_route, plan, steps, *, esc=None, **kw):
     """One task answered by its route's strategy (single, cascade, ensemble, calculator)."""
     relay = _Relay(top)
-    async with contextlib.aclosing(_solve(engine, top.task, top, msgs, common, strategy=strategy, **kw)) as events:
+    async with contextlib.aclosing(_solve(engine, top.task, top, msgs, common, strategy=strategy, esc=esc,
+                                          **kw)) as events:
         async for ev in events:
             if (out := relay(ev)) is not None:
                 yield out
@@ -580,7 +781,8 @@ def _answer(text, call: _Call, top: Route, plan: str, steps: list[dict], t0, t_f
                "load_s": total("load_s"), "ttft_s": _r(t_first - t0 if t_first else None),
                "model_ttft_s": call.timings.get("model_ttft_s"), "decode_tok_s": call.timings.get("decode_tok_s"),
                "generate_s": total("generate_s"), "total_s": _r(t_end - t0)}
-    shown_tokens = sum(s["tokens"] for s in steps if s.get("role") in ("answer", "cascade-final")
+    shown_tokens = sum(s["tokens"] for s in steps if s.get("role") in ("answer", "cloud")
+                       or (s.get("role") == "cascade-final" and s.get("accepted", True))
                        or s.get("accepted") or s.get("chosen"))
     return Answer(text=text, model=call.model, route=top, finish_reason=call.done.get("finish_reason", "stop"),
                   tokens=shown_tokens, prompt_tokens=call.done.get("prompt_tokens"), timings=timings,

@@ -20,7 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("PRIVATE_KEY", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]+?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")),
+    ("PRIVATE_KEY", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]+?"
+                               r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")),
     ("JWT", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
     ("ANTHROPIC_KEY", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}")),
     ("OPENAI_KEY", re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}")),
@@ -34,7 +35,8 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("URL_PASSWORD", re.compile(r"(?<=://)[^\s:/@]+:([^\s@/]+)(?=@[\w.-])")),
     ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")),
     ("CARD", re.compile(r"(?<![\w.-])\d(?:[ -]?\d){12,18}(?![\w-])")),
-    ("PHONE", re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){1,5}(?![\w.])")),
+    ("PHONE", re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?"
+                         r"\d{1,4}(?:[\s.-]?\d{2,4}){1,5}(?![\w.])")),
 ]
 KINDS = [k for k, _ in _PATTERNS]
 _PLACEHOLDER = re.compile(r"\[([A-Z_]+)_(\d+)\]")
@@ -62,7 +64,7 @@ def _accept(kind: str, value: str) -> bool:
 
 def _phone_shaped(value: str) -> bool:
     """Written as a phone number, not as a list of numbers, an IP address or a bare id."""
-    if value.startswith("+") or value.startswith("("):
+    if value.startswith(("+", "(")):
         return True
     if re.fullmatch(r"\d{1,3}(?:\.\d{1,3}){3}", value):
         return False  # an IPv4 address

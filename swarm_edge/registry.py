@@ -206,6 +206,26 @@ class RouterSpec(_Strict):
     planner: str | None = None          # chat model that splits compound requests (JSON-schema output)
 
 
+class CloudSpec(_Strict):
+    """The cloud fallback (cloud.py): where, how long to wait, when to escalate. Env vars override base_url/model."""
+
+    enabled: bool = True
+    base_url: str | None = None        # an OpenAI-compatible API root, e.g. https://api.example.com/v1
+    model: str | None = None
+    api_key_file: str | None = None    # a 0600 file with the key (else SWARM_EDGE_CLOUD_API_KEY)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)     # the longest silence while the answer streams
+    total_timeout_s: float = Field(default=120.0, gt=0)   # the whole call, retries included
+    retries: int = Field(default=2, ge=0, le=2)
+    breaker_failures: int = Field(default=3, ge=1)        # failed calls in a row that open the circuit
+    breaker_reset_s: float = Field(default=30.0, gt=0)    # then one probe after this long
+    max_tokens: int = Field(default=512, ge=1)
+    escalate_below: float | None = Field(default=0.5, ge=0, le=1)  # router confidence; null: never on that
+    hard_tasks: list[str] = Field(default_factory=list)   # routes that always go to the cloud when allowed
+    on_cascade_unsure: bool = True     # a cascade's last local model is unsure too: ask the cloud
+    on_local_failure: bool = True      # worker crash, budget refusal, load or inference error: ask the cloud
+
+
 class RegistryFile(_Strict):
     """The whole of models.yaml."""
 
@@ -215,6 +235,8 @@ class RegistryFile(_Strict):
     routes: dict[str, RouteSpec] = Field(default_factory=dict)
     pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
     router: RouterSpec = Field(default_factory=RouterSpec)
+    cloud: CloudSpec | None = None
+    offline: bool = False  # never download, never build the cloud client (as --offline)
 
 
 class Registry:
@@ -228,6 +250,8 @@ class Registry:
         self.routes: dict[str, RouteSpec] = dict(data.routes)
         self.pipelines: dict[str, PipelineSpec] = dict(data.pipelines)
         self.router: RouterSpec = data.router
+        self.cloud: CloudSpec | None = data.cloud
+        self.offline = data.offline
 
     def get(self, model_id: str) -> ModelSpec:
         """The model with this id, or UnknownModelError listing the known ones."""
@@ -346,6 +370,9 @@ def _check_references(parsed: RegistryFile, root: yaml.Node, file: str) -> None:
 
     seen: dict[str, int] = {}
     for i, m in enumerate(parsed.models):
+        if m.id in ("auto", "cloud"):
+            fail(f"model id {m.id!r} is reserved (model \"{m.id}\" in a request means the router / the cloud fallback)",
+                 ("models", i, "id"))
         if m.id in seen:
             fail(f"duplicate model id {m.id!r} (also models[{seen[m.id]}])", ("models", i, "id"))
         seen[m.id] = i
@@ -371,6 +398,13 @@ def _check_references(parsed: RegistryFile, root: yaml.Node, file: str) -> None:
         if parsed.models[seen[mid]].kind != want:
             fail(f"router {key} {mid!r} must be a {want} model (it is {parsed.models[seen[mid]].kind})",
                  ("router", key))
+    if parsed.cloud is not None:
+        for j, task in enumerate(parsed.cloud.hard_tasks):
+            if task not in parsed.routes:
+                fail(f"cloud hard_tasks names {task!r}, which is not a task with a route", ("cloud", "hard_tasks", j))
+        if parsed.cloud.base_url and not parsed.cloud.base_url.startswith(("http://", "https://")):
+            fail(f"cloud base_url must start with http:// or https://, got {parsed.cloud.base_url!r}",
+                 ("cloud", "base_url"))
 
 
 def load_registry(path: str | Path) -> Registry:

@@ -52,6 +52,7 @@ STATUS: list[tuple[type[errors.SwarmEdgeError], int, str]] = [
     (errors.BudgetError, 507, "insufficient_memory"),
     (errors.BusyError, 503, "server_busy"),
     (errors.ConfigError, 400, "invalid_request"),
+    (errors.CloudUnavailableError, 502, "cloud_unavailable"),
     (errors.FetchError, 503, "model_unavailable"),
     (errors.ModelFileError, 503, "model_unavailable"),
     (errors.BackendUnavailableError, 503, "backend_unavailable"),
@@ -385,15 +386,24 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
                   "owned_by": "swarm-edge",
                   "swarm": {"kind": "pipeline", "steps": p.steps, "description": p.description}}
                  for name, p in engine.registry.pipelines.items()]
-        return {"object": "list", "data": [auto] + [model_card(s) for s in engine.registry] + pipes}
+        cloud = []
+        if engine.cloud is not None:
+            cfg = engine.cloud.config
+            cloud = [{"id": orchestrator.CLOUD, "object": "model", "created": int(metrics.started),
+                      "owned_by": "swarm-edge", "swarm": {"kind": "cloud", "model": cfg.model, "host": cfg.host,
+                                                          "breaker": engine.cloud.breaker.state}}]
+        return {"object": "list", "data": [auto] + [model_card(s) for s in engine.registry] + pipes + cloud}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
         return model_card(engine.registry.get(model_id))
 
     async def openai_generation(body, kind: str, **kw):
+        if body.offline and body.model == orchestrator.CLOUD:
+            raise errors.ConfigError("model \"cloud\" and offline: true contradict each other")
         events = generation(model_id=body.model, temperature=body.temperature or 0.0, top_p=body.top_p or 1.0,
-                            stop=body.stop, seed=body.seed, fetch=False if body.offline else None, **kw)
+                            stop=body.stop, seed=body.seed, fetch=False if body.offline else None,
+                            allow_cloud=body.allow_cloud and not body.offline, **kw)
         start = await _prime(events)
         oid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
@@ -502,8 +512,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
     async def version():
         return {"version": __version__}
 
-    async def ollama_generation(model: str, options, stream: bool, key: str, **kw):
-        events = generation(model_id=_ollama_name(model), max_tokens=options.max_tokens,
+    async def ollama_generation(model: str, options, stream: bool, key: str, allow_cloud: bool = True, **kw):
+        events = generation(model_id=_ollama_name(model), max_tokens=options.max_tokens, allow_cloud=allow_cloud,
                             temperature=options.temperature or 0.0, top_p=options.top_p or 1.0,
                             stop=options.stop, seed=options.seed, **kw)
         start = await _prime(events)
@@ -547,17 +557,20 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         if not messages:  # Ollama loads the model and answers done: a preload
             return await ollama_load(body.model, "message")
-        return await ollama_generation(body.model, body.options, body.stream, "message", messages=messages)
+        return await ollama_generation(body.model, body.options, body.stream, "message", body.allow_cloud,
+                                       messages=messages)
 
     @app.post("/api/generate")
     async def ollama_generate(body: OllamaGenerateRequest):
         if not body.prompt:
             return await ollama_load(body.model, "response")
         if body.raw:
-            return await ollama_generation(body.model, body.options, body.stream, "response", prompt=body.prompt)
+            return await ollama_generation(body.model, body.options, body.stream, "response", body.allow_cloud,
+                                           prompt=body.prompt)
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
             [{"role": "user", "content": body.prompt}]
-        return await ollama_generation(body.model, body.options, body.stream, "response", messages=messages)
+        return await ollama_generation(body.model, body.options, body.stream, "response", body.allow_cloud,
+                                       messages=messages)
 
     async def ollama_load(model: str, key: str):
         spec = engine.registry.get(_ollama_name(model))
@@ -586,6 +599,9 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         snap["models"] = await asyncio.to_thread(engine.model_estimates)
         snap["pid"], snap["socket"] = os.getpid(), str(engine.settings.socket_path)
         snap["streams_open"] = metrics.streams_open
+        snap["cloud"] = ({"model": engine.cloud.config.model, "host": engine.cloud.config.host,
+                          "breaker": engine.cloud.breaker.state, "calls": engine.cloud.calls}
+                         if engine.cloud is not None else None)
         return snap
 
     @app.post("/swarm/route")

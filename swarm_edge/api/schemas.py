@@ -66,7 +66,8 @@ class _Sampling(_Lenient):
     stream_options: dict[str, Any] | None = None
     n: int | None = None
     logprobs: bool | int | None = None
-    offline: bool = False          # swarm-edge extension: never download a model for this request
+    offline: bool = False          # swarm-edge extension: never download a model, never use the cloud
+    allow_cloud: bool = True       # swarm-edge extension: false keeps this request on the device, whatever else
 
     @field_validator("stop")
     @classmethod
@@ -203,6 +204,7 @@ class OllamaMessage(_Lenient):
 
 class _OllamaBase(_Lenient):
     model: str = Field(min_length=1, max_length=200)
+    allow_cloud: bool = True       # swarm-edge extension, as in the OpenAI requests
     stream: bool = True
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     format: Any = None

@@ -1,0 +1,424 @@
+"""The cloud fallback: any OpenAI-compatible endpoint, off unless configured, private, bounded, audited.
+
+- Configured by models.yaml's `cloud:` section and/or `SWARM_EDGE_CLOUD_URL` / `SWARM_EDGE_CLOUD_MODEL`
+  (the environment wins); without both a URL and a model there is no client at all. Offline (`--offline`,
+  `offline: true`) means `make_client` returns None before anything is built: no socket can be opened.
+- The key comes from `SWARM_EDGE_CLOUD_API_KEY` (removed from this process's environment as soon as it is
+  read, so no worker inherits it) or from a 0600 file of ours. It goes into one HTTP header and nowhere
+  else: messages, traces and the audit log never carry it, and error texts are scrubbed of it.
+- Every request passes the privacy gate (redact.py) first; the answer's placeholders are restored as it
+  streams. The trace says which kinds were redacted.
+- Deadlines: connect and read (per chunk) through httpx2, plus a total deadline over every await,
+  retries included. At most `retries` retries, only before the first token (a streamed token cannot be
+  taken back), on connection errors, timeouts, 429 and 5xx, with full-jitter back-off or the server's
+  Retry-After. A circuit breaker opens after `breaker_failures` failed calls in a row and lets one probe
+  through after `breaker_reset_s`.
+- Each call that left the device appends one JSON line to HOME/audit/cloud.jsonl (0600): time, reason,
+  endpoint host, model, bytes sent, sha256 of the redacted request, redacted kinds, attempts, outcome.
+  If that file cannot be opened, nothing is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import random
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swarm_edge.errors import CloudUnavailableError, ConfigError
+from swarm_edge.redact import Redactor
+
+KEY_ENV = "SWARM_EDGE_CLOUD_API_KEY"
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """Where the cloud is, how long to wait for it, and when to use it (models.yaml `cloud:` + env)."""
+
+    base_url: str
+    model: str
+    api_key_file: Path | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    total_timeout_s: float = 120.0
+    retries: int = 2
+    breaker_failures: int = 3
+    breaker_reset_s: float = 30.0
+    max_tokens: int = 512
+    # when to escalate (orchestrator.py): router confidence under this (None: never for confidence)
+    escalate_below: float | None = 0.5
+    hard_tasks: tuple[str, ...] = ()
+    on_cascade_unsure: bool = True
+    on_local_failure: bool = True
+
+    @classmethod
+    def resolve(cls, spec, env: dict[str, str]) -> CloudConfig | None:
+        """The config from models.yaml's CloudSpec (or None) and the environment; None when not configured."""
+        url = env.get("SWARM_EDGE_CLOUD_URL") or (spec.base_url if spec else None)
+        model = env.get("SWARM_EDGE_CLOUD_MODEL") or (spec.model if spec else None)
+        if spec is not None and not spec.enabled and not env.get("SWARM_EDGE_CLOUD_URL"):
+            return None
+        if not url and not model:
+            return None
+        if not url or not model:
+            missing = ("SWARM_EDGE_CLOUD_URL (or cloud.base_url)" if not url
+                       else "SWARM_EDGE_CLOUD_MODEL (or cloud.model)")
+            raise ConfigError(f"the cloud fallback is half configured: {missing} is not set")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"cloud base_url must start with http:// or https://, got {url!r}")
+        if spec is None:
+            return cls(base_url=url.rstrip("/"), model=model)
+        return cls(base_url=url.rstrip("/"), model=model,
+                   api_key_file=Path(spec.api_key_file).expanduser() if spec.api_key_file else None,
+                   connect_timeout_s=spec.connect_timeout_s, read_timeout_s=spec.read_timeout_s,
+                   total_timeout_s=spec.total_timeout_s, retries=spec.retries,
+                   breaker_failures=spec.breaker_failures, breaker_reset_s=spec.breaker_reset_s,
+                   max_tokens=spec.max_tokens, escalate_below=spec.escalate_below,
+                   hard_tasks=tuple(spec.hard_tasks), on_cascade_unsure=spec.on_cascade_unsure,
+                   on_local_failure=spec.on_local_failure)
+
+    @property
+    def host(self) -> str:
+        return self.base_url.split("://", 1)[1].split("/", 1)[0]
+
+
+def load_key(config: CloudConfig, env: dict[str, str]) -> str | None:
+    """The API key from a 0600 file of ours or from SWARM_EDGE_CLOUD_API_KEY (then removed from os.environ and
+    `env`, so that no child process inherits it). None: the endpoint needs no key (a local server)."""
+    key = env.pop(KEY_ENV, None)
+    os.environ.pop(KEY_ENV, None)
+    if config.api_key_file is not None:
+        path = config.api_key_file
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise ConfigError(f"cloud api_key_file {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"cloud api_key_file {path} must be a regular file of ours that only we can read "
+                                  f"(chmod 600 {path}); its mode is {stat.filemode(st.st_mode)}")
+            key = os.read(fd, 4096).decode("utf-8", "replace").strip() or None
+        finally:
+            os.close(fd)
+    if key is not None and (any(c.isspace() for c in key) or not key.isprintable()):
+        raise ConfigError("the cloud API key contains whitespace or control characters")
+    return key
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, rng: Callable[[], float] = random.random, base: float = 0.5, cap: float = 8.0) -> float:
+    """Full-jitter exponential back-off before retry number `attempt` (0-based)."""
+    return rng() * min(cap, base * 2 ** attempt)
+
+
+class CircuitBreaker:
+    """closed -> open after `failures` failed calls in a row -> half-open (one probe) after `reset_s`."""
+
+    def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures, self.reset_s, self.clock = failures, reset_s, clock
+        self.consecutive = 0
+        self.opened_at: float | None = None
+        self.probing = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.reset_s else "open"
+
+    def allow(self) -> None:
+        """Raise CloudUnavailableError unless a call may go out now (in half-open: only one probe at a time)."""
+        state = self.state
+        if state == "open" or (state == "half-open" and self.probing):
+            wait = max(0.0, self.reset_s - (self.clock() - self.opened_at)) if state == "open" else 0.0
+            raise CloudUnavailableError(
+                f"circuit open after {self.consecutive} failed cloud calls in a row"
+                + (f"; next probe in {wait:.0f} s" if state == "open" else "; a probe is in flight"),
+                breaker=True)
+        if state == "half-open":
+            self.probing = True
+
+    def success(self) -> None:
+        self.consecutive, self.opened_at, self.probing = 0, None, False
+
+    def failure(self) -> None:
+        self.consecutive += 1
+        self.probing = False
+        if self.opened_at is not None or self.consecutive >= self.failures:
+            self.opened_at = self.clock()  # (re)open: a failed probe starts a new wait
+
+
+@dataclass
+class CloudResult:
+    """What one cloud call did (the trace's `escalation` and the step)."""
+
+    model: str
+    finish_reason: str = "stop"
+    attempts: int = 0
+    bytes_sent: int = 0
+    left_device: bool = False
+    redacted: dict[str, int] = field(default_factory=dict)
+    ttft_s: float | None = None
+    total_s: float | None = None
+    tokens: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+    statuses: list[int] = field(default_factory=list)
+    retry_after: float | None = None  # from the last 429/503, for the next attempt
+
+
+class CloudClient:
+    """Streams chat completions from the configured endpoint (module docstring: the guarantees)."""
+
+    def __init__(self, config: CloudConfig, key: str | None, audit_path: Path, *,
+                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
+                 transport=None) -> None:
+        import httpx2
+
+        self.config, self._key, self.audit_path = config, key, audit_path
+        self.clock, self.rng = clock, rng
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s, clock)
+        self.calls = 0
+        self._httpx = httpx2
+        self._client = httpx2.AsyncClient(
+            base_url=config.base_url, transport=transport,
+            timeout=httpx2.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
+                                   write=config.read_timeout_s, pool=config.connect_timeout_s))
+
+    def __repr__(self) -> str:  # never the key
+        return f"CloudClient({self.config.base_url!r}, model={self.config.model!r}, breaker={self.breaker.state})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "[key]") if self._key else text
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        if self._key:
+            h["Authorization"] = f"Bearer {self._key}"
+        return h
+
+    def _open_audit(self):
+        path = self.audit_path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None = None,
+                          temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
+                          seed: int | None = None, result: CloudResult | None = None) -> AsyncIterator[str]:
+        """Yield the answer's text as it streams (placeholders restored); fill `result` as it goes.
+
+        Raises CloudUnavailableError (its text free of the key) when the call fails; `result.tokens` says
+        whether any text had been yielded before that.
+        """
+        res = result if result is not None else CloudResult(self.config.model)
+        res.model = self.config.model
+        t0 = self.clock()
+        deadline = t0 + self.config.total_timeout_s
+        self.breaker.allow()
+        redactor = Redactor()
+        sent_messages = [{"role": m.get("role", "user"), "content": redactor.redact(m.get("content") or "")}
+                         for m in messages]
+        res.redacted = redactor.summary()
+        body: dict[str, Any] = {"model": self.config.model, "messages": sent_messages, "stream": True,
+                                "max_tokens": max_tokens or self.config.max_tokens, "temperature": temperature,
+                                "top_p": top_p}
+        if stop:
+            body["stop"] = [redactor.redact(s) for s in stop]
+        if seed is not None:
+            body["seed"] = seed
+        payload = json.dumps(body, ensure_ascii=False).encode()
+        try:
+            audit = self._open_audit()
+        except OSError as exc:
+            raise CloudUnavailableError(f"not sending: the audit log {self.audit_path} cannot be written "
+                                        f"({exc.strerror})") from None
+        self.calls += 1
+        outcome = "ok"
+        try:
+            async for text in self._attempts(payload, res, deadline, redactor, t0):
+                yield text
+        except CloudUnavailableError as exc:
+            outcome = str(exc)
+            self.breaker.failure()
+            raise
+        except BaseException:
+            outcome = "cancelled by the caller"
+            raise
+        else:
+            self.breaker.success()
+        finally:
+            res.total_s = round(self.clock() - t0, 4)
+            if res.left_device:
+                entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reason": reason, "host": self.config.host,
+                         "model": self.config.model, "bytes_sent": res.bytes_sent,
+                         "request_sha256": hashlib.sha256(payload).hexdigest(), "redacted": res.redacted,
+                         "attempts": res.attempts, "statuses": res.statuses, "tokens": res.tokens,
+                         "outcome": self._scrub(outcome)[:300]}
+                try:
+                    audit.write(json.dumps(entry) + "\n")
+                    audit.flush()
+                except OSError:
+                    pass  # a full disk after the call: the call happened; the error is in the daemon log
+            audit.close()
+
+    async def _attempts(self, payload: bytes, res: CloudResult, deadline: float, redactor: Redactor,
+                        t0: float) -> AsyncIterator[str]:
+        httpx2 = self._httpx
+        last_error = "no attempt made"
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                delay = res.retry_after if res.retry_after is not None else backoff_delay(attempt - 1, self.rng)
+                res.retry_after = None
+                if self.clock() + delay >= deadline:
+                    raise CloudUnavailableError(f"{last_error}; no time left for a retry within the "
+                                                f"{self.config.total_timeout_s:g} s deadline")
+                await asyncio.sleep(delay)
+            res.attempts = attempt + 1
+            try:
+                async for text in self._one(payload, res, deadline, redactor, t0):
+                    yield text
+                return
+            except _Retryable as exc:
+                last_error = self._scrub(str(exc))
+                if res.tokens:  # text already shown cannot be taken back
+                    raise CloudUnavailableError(f"the cloud stream broke after {res.tokens} chunks: {last_error}",
+                                                partial=True) from None
+            except httpx2.HTTPError as exc:  # anything else httpx2 raises (protocol errors): not retried
+                raise CloudUnavailableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        raise CloudUnavailableError(f"{last_error} (after {res.attempts} attempts)")
+
+    async def _one(self, payload: bytes, res: CloudResult, deadline: float, redactor: Redactor,
+                   t0: float) -> AsyncIterator[str]:
+        httpx2 = self._httpx
+
+        async def within(aw, what: str):
+            left = deadline - self.clock()
+            if left <= 0:
+                raise _Retryable(f"total deadline of {self.config.total_timeout_s:g} s passed ({what})")
+            try:
+                return await asyncio.wait_for(aw, left)
+            except asyncio.TimeoutError:
+                raise _Retryable(f"total deadline of {self.config.total_timeout_s:g} s passed ({what})") from None
+            except httpx2.ConnectError as exc:
+                raise _Retryable(f"cannot connect to {self.config.host}: {exc}") from None
+            except httpx2.ConnectTimeout:
+                raise _Retryable(f"connect timeout ({self.config.connect_timeout_s:g} s) "
+                                 f"to {self.config.host}") from None
+            except httpx2.ReadTimeout:
+                res.left_device = True
+                raise _Retryable(f"read timeout: nothing from {self.config.host} for "
+                                 f"{self.config.read_timeout_s:g} s ({what})") from None
+            except (httpx2.ReadError, httpx2.RemoteProtocolError, httpx2.WriteError) as exc:
+                res.left_device = True
+                raise _Retryable(f"{type(exc).__name__} from {self.config.host}: {exc}") from None
+
+        request = self._client.build_request("POST", "/chat/completions", content=payload, headers=self._headers())
+        res.bytes_sent += len(payload)
+        response = await within(self._client.send(request, stream=True), "waiting for the response")
+        res.left_device = True
+        try:
+            res.statuses.append(response.status_code)
+            if response.status_code != 200:
+                text = (await within(response.aread(), "reading the error body")).decode("utf-8", "replace")
+                msg = f"HTTP {response.status_code} from {self.config.host}: {_error_text(text)}"
+                if response.status_code in RETRY_STATUS:
+                    res.retry_after = retry_after_seconds(response.headers.get("retry-after"))
+                    raise _Retryable(msg)
+                raise CloudUnavailableError(self._scrub(msg))
+            restorer = redactor.restorer()
+            lines = response.aiter_lines().__aiter__()
+            while True:
+                try:
+                    line = await within(lines.__anext__(), "streaming the answer")
+                except StopAsyncIteration:
+                    break
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    raise CloudUnavailableError(f"the cloud sent a line that is not JSON: {data[:80]!r}") from None
+                if event.get("usage"):
+                    res.usage = event["usage"]
+                for choice in event.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        text = restorer.feed(delta)
+                        if res.ttft_s is None:
+                            res.ttft_s = round(self.clock() - t0, 4)
+                        res.tokens += 1
+                        if text:
+                            yield text
+                    if choice.get("finish_reason"):
+                        res.finish_reason = choice["finish_reason"]
+            tail = restorer.flush()
+            if tail:
+                yield tail
+        finally:
+            await response.aclose()
+
+
+class _Retryable(Exception):
+    """A failed attempt that may be retried (connection, timeout, 429, 5xx)."""
+
+
+def _error_text(body: str) -> str:
+    try:
+        err = json.loads(body).get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:200]
+        if err:
+            return str(err)[:200]
+    except (ValueError, AttributeError):
+        pass
+    return body.strip()[:200] or "(empty body)"
+
+
+def make_client(registry, settings) -> CloudClient | None:
+    """The engine's cloud client, or None: offline, or not configured (then nothing is built at all)."""
+    key_in_env = settings.env.pop(KEY_ENV, None)
+    os.environ.pop(KEY_ENV, None)  # offline or not: no worker may inherit it
+    if settings.offline:
+        return None
+    if key_in_env is not None:
+        settings.env[KEY_ENV] = key_in_env  # for load_key, which removes it again
+    config = CloudConfig.resolve(registry.cloud, settings.env)
+    if config is None:
+        return None
+    key = load_key(config, settings.env)
+    return CloudClient(config, key, settings.home / "audit" / "cloud.jsonl")
+
+
+__all__ = ["CircuitBreaker", "CloudClient", "CloudConfig", "CloudResult", "backoff_delay", "load_key",
+           "make_client", "retry_after_seconds"]
