@@ -13,7 +13,8 @@ from swarm_edge.registry import load_registry, parse_registry
 from swarm_edge.sources import ensure_model
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_MODELS = ("smollm2-135m", "minilm-l6")
+TEST_MODELS = ("smollm2-135m", "minilm-l6", "qwen2.5-coder-0.5b")  # the last: the stand-in cloud's model
+STANDIN_KEY = "sk-standin-" + "0123456789abcdef" * 3  # made up; the stand-in cloud requires it
 
 # CI (.ci/run sets SWARM_EDGE_CI=1) runs as root on a machine with every model and tool: a test that skips
 # itself there would hide a real-model or real-socket check, so any skip fails the run. The one exception is
@@ -143,6 +144,20 @@ router:
   embedder: minilm-l6
   planner: smollm2-135m
 """
+
+
+@pytest.fixture(scope="session")
+def standin(model_files, tmp_path_factory):
+    """The stand-in cloud: llama-cpp-python's OpenAI-compatible server on loopback serving qwen2.5-coder-0.5b,
+    requiring STANDIN_KEY. One per test session (it idles between tests)."""
+    from tests.cloudkit import StandIn
+
+    server = StandIn(model_files["qwen2.5-coder-0.5b"]["model"], tmp_path_factory.mktemp("standin") / "server.log",
+                     key=STANDIN_KEY)
+    try:
+        yield server.wait()
+    finally:
+        server.close()
 
 
 @pytest.fixture()

@@ -1,0 +1,172 @@
+"""When requests go to the cloud, on real models: the device answers with smollm2-135m (routed by minilm-l6),
+the stand-in cloud is llama-cpp-python's own server on loopback serving qwen2.5-coder-0.5b (tests/cloudkit.py).
+
+Each escalation reason is exercised (explicit model "cloud", a hard task, an unsure router, a cascade whose
+last local model is unsure, a local failure), and what wins over them: allow_cloud false, offline, an
+unavailable cloud (the local answer is returned, with a note)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+
+import pytest
+
+from swarm_edge import orchestrator
+from swarm_edge.config import Settings
+from swarm_edge.engine import Engine
+from swarm_edge.errors import BudgetError, ConfigError
+from swarm_edge.registry import parse_registry
+from tests.cloudkit import free_port
+from tests.conftest import STANDIN_KEY, registry_yaml
+
+pytestmark = pytest.mark.real_model
+
+
+def _setup(model_files, tmp_path, url, *, offline=False, min_logprob=-0.35, **cloud):
+    text = registry_yaml(model_files, swarm=True, min_logprob=min_logprob)
+    text += "cloud:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in
+                                 {"model": "stand-in", "escalate_below": None, "read_timeout_s": 60,
+                                  "retries": 0, **cloud}.items())
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    env = {"SWARM_EDGE_CLOUD_URL": url, "SWARM_EDGE_CLOUD_API_KEY": STANDIN_KEY}
+    settings = Settings.load(home=tmp_path / "home", threads=2, offline=offline, environ=env)
+    return parse_registry(text, path), settings
+
+
+def _run(registry, settings, prompt, *, budget="2GiB", **kw):
+    """(answer, streamed text, event types, the engine's cloud client or None) of one request."""
+    async def go():
+        engine = Engine(registry, settings, budget=budget, spare=False)
+        streamed, kinds, answer = [], [], None
+        try:
+            async with contextlib.aclosing(orchestrator.stream(
+                    engine, messages=[{"role": "user", "content": prompt}], max_tokens=24, **kw)) as events:
+                async for ev in events:
+                    kinds.append(ev["type"])
+                    if ev["type"] == "token":
+                        streamed.append(ev["text"])
+                    elif ev["type"] == "done":
+                        answer = ev["answer"]
+            return answer, "".join(streamed), kinds, engine.cloud
+        finally:
+            await engine.close()
+    return asyncio.run(go())
+
+
+def _audit(settings) -> list[dict]:
+    path = settings.home / "audit" / "cloud.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_explicit_cloud_streams_the_stand_in_answer_redacted(model_files, tmp_path, standin):
+    registry, settings = _setup(model_files, tmp_path, standin.url)
+    answer, streamed, kinds, _ = _run(registry, settings, "My email is jane.doe@example.com. Say hello to me in one sentence.",
+                                      model_id="cloud")
+    assert answer.model == "cloud:stand-in" and answer.plan == "cloud" and answer.route.target == "cloud"
+    assert answer.text and streamed == answer.text and kinds.count("token") > 1
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    esc = answer.escalation
+    assert esc["reason"] == 'requested by the caller (model "cloud")' and esc["outcome"] == "answered"
+    assert esc["redacted"] == {"EMAIL": 1} and esc["attempts"] == 1 and esc["bytes_sent"] > 0
+    assert answer.left_device is True
+    (step,) = answer.steps
+    assert step["role"] == "cloud" and step["tokens"] > 0 and step["timings"]["ttft_s"] > 0
+    (line,) = _audit(settings)
+    assert line["reason"] == esc["reason"] and line["redacted"] == {"EMAIL": 1} and line["outcome"] == "ok"
+    assert "jane.doe" not in json.dumps(line) and STANDIN_KEY not in json.dumps(answer.to_dict())
+
+
+def test_hard_task_goes_to_the_cloud_unless_allow_cloud_is_false(model_files, tmp_path, standin):
+    registry, settings = _setup(model_files, tmp_path, standin.url, hard_tasks=["chat"])
+    answer, _, _, _ = _run(registry, settings, "Hi! How are you today?")
+    assert answer.model == "cloud:stand-in" and answer.route.task == "chat"
+    assert answer.escalation["reason"] == "task 'chat' is one of cloud.hard_tasks"
+    answer, _, _, _ = _run(registry, settings, "Hi! How are you today?", allow_cloud=False)
+    assert answer.model == "smollm2-135m" and answer.left_device is False
+    assert answer.escalation["reason"] == "task 'chat' is one of cloud.hard_tasks"
+    assert answer.escalation["outcome"] == "stayed on the device: the request says allow_cloud: false"
+    assert len(_audit(settings)) == 1  # only the first request left the device
+
+
+def test_unsure_router_escalates(model_files, tmp_path, standin):
+    registry, settings = _setup(model_files, tmp_path, standin.url, escalate_below=0.999)
+    answer, _, _, _ = _run(registry, settings, "Tell me about the rewrite of the classification of my mood.")
+    assert answer.route.confidence < 0.999
+    assert answer.escalation["reason"].startswith("router unsure: confidence ")
+    assert answer.model == "cloud:stand-in" and answer.escalation["outcome"] == "answered"
+
+
+def test_cascade_whose_last_local_model_is_unsure_escalates(model_files, tmp_path, standin):
+    # min_logprob 0: no local answer is that sure, so both local models are tried, then the cloud answers
+    registry, settings = _setup(model_files, tmp_path, standin.url, min_logprob=0.0)
+    answer, streamed, _, _ = _run(registry, settings, "Rewrite this more politely: close the door now.")
+    first, last, cloud = answer.steps
+    assert (first["model"], first["accepted"]) == ("smollm2-135m", False)
+    assert (last["model"], last["role"], last["accepted"]) == ("smollm2-135m-b", "cascade-final", False)
+    assert cloud["role"] == "cloud" and answer.model == "cloud:stand-in"
+    assert answer.escalation["reason"].startswith("cascade: the last local model smollm2-135m-b is unsure too")
+    assert streamed == answer.text and answer.tokens == cloud["tokens"]
+
+
+def test_cascade_with_the_cloud_unavailable_shows_the_last_local_answer(model_files, tmp_path):
+    registry, settings = _setup(model_files, tmp_path, f"http://127.0.0.1:{free_port()}/v1", min_logprob=0.0)
+    answer, streamed, _, _ = _run(registry, settings, "Rewrite this more politely: close the door now.")
+    assert answer.model == "smollm2-135m-b" and answer.text and streamed == answer.text
+    assert answer.escalation["outcome"] == "unavailable" and "cannot connect" in answer.escalation["notes"][0]
+    assert answer.left_device is False and answer.steps[-1]["accepted"] is True
+
+
+def test_local_failure_escalates_and_without_a_cloud_the_local_error_stands(model_files, tmp_path, standin):
+    registry, settings = _setup(model_files, tmp_path, standin.url)
+    answer, _, _, _ = _run(registry, settings, "Hi! How are you today?", budget="1MiB")
+    assert answer.model == "cloud:stand-in"
+    assert answer.escalation["reason"].startswith("local failure: BudgetError: ")
+    registry, settings = _setup(model_files, tmp_path, f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(BudgetError):
+        _run(registry, settings, "Hi! How are you today?", budget="1MiB")
+
+
+def test_unavailable_cloud_means_the_local_answer_with_a_note(model_files, tmp_path):
+    registry, settings = _setup(model_files, tmp_path, f"http://127.0.0.1:{free_port()}/v1", hard_tasks=["chat"])
+    answer, streamed, _, _ = _run(registry, settings, "Hi! How are you today?")
+    assert answer.model == "smollm2-135m" and answer.text and streamed == answer.text
+    assert answer.escalation["outcome"] == "unavailable" and "cannot connect" in answer.escalation["notes"][0]
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Every connect() on a socket that is not AF_UNIX is refused and recorded; the test asserts the record is
+    empty (raising AssertionError inside the connect would be swallowed by whatever handles connect errors)."""
+    attempts: list = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def guard(real):
+        def connect(self, address):
+            if self.family != socket.AF_UNIX:
+                attempts.append((self.family, address))
+                raise ConnectionRefusedError(f"test guard: network connect to {address}")
+            return real(self, address)
+        return connect
+
+    monkeypatch.setattr(socket.socket, "connect", guard(real_connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guard(real_connect_ex))
+    return attempts
+
+
+def test_offline_builds_no_client_and_opens_no_network_socket(model_files, tmp_path, standin, no_network):
+    registry, settings = _setup(model_files, tmp_path, standin.url, offline=True, hard_tasks=["chat"])
+    answer, _, _, cloud = _run(registry, settings, "Hi! How are you today?", model_id="auto")
+    assert cloud is None and answer.model == "smollm2-135m" and answer.left_device is False
+    assert answer.escalation["outcome"].startswith("stayed on the device: offline")
+    with pytest.raises(ConfigError, match='model "cloud": the cloud fallback is off here \\(offline'):
+        _run(registry, settings, "Hi!", model_id="cloud")
+    assert no_network == []
+    # the guard is live: the same request online does try to connect (and is stopped by it)
+    registry, settings = _setup(model_files, tmp_path, standin.url, hard_tasks=["chat"])
+    answer, _, _, cloud = _run(registry, settings, "Hi! How are you today?")
+    assert cloud is not None and no_network and no_network[0][1][1] == standin.port
+    assert answer.model == "smollm2-135m" and answer.escalation["outcome"] == "unavailable"
