@@ -21,14 +21,15 @@ SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
 class Daemon:
     """One daemon process; `http` speaks HTTP over its socket."""
 
-    def __init__(self, root: Path, config: Path, *args: str, env: dict | None = None) -> None:
+    def __init__(self, root: Path, config: Path, *args: str, env: dict | None = None, offline: bool = True) -> None:
         self.root = root
         self.socket = root / "run" / "swarm-edge.sock"
         self.home = root / "home"
         self.log = root / f"daemon-{time.monotonic_ns()}.log"
         self.env = {**os.environ, "SWARM_EDGE_HOME": str(self.home), "SWARM_EDGE_THREADS": "2", **(env or {})}
         self.env.pop("SWARM_EDGE_SOCKET", None)
-        self.cmd = [SWARM_EDGE, "serve", "--socket", str(self.socket), "--config", str(config), "--offline", *args]
+        self.cmd = [SWARM_EDGE, "serve", "--socket", str(self.socket), "--config", str(config),
+                    *(["--offline"] if offline else []), *args]
         self.proc: subprocess.Popen | None = None
         self.http: httpx2.Client | None = None
 
