@@ -609,7 +609,11 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
             if esc.client is None:
                 raise ConfigError(f"model \"cloud\": the cloud fallback is off here ({esc.why_not()})")
             forced = "requested by the caller (model \"cloud\")"
-        top = await route_async(engine, text)
+        if forced and esc.allowed:  # nothing to decide: no routing on the way to the first token
+            top = Route(task="explicit", model=esc.target, target="cloud", confidence=1.0,
+                        reason="model chosen by the caller")
+        else:
+            top = await route_async(engine, text)
         t_route = time.perf_counter() - t0
         why = forced or esc.reason_for(top)
         if why and esc.considered(why):

@@ -1,0 +1,279 @@
+"""The cloud fallback, measured: a RouteLLM-style quality/escalation curve and the fallback's TTFT overhead.
+
+The stand-in cloud is llama-cpp-python's own OpenAI-compatible server on loopback serving qwen2.5-coder-1.5b
+(2 threads; it idles while the device computes, so the two never compete for the cores).
+
+1. Curve, on the mixed task suite of the router issue (benchmarks/data/task_suite.jsonl, task_checks.py):
+   weak   = the local swarm (`auto`: router, task prompts, calculator, cascades) with escalation off;
+   strong = every request escalated: routed, given its route's system prompt, redacted, answered by the
+            stand-in cloud through swarm-edge's client (what an escalated request really gets).
+   Escalating the requests whose router confidence is under a threshold mixes the two per item; sweeping
+   the threshold gives quality vs the share escalated. Random escalation of the same share is computed in
+   the same run (its exact expectation, and the mean of 1000 seeded random orders). CPT(50%) = the smallest
+   share escalated that recovers half of the quality gap between weak and strong.
+2. Fallback overhead: time to first token of a request that swarm-edge escalates (`auto`, routed, redacted,
+   audited) and of `model: "cloud"`, vs a direct streaming call of the same body to the same server, with a
+   distinct prompt for every call (no prompt cache helps either side), calls interleaved.
+
+Rerun:  .venv/bin/python benchmarks/bench_cloud.py [--limit N] [--pairs 10]
+Writes: benchmarks/results/cloud.json and benchmarks/results/cloud.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from results_io import write_results
+from task_checks import check
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SUITE = Path(__file__).resolve().parent / "data" / "task_suite.jsonl"
+STRONG = "qwen2.5-coder-1.5b"
+KEY = "sk-bench-" + "5ecret" * 6
+
+
+def load_suite(limit: int | None) -> list[dict]:
+    items = [json.loads(line) for line in SUITE.read_text().splitlines() if line.strip()]
+    return items[:limit] if limit else items
+
+
+def _engine(cloud_url: str | None):
+    from swarm_edge.config import DEFAULT_CONFIG, Settings
+    from swarm_edge.engine import Engine
+    from swarm_edge.registry import CloudSpec, load_registry
+
+    registry = load_registry(DEFAULT_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_EDGE_CLOUD")}
+    if cloud_url:
+        # every routed request escalates: the strong side of the curve, and the fallback path of the TTFT test
+        registry.cloud = CloudSpec(base_url=cloud_url, model=STRONG, hard_tasks=list(registry.routes),
+                                   escalate_below=None, read_timeout_s=120, total_timeout_s=600)
+        env["SWARM_EDGE_CLOUD_API_KEY"] = KEY
+    return Engine(registry, Settings.load(threads=2, environ=env), budget="6GiB", spare=False, fetch=False)
+
+
+async def answer_all(items: list[dict], cloud_url: str | None, label: str) -> list[dict]:
+    from swarm_edge import orchestrator
+
+    engine = _engine(cloud_url)
+    await engine.start()
+    out = []
+    try:
+        for item in items:
+            t0 = time.perf_counter()
+            try:
+                a = await orchestrator.ask_async(item["prompt"], engine, model_id="auto", decompose=False)
+                text, err = a.text, None
+            except Exception as exc:  # a failed answer is a wrong answer; say why
+                a, text, err = None, "", f"{type(exc).__name__}: {exc}"
+            ok, note = check(item, text) if err is None else (False, err)
+            esc = a.escalation if a else None
+            out.append({"id": item["id"], "task": item["task"], "ok": ok, "note": note,
+                        "confidence": a.route.confidence if a else 0.0, "model": a.model if a else None,
+                        "latency_s": round(time.perf_counter() - t0, 3), "left_device": bool(a and a.left_device),
+                        "redacted": (esc or {}).get("redacted"), "answer": text[:300]})
+            print(f"  {label:<7} {item['id']:<13} {'ok ' if ok else 'BAD'} conf {out[-1]['confidence']:.3f} "
+                  f"{out[-1]['latency_s']:6.2f}s {out[-1]['model']}", file=sys.stderr, flush=True)
+    finally:
+        await engine.close()
+    return out
+
+
+def curve(weak: list[dict], strong: list[dict]) -> dict:
+    """Quality vs share escalated when escalating by router confidence (lowest first), vs random."""
+    n = len(weak)
+    conf = [w["confidence"] for w in weak]
+    w_ok = [int(w["ok"]) for w in weak]
+    s_ok = [int(s["ok"]) for s in strong]
+    q_weak, q_strong = sum(w_ok) / n, sum(s_ok) / n
+    thresholds = sorted(set(conf)) + [1.001]
+    points = []
+    for t in thresholds:
+        esc = [i for i in range(n) if conf[i] < t]
+        q = (sum(s_ok[i] for i in esc) + sum(w_ok[i] for i in range(n) if conf[i] >= t)) / n
+        share = len(esc) / n
+        points.append({"threshold": round(t, 4), "share": round(share, 4), "quality": round(q, 4),
+                       "random_expected": round(q_weak + share * (q_strong - q_weak), 4)})
+    rng = random.Random(7)
+    rand = [0.0] * (n + 1)
+    orders = 1000
+    for _ in range(orders):
+        order = list(range(n))
+        rng.shuffle(order)
+        correct = sum(w_ok)
+        rand[0] += correct
+        for k, i in enumerate(order, 1):
+            correct += s_ok[i] - w_ok[i]
+            rand[k] += correct
+    rand = [r / orders / n for r in rand]
+    gap = q_strong - q_weak
+    oracle = sum(max(a, b) for a, b in zip(w_ok, s_ok, strict=True)) / n
+
+    def cpt(qualities_by_share: list[tuple[float, float]]) -> float | None:
+        if gap <= 0:
+            return None
+        target = q_weak + 0.5 * gap
+        return next((s for s, q in qualities_by_share if q >= target - 1e-9), None)
+
+    by_router = [(p["share"], p["quality"]) for p in points]
+    by_random = [(k / n, rand[k]) for k in range(n + 1)]
+
+    def apgr(pairs):  # average performance gap recovered, trapezoid over share 0..1
+        if gap <= 0:
+            return None
+        pts = sorted(pairs)
+        area = sum((s2 - s1) * ((q1 + q2) / 2 - q_weak) for (s1, q1), (s2, q2) in zip(pts, pts[1:], strict=False))
+        return round(area / gap, 4)
+
+    return {"items": n, "weak_quality": round(q_weak, 4), "strong_quality": round(q_strong, 4),
+            "oracle_quality": round(oracle, 4), "gap": round(gap, 4),
+            "cpt50_router": cpt(by_router), "cpt50_random": cpt(by_random),
+            "apgr_router": apgr(by_router), "apgr_random": apgr(by_random),
+            "weak_only_right": sum(1 for a, b in zip(w_ok, s_ok, strict=True) if a and not b),
+            "strong_only_right": sum(1 for a, b in zip(w_ok, s_ok, strict=True) if b and not a),
+            "points": points, "random_by_k": [round(r, 4) for r in rand]}
+
+
+async def ttft(url: str, pairs: int) -> dict:
+    """TTFT of an escalated request (auto) and of model "cloud", each vs a direct call of the same messages.
+
+    The server reuses the KV cache of the previous prompt's common prefix, so calls are compared within
+    blocks of the same message shape (with the route's system prompt for the escalated path, without for
+    model "cloud"), alternating which goes first; every prompt is distinct."""
+    import httpx2
+
+    from swarm_edge import orchestrator
+
+    engine = _engine(url)
+    await engine.start()
+    subjects = ["owls", "tides", "glass", "bread", "comets", "moss", "violins", "salt", "bridges", "bees",
+                "lanterns", "rivers", "maps", "clocks", "snow", "copper", "kites", "ferns", "deserts", "whales",
+                "paper", "islands", "thunder", "honey", "mirrors", "cedar", "trains", "coral", "wool", "caves"]
+    prompts = [f"Tell me one surprising fact about {s}, in one sentence." for s in subjects]
+    random.Random(3).shuffle(prompts)
+
+    async with httpx2.AsyncClient(base_url=url, timeout=120) as direct:
+        async def call_direct(messages: list[dict]) -> float:
+            t0 = time.perf_counter()
+            body = {"model": STRONG, "stream": True, "max_tokens": 8, "temperature": 0.0, "top_p": 1.0,
+                    "messages": messages}
+            async with direct.stream("POST", "/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {KEY}"}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        if json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                            return time.perf_counter() - t0
+            raise RuntimeError("no token from the direct call")
+
+        async def call_ours(prompt: str, model_id: str) -> float:
+            t0 = time.perf_counter()
+            async for ev in orchestrator.stream(engine, messages=[{"role": "user", "content": prompt}],
+                                                model_id=model_id, max_tokens=8, decompose=False):
+                if ev["type"] == "token" and ev["text"]:
+                    return time.perf_counter() - t0
+            raise RuntimeError(f"no token via {model_id}")
+
+        def sent_messages(prompt: str, model_id: str) -> list[dict]:
+            """What swarm-edge sends for this request: the route's system prompt joins an escalated one."""
+            user = [{"role": "user", "content": prompt}]
+            if model_id == "cloud":
+                return user
+            system = engine.registry.routes[engine.router.route(prompt).task].system
+            return ([{"role": "system", "content": system}] if system else []) + user
+
+        out: dict[str, dict] = {}
+        try:
+            await asyncio.to_thread(engine.router.warm)
+            for label, model_id in (("fallback (auto, escalated)", "auto"), ('model "cloud"', "cloud")):
+                ours, theirs = [], []
+                for warm in ("Warm up: say hi.", "Warm up: say hello."):  # connections, first-call costs
+                    await call_ours(warm, model_id)
+                    await call_direct(sent_messages(warm, model_id))
+                for i in range(pairs):
+                    a, b = prompts[(2 * i) % len(prompts)], prompts[(2 * i + 1) % len(prompts)]
+                    if i % 2:
+                        theirs.append(await call_direct(sent_messages(a, model_id)))
+                        ours.append(await call_ours(b, model_id))
+                    else:
+                        ours.append(await call_ours(a, model_id))
+                        theirs.append(await call_direct(sent_messages(b, model_id)))
+                out[label] = {"ours_s": [round(x, 4) for x in ours], "direct_s": [round(x, 4) for x in theirs],
+                              "median_ours_s": round(statistics.median(ours), 4),
+                              "median_direct_s": round(statistics.median(theirs), 4),
+                              "ratio": round(statistics.median(ours) / statistics.median(theirs), 3)}
+        finally:
+            await engine.close()
+    return {"pairs": pairs, "paths": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N suite items (a quick look)")
+    ap.add_argument("--pairs", type=int, default=10, help="TTFT samples per path")
+    ap.add_argument("--skip-curve", action="store_true")
+    args = ap.parse_args()
+
+    from swarm_edge.config import DEFAULT_CONFIG, Settings
+    from swarm_edge.registry import load_registry
+    from swarm_edge.sources import ensure_model
+    from tests.cloudkit import StandIn
+
+    registry = load_registry(DEFAULT_CONFIG)
+    strong_file = ensure_model(Settings.load(), registry.get(STRONG), registry.base_dir, fetch=False)["model"]
+    log = Path(tempfile.mkdtemp(prefix="bench-cloud-")) / "stand-in.log"
+    server = StandIn(strong_file, log, key=KEY, alias=STRONG, n_ctx=4096).wait(300)
+    items = load_suite(args.limit)
+    try:
+        data: dict = {"stand_in": f"llama_cpp.server {STRONG} on loopback, 2 threads", "suite": SUITE.name}
+        if not args.skip_curve:
+            weak = asyncio.run(answer_all(items, None, "weak"))
+            strong = asyncio.run(answer_all(items, server.url, "strong"))
+            data.update(curve=curve(weak, strong), weak=weak, strong=strong)
+        data["ttft"] = asyncio.run(ttft(server.url, args.pairs))
+    finally:
+        server.close()
+
+    lines = [f"# Cloud fallback ({platform.machine()}, {os.cpu_count()} cores): stand-in cloud = {data['stand_in']}",
+             "", "rerun: .venv/bin/python benchmarks/bench_cloud.py", ""]
+    if "curve" in data:
+        c = data["curve"]
+
+        def fmt(v):
+            return "n/a (no gap)" if v is None else f"{v:.3f}"
+        lines += [f"## Quality vs share escalated ({c['items']} suite items)", "",
+                  f"weak (local swarm, no escalation) {c['weak_quality']:.3f}; strong (all escalated) "
+                  f"{c['strong_quality']:.3f}; gap {c['gap']:+.3f}; per-item oracle {c['oracle_quality']:.3f} "
+                  f"(weak alone right on {c['weak_only_right']}, strong alone right on {c['strong_only_right']})", "",
+                  f"CPT(50%): by router confidence {fmt(c['cpt50_router'])}, random {fmt(c['cpt50_random'])}; "
+                  f"APGR: router {fmt(c['apgr_router'])}, random {fmt(c['apgr_random'])}", "",
+                  "| escalate_below | share escalated | quality | random, same share |", "|---|---|---|---|"]
+        shown = [p for p in c["points"] if p["share"] in (0.0, 1.0)]
+        for target in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+            p = min(c["points"], key=lambda p: abs(p["share"] - target))
+            if p not in shown:
+                shown.append(p)
+        for p in sorted(shown, key=lambda p: p["share"]):
+            lines.append(f"| {p['threshold']:.3f} | {p['share']:.3f} | {p['quality']:.3f} "
+                         f"| {p['random_expected']:.3f} |")
+        lines.append("")
+    t = data["ttft"]
+    lines += [f"## Time to first token, median of {t['pairs']} each (distinct prompts; same messages both ways)", "",
+              "| path | median TTFT s | direct call, same messages, s | ratio |", "|---|---|---|---|"]
+    for k, v in t["paths"].items():
+        lines.append(f"| {k} | {v['median_ours_s']:.3f} | {v['median_direct_s']:.3f} | {v['ratio']:.3f} |")
+    write_results("cloud", data, lines)
+
+
+if __name__ == "__main__":
+    main()
