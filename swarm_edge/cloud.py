@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -203,6 +204,7 @@ class CloudClient:
         self.clock, self.rng = clock, rng
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s, clock)
         self.calls = 0
+        self.outcomes: dict[str, int] = {"ok": 0, "failed": 0, "cancelled": 0, "refused_open_circuit": 0}
         self._httpx = httpx2
         self._client = httpx2.AsyncClient(
             base_url=config.base_url, transport=transport,
@@ -242,7 +244,11 @@ class CloudClient:
         res.model = self.config.model
         t0 = self.clock()
         deadline = t0 + self.config.total_timeout_s
-        self.breaker.allow()
+        try:
+            self.breaker.allow()
+        except CloudUnavailableError:
+            self.outcomes["refused_open_circuit"] += 1
+            raise
         redactor = Redactor()
         sent_messages = [{"role": m.get("role", "user"), "content": redactor.redact(m.get("content") or "")}
                          for m in messages]
@@ -268,12 +274,15 @@ class CloudClient:
         except CloudUnavailableError as exc:
             outcome = str(exc)
             self.breaker.failure()
+            self.outcomes["failed"] += 1
             raise
         except BaseException:
             outcome = "cancelled by the caller"
+            self.outcomes["cancelled"] += 1
             raise
         else:
             self.breaker.success()
+            self.outcomes["ok"] += 1
         finally:
             res.total_s = round(self.clock() - t0, 4)
             if res.left_device:
@@ -344,6 +353,7 @@ class CloudClient:
         res.bytes_sent += len(payload)
         response = await within(self._client.send(request, stream=True), "waiting for the response")
         res.left_device = True
+        lines = None
         try:
             res.statuses.append(response.status_code)
             if response.status_code != 200:
@@ -386,6 +396,9 @@ class CloudClient:
             if tail:
                 yield tail
         finally:
+            if lines is not None:  # close the line iterator here, not at garbage collection (an error there)
+                with contextlib.suppress(RuntimeError, httpx2.HTTPError):
+                    await lines.aclose()
             await response.aclose()
 
 
@@ -405,6 +418,14 @@ def _error_text(body: str) -> str:
     return body.strip()[:200] or "(empty body)"
 
 
+def cloud_policy(registry, settings) -> CloudConfig | None:
+    """The configured cloud's settings (even offline, where no client is built), or None if none is configured."""
+    try:
+        return CloudConfig.resolve(registry.cloud, settings.env)
+    except ConfigError:
+        return None
+
+
 def make_client(registry, settings) -> CloudClient | None:
     """The engine's cloud client, or None: offline, or not configured (then nothing is built at all)."""
     key_in_env = settings.env.pop(KEY_ENV, None)
@@ -420,5 +441,5 @@ def make_client(registry, settings) -> CloudClient | None:
     return CloudClient(config, key, settings.home / "audit" / "cloud.jsonl")
 
 
-__all__ = ["CircuitBreaker", "CloudClient", "CloudConfig", "CloudResult", "backoff_delay", "load_key",
-           "make_client", "retry_after_seconds"]
+__all__ = ["CircuitBreaker", "CloudClient", "CloudConfig", "CloudResult", "backoff_delay", "cloud_policy",
+           "load_key", "make_client", "retry_after_seconds"]

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from swarm_edge.cloud import make_client
+from swarm_edge.cloud import cloud_policy, make_client
 from swarm_edge.config import Settings, parse_size
 from swarm_edge.errors import ConfigError
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
@@ -67,6 +67,7 @@ class Engine:
         self.fetch = (not (settings.offline or registry.offline)) if fetch is None else fetch
         # the cloud fallback: None when offline or not configured (then no client object exists at all)
         self.cloud = make_client(registry, settings)
+        self.cloud_policy = cloud_policy(registry, settings)  # what a configured cloud would do (also offline)
         self._files: dict[str, dict[str, Path]] = {}
         self._files_lock: dict[str, threading.Lock] = {}   # files() runs in threads (start-up warm-up, requests)
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics

@@ -458,6 +458,10 @@ class _Escalation:
         self.engine, self.allowed = engine, allowed
         self.client = engine.cloud
         self.config = self.client.config if self.client is not None else None
+        # the escalation policy: the client's, or (offline) the one a configured cloud would have had, so the
+        # trace can say what stayed on the device; with no cloud configured there is nothing to say
+        self.policy = self.config or (engine.cloud_policy if engine.settings.offline or engine.registry.offline
+                                      else None)
         self.target = f"{CLOUD}:{self.config.model}" if self.config else CLOUD
         self.reason: str | None = None
         self.outcome: str | None = None
@@ -479,7 +483,7 @@ class _Escalation:
 
     def reason_for(self, route: Route) -> str | None:
         """Why a routed request should go to the cloud (router unsure, a hard task), or None."""
-        cfg = self.config or self.engine.registry.cloud
+        cfg = self.policy
         if cfg is None:
             return None
         if route.task in cfg.hard_tasks:

@@ -131,3 +131,18 @@ def test_cli_reports_one_line_no_traceback(tmp_path):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert f"{path}:8: models[0].files[0].size" in result.output
+
+
+def test_cloud_section_is_checked(tmp_path):
+    reg = load_registry(DEFAULT_CONFIG)
+    assert reg.cloud is not None and reg.cloud.base_url is None  # declared, but off until configured
+    e = err(GOOD + "cloud: {base_url: http://x/v1, model: m, hard_tasks: [chat, poetry]}\n", tmp_path)
+    assert "hard_tasks names 'poetry'" in str(e) and e.line == 14
+    e = err(GOOD + "cloud: {base_url: ftp://x, model: m}\n", tmp_path)
+    assert "must start with http" in str(e)
+    e = err(GOOD + "cloud: {model: m, retries: 5}\n", tmp_path)
+    assert "cloud.retries" in str(e)
+    e = err(GOOD + "cloud: {model: m, escalate_below: 1.5}\n", tmp_path)
+    assert "cloud.escalate_below" in str(e)
+    e = err(GOOD.replace("id: tiny", "id: cloud").replace("[tiny]", "[cloud]"), tmp_path)
+    assert "model id 'cloud' is reserved" in str(e)

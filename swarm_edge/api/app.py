@@ -166,6 +166,11 @@ def prometheus_text(engine: Engine, metrics: Metrics) -> str:
     metric("model_resident_bytes", "gauge", "Bytes each resident model holds (measured PSS, else reserved).",
            [({"model": r["model"]}, r["pss"] or r["reserved"]) for r in snap["residents"]])
     metric("models_resident", "gauge", "Resident models.", [({}, len(snap["residents"]))])
+    if engine.cloud is not None:
+        metric("cloud_calls_total", "counter", "Calls to the cloud fallback, by outcome.",
+               [({"outcome": k}, v) for k, v in engine.cloud.outcomes.items()])
+        metric("cloud_circuit_open", "gauge", "1 while the cloud's circuit breaker is open.",
+               [({}, int(engine.cloud.breaker.state == "open"))])
     metric("uptime_seconds", "gauge", "Seconds since the daemon started.",
            [({}, round(time.time() - metrics.started, 3))])
     return "\n".join(out) + "\n"

@@ -76,6 +76,8 @@ def test_models_and_status_show_the_cloud(cloud_daemon):
     assert "cloud" in ids
     status = cloud_daemon.status()
     assert status["cloud"]["model"] == "stand-in" and status["cloud"]["breaker"] == "closed"
+    metrics = cloud_daemon.http.get("/metrics").text
+    assert 'swarm_edge_cloud_calls_total{outcome="ok"}' in metrics and "swarm_edge_cloud_circuit_open 0" in metrics
 
 
 def _cli(args, daemon=None, **env):
