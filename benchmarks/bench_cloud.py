@@ -48,25 +48,32 @@ def load_suite(limit: int | None) -> list[dict]:
     return items[:limit] if limit else items
 
 
-def _engine(cloud_url: str | None):
-    from swarm_edge.config import DEFAULT_CONFIG, Settings
-    from swarm_edge.engine import Engine
-    from swarm_edge.registry import CloudSpec, load_registry
+def _engine(mode: str, url: str):
+    """An engine on the default swarm. mode "strong": every routed request escalates to `url`. "weak" / "weak-small"
+    (the default swarm / without qwen2.5-coder-1.5b): the cloud at `url` is unreachable, so every answer is
+    local, but cascades measure (and the trace keeps) how sure their last local model was."""
+    from bench_tasks import registry_for
 
-    registry = load_registry(DEFAULT_CONFIG)
+    from swarm_edge.config import Settings
+    from swarm_edge.engine import Engine
+    from swarm_edge.registry import CloudSpec
+
+    registry, _ = registry_for("auto-small" if mode == "weak-small" else "auto")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_EDGE_CLOUD")}
-    if cloud_url:
-        # every routed request escalates: the strong side of the curve, and the fallback path of the TTFT test
-        registry.cloud = CloudSpec(base_url=cloud_url, model=STRONG, hard_tasks=list(registry.routes),
+    if mode == "strong":
+        registry.cloud = CloudSpec(base_url=url, model=STRONG, hard_tasks=list(registry.routes),
                                    escalate_below=None, read_timeout_s=120, total_timeout_s=600)
         env["SWARM_EDGE_CLOUD_API_KEY"] = KEY
+    else:
+        registry.cloud = CloudSpec(base_url=url, model=STRONG, escalate_below=None, on_local_failure=False,
+                                   retries=0)
     return Engine(registry, Settings.load(threads=2, environ=env), budget="6GiB", spare=False, fetch=False)
 
 
-async def answer_all(items: list[dict], cloud_url: str | None, label: str) -> list[dict]:
+async def answer_all(items: list[dict], mode: str, url: str) -> list[dict]:
     from swarm_edge import orchestrator
 
-    engine = _engine(cloud_url)
+    engine = _engine(mode, url)
     await engine.start()
     out = []
     try:
@@ -79,32 +86,41 @@ async def answer_all(items: list[dict], cloud_url: str | None, label: str) -> li
                 a, text, err = None, "", f"{type(exc).__name__}: {exc}"
             ok, note = check(item, text) if err is None else (False, err)
             esc = a.escalation if a else None
+            final = [st for st in (a.steps if a else []) if st["model"] == a.model and "mean_logprob" in st]
             out.append({"id": item["id"], "task": item["task"], "ok": ok, "note": note,
                         "confidence": a.route.confidence if a else 0.0, "model": a.model if a else None,
+                        "sureness": final[-1]["mean_logprob"] if final else None,
                         "latency_s": round(time.perf_counter() - t0, 3), "left_device": bool(a and a.left_device),
                         "redacted": (esc or {}).get("redacted"), "answer": text[:300]})
-            print(f"  {label:<7} {item['id']:<13} {'ok ' if ok else 'BAD'} conf {out[-1]['confidence']:.3f} "
-                  f"{out[-1]['latency_s']:6.2f}s {out[-1]['model']}", file=sys.stderr, flush=True)
+            sure = out[-1]["sureness"]
+            print(f"  {mode:<10} {item['id']:<13} {'ok ' if ok else 'BAD'} conf {out[-1]['confidence']:.3f} "
+                  f"sure {'-' if sure is None else f'{sure:.2f}':>5} {out[-1]['latency_s']:6.2f}s {out[-1]['model']}",
+                  file=sys.stderr, flush=True)
     finally:
         await engine.close()
     return out
 
 
-def curve(weak: list[dict], strong: list[dict]) -> dict:
-    """Quality vs share escalated when escalating by router confidence (lowest first), vs random."""
+def curve(weak: list[dict], strong: list[dict], signal: str) -> dict:
+    """Quality vs share escalated when escalating the items lowest on `signal` first (router confidence, or
+    the sureness of the local answer: None = not measured, never escalated by it), vs random."""
     n = len(weak)
-    conf = [w["confidence"] for w in weak]
+    conf = [w[signal] if w[signal] is not None else float("inf") for w in weak]
     w_ok = [int(w["ok"]) for w in weak]
     s_ok = [int(s["ok"]) for s in strong]
     q_weak, q_strong = sum(w_ok) / n, sum(s_ok) / n
-    thresholds = sorted(set(conf)) + [1.001]
+    thresholds = sorted({c for c in conf if c != float("inf")}) + [float("inf")]  # inf: every measured item
     points = []
     for t in thresholds:
         esc = [i for i in range(n) if conf[i] < t]
         q = (sum(s_ok[i] for i in esc) + sum(w_ok[i] for i in range(n) if conf[i] >= t)) / n
         share = len(esc) / n
-        points.append({"threshold": round(t, 4), "share": round(share, 4), "quality": round(q, 4),
+        points.append({"threshold": round(t, 4) if t != float("inf") else None, "share": round(share, 4),
+                       "quality": round(q, 4),
                        "random_expected": round(q_weak + share * (q_strong - q_weak), 4)})
+    if points[-1]["share"] < 1:  # and the rest (not measured by this signal): everything escalated
+        points.append({"threshold": "all", "share": 1.0, "quality": round(q_strong, 4),
+                       "random_expected": round(q_strong, 4)})
     rng = random.Random(7)
     rand = [0.0] * (n + 1)
     orders = 1000
@@ -155,7 +171,7 @@ async def ttft(url: str, pairs: int) -> dict:
 
     from swarm_edge import orchestrator
 
-    engine = _engine(url)
+    engine = _engine("strong", url)
     await engine.start()
     subjects = ["owls", "tides", "glass", "bread", "comets", "moss", "violins", "salt", "bridges", "bees",
                 "lanterns", "rivers", "maps", "clocks", "snow", "copper", "kites", "ferns", "deserts", "whales",
@@ -227,7 +243,7 @@ def main() -> None:
     from swarm_edge.config import DEFAULT_CONFIG, Settings
     from swarm_edge.registry import load_registry
     from swarm_edge.sources import ensure_model
-    from tests.cloudkit import StandIn
+    from tests.cloudkit import StandIn, free_port
 
     registry = load_registry(DEFAULT_CONFIG)
     strong_file = ensure_model(Settings.load(), registry.get(STRONG), registry.base_dir, fetch=False)["model"]
@@ -237,35 +253,45 @@ def main() -> None:
     try:
         data: dict = {"stand_in": f"llama_cpp.server {STRONG} on loopback, 2 threads", "suite": SUITE.name}
         if not args.skip_curve:
-            weak = asyncio.run(answer_all(items, None, "weak"))
-            strong = asyncio.run(answer_all(items, server.url, "strong"))
-            data.update(curve=curve(weak, strong), weak=weak, strong=strong)
+            closed = f"http://127.0.0.1:{free_port()}/v1"  # nobody listens: the weak runs never leave the device
+            runs = {mode: asyncio.run(answer_all(items, mode, closed)) for mode in ("weak", "weak-small")}
+            runs["strong"] = asyncio.run(answer_all(items, "strong", server.url))
+            data["curves"] = {f"{w} by {sig}": curve(runs[w], runs["strong"], sig)
+                              for w in ("weak", "weak-small") for sig in ("confidence", "sureness")}
+            data["runs"] = runs
         data["ttft"] = asyncio.run(ttft(server.url, args.pairs))
     finally:
         server.close()
 
     lines = [f"# Cloud fallback ({platform.machine()}, {os.cpu_count()} cores): stand-in cloud = {data['stand_in']}",
              "", "rerun: .venv/bin/python benchmarks/bench_cloud.py", ""]
-    if "curve" in data:
-        c = data["curve"]
+    names = {"weak": "the default swarm (0.5B, cascades to the local 1.5B)",
+             "weak-small": "the swarm without the local 1.5B (a Pi-class device: the cloud replaces it)",
+             "confidence": "router confidence (escalate_below)",
+             "sureness": "the local answer's mean token log-prob (cascades' last model; on_cascade_unsure)"}
 
-        def fmt(v):
-            return "n/a (no gap)" if v is None else f"{v:.3f}"
-        lines += [f"## Quality vs share escalated ({c['items']} suite items)", "",
-                  f"weak (local swarm, no escalation) {c['weak_quality']:.3f}; strong (all escalated) "
-                  f"{c['strong_quality']:.3f}; gap {c['gap']:+.3f}; per-item oracle {c['oracle_quality']:.3f} "
-                  f"(weak alone right on {c['weak_only_right']}, strong alone right on {c['strong_only_right']})", "",
-                  f"CPT(50%): by router confidence {fmt(c['cpt50_router'])}, random {fmt(c['cpt50_random'])}; "
-                  f"APGR: router {fmt(c['apgr_router'])}, random {fmt(c['apgr_random'])}", "",
-                  "| escalate_below | share escalated | quality | random, same share |", "|---|---|---|---|"]
-        shown = [p for p in c["points"] if p["share"] in (0.0, 1.0)]
-        for target in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-            p = min(c["points"], key=lambda p: abs(p["share"] - target))
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    for label, c in data.get("curves", {}).items():
+        weak, sig = label.split(" by ")
+        lines += [f"## weak = {names[weak]}; escalating by {names[sig]}", "",
+                  f"{c['items']} suite items. weak {c['weak_quality']:.3f}, strong (all escalated to the stand-in) "
+                  f"{c['strong_quality']:.3f}, gap {c['gap']:+.3f}, per-item oracle {c['oracle_quality']:.3f} "
+                  f"(only weak right: {c['weak_only_right']}, only strong right: {c['strong_only_right']}). "
+                  f"CPT(50%): this signal {fmt(c['cpt50_router'])}, random {fmt(c['cpt50_random'])}; "
+                  f"APGR: this signal {fmt(c['apgr_router'])}, random {fmt(c['apgr_random'])}"
+                  + (" (no positive gap: nothing to recover)" if c["gap"] <= 0 else ""), "",
+                  "| threshold | share escalated | quality | random, same share |", "|---|---|---|---|"]
+        shown = []  # the table samples the curve (every point is in the JSON)
+        for target in (0, .05, .1, .15, .2, .25, .3, .4, .5, .6, .7, .8, .9, 1):
+            p = min(c["points"], key=lambda p, t=target: abs(p["share"] - t))
             if p not in shown:
                 shown.append(p)
         for p in sorted(shown, key=lambda p: p["share"]):
-            lines.append(f"| {p['threshold']:.3f} | {p['share']:.3f} | {p['quality']:.3f} "
-                         f"| {p['random_expected']:.3f} |")
+            th = p["threshold"] if isinstance(p["threshold"], str) else \
+                ("all measured" if p["threshold"] is None else f"{p['threshold']:.3f}")
+            lines.append(f"| {th} | {p['share']:.3f} | {p['quality']:.3f} | {p['random_expected']:.3f} |")
         lines.append("")
     t = data["ttft"]
     lines += [f"## Time to first token, median of {t['pairs']} each (distinct prompts; same messages both ways)", "",

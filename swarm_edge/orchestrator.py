@@ -302,8 +302,9 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
             for ev in _shown(call, steps):
                 yield ev
             return
-    if tries and esc is not None and esc.usable and esc.config.on_cascade_unsure:
-        # the last local model is measured too and held back: if it is unsure as well, the cloud answers
+    if strategy == "cascade" and esc is not None and esc.usable and esc.config.on_cascade_unsure:
+        # the last local model (the only one, on a device whose cascade lost its bigger models) is measured too
+        # and held back: if it is unsure as well, the cloud answers
         spec = registry.get(final)
         call = await _quiet(engine, spec, _request(spec, messages, common, logprobs=True),
                             fetch=fetch, progress_factory=progress_factory)
