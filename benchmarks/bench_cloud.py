@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -89,6 +90,7 @@ async def answer_all(items: list[dict], mode: str, url: str) -> list[dict]:
             final = [st for st in (a.steps if a else []) if st["model"] == a.model and "mean_logprob" in st]
             out.append({"id": item["id"], "task": item["task"], "ok": ok, "note": note,
                         "confidence": a.route.confidence if a else 0.0, "model": a.model if a else None,
+                        "routed_task": a.route.task if a else None,
                         "sureness": final[-1]["mean_logprob"] if final else None,
                         "latency_s": round(time.perf_counter() - t0, 3), "left_device": bool(a and a.left_device),
                         "redacted": (esc or {}).get("redacted"), "answer": text[:300]})
@@ -161,6 +163,25 @@ def curve(weak: list[dict], strong: list[dict], signal: str) -> dict:
             "points": points, "random_by_k": [round(r, 4) for r in rand]}
 
 
+def as_configured(weak: list[dict], strong: list[dict]) -> dict:
+    """The default policy of models.yaml: escalate when the router's confidence is under cloud.escalate_below, or
+    a cascade's last local model is under its route's min_logprob (on_cascade_unsure)."""
+    from swarm_edge.config import DEFAULT_CONFIG
+    from swarm_edge.registry import load_registry
+
+    registry = load_registry(DEFAULT_CONFIG)
+    below = registry.cloud.escalate_below
+    n, escalated, correct = len(weak), 0, 0
+    for w, s in zip(weak, strong, strict=True):
+        route = registry.routes.get(w["routed_task"])
+        unsure = route is not None and route.strategy == "cascade" and w["sureness"] is not None \
+            and w["sureness"] < route.min_logprob
+        esc = unsure or (below is not None and w["confidence"] < below)
+        escalated += esc
+        correct += s["ok"] if esc else w["ok"]
+    return {"escalate_below": below, "share": round(escalated / n, 4), "quality": round(correct / n, 4)}
+
+
 async def ttft(url: str, pairs: int) -> dict:
     """TTFT of an escalated request (auto) and of model "cloud", each vs a direct call of the same messages.
 
@@ -194,10 +215,12 @@ async def ttft(url: str, pairs: int) -> dict:
 
         async def call_ours(prompt: str, model_id: str) -> float:
             t0 = time.perf_counter()
-            async for ev in orchestrator.stream(engine, messages=[{"role": "user", "content": prompt}],
-                                                model_id=model_id, max_tokens=8, decompose=False):
-                if ev["type"] == "token" and ev["text"]:
-                    return time.perf_counter() - t0
+            async with contextlib.aclosing(orchestrator.stream(
+                    engine, messages=[{"role": "user", "content": prompt}], model_id=model_id, max_tokens=8,
+                    decompose=False)) as events:
+                async for ev in events:
+                    if ev["type"] == "token" and ev["text"]:
+                        return time.perf_counter() - t0
             raise RuntimeError(f"no token via {model_id}")
 
         def sent_messages(prompt: str, model_id: str) -> list[dict]:
@@ -258,6 +281,7 @@ def main() -> None:
             runs["strong"] = asyncio.run(answer_all(items, "strong", server.url))
             data["curves"] = {f"{w} by {sig}": curve(runs[w], runs["strong"], sig)
                               for w in ("weak", "weak-small") for sig in ("confidence", "sureness")}
+            data["as_configured"] = {w: as_configured(runs[w], runs["strong"]) for w in ("weak", "weak-small")}
             data["runs"] = runs
         data["ttft"] = asyncio.run(ttft(server.url, args.pairs))
     finally:
@@ -288,6 +312,10 @@ def main() -> None:
             p = min(c["points"], key=lambda p, t=target: abs(p["share"] - t))
             if p not in shown:
                 shown.append(p)
+        if sig == "sureness" and weak in data.get("as_configured", {}):
+            cfg = data["as_configured"][weak]
+            lines += [f"As configured (escalate_below {cfg['escalate_below']} or a cascade's last local model under "
+                      f"its route's min_logprob): {cfg['share']:.3f} escalated, quality {cfg['quality']:.3f}", ""]
         for p in sorted(shown, key=lambda p: p["share"]):
             th = p["threshold"] if isinstance(p["threshold"], str) else \
                 ("all measured" if p["threshold"] is None else f"{p['threshold']:.3f}")

@@ -34,36 +34,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict
+
 from swarm_edge.errors import CloudUnavailableError, ConfigError
 from swarm_edge.redact import Redactor
+from swarm_edge.registry import CloudSpec
 
 KEY_ENV = "SWARM_EDGE_CLOUD_API_KEY"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-@dataclass(frozen=True)
-class CloudConfig:
-    """Where the cloud is, how long to wait for it, and when to use it (models.yaml `cloud:` + env)."""
+class CloudConfig(CloudSpec):
+    """A configured cloud: models.yaml's `cloud:` section (CloudSpec: timeouts, retries, breaker, when to
+    escalate) with the environment's URL and model applied, both required here."""
 
+    model_config = ConfigDict(frozen=True)
     base_url: str
     model: str
-    api_key_file: Path | None = None
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    total_timeout_s: float = 120.0
-    retries: int = 2
-    breaker_failures: int = 3
-    breaker_reset_s: float = 30.0
-    max_tokens: int = 512
-    # when to escalate (orchestrator.py): router confidence under this (None: never for confidence)
-    escalate_below: float | None = 0.5
-    hard_tasks: tuple[str, ...] = ()
-    on_cascade_unsure: bool = True
-    on_local_failure: bool = True
 
     @classmethod
-    def resolve(cls, spec, env: dict[str, str]) -> CloudConfig | None:
-        """The config from models.yaml's CloudSpec (or None) and the environment; None when not configured."""
+    def resolve(cls, spec: CloudSpec | None, env: dict[str, str]) -> CloudConfig | None:
+        """The config from models.yaml's section (or None) and the environment; None when not configured."""
         url = env.get("SWARM_EDGE_CLOUD_URL") or (spec.base_url if spec else None)
         model = env.get("SWARM_EDGE_CLOUD_MODEL") or (spec.model if spec else None)
         if spec is not None and not spec.enabled and not env.get("SWARM_EDGE_CLOUD_URL"):
@@ -76,16 +67,7 @@ class CloudConfig:
             raise ConfigError(f"the cloud fallback is half configured: {missing} is not set")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"cloud base_url must start with http:// or https://, got {url!r}")
-        if spec is None:
-            return cls(base_url=url.rstrip("/"), model=model)
-        return cls(base_url=url.rstrip("/"), model=model,
-                   api_key_file=Path(spec.api_key_file).expanduser() if spec.api_key_file else None,
-                   connect_timeout_s=spec.connect_timeout_s, read_timeout_s=spec.read_timeout_s,
-                   total_timeout_s=spec.total_timeout_s, retries=spec.retries,
-                   breaker_failures=spec.breaker_failures, breaker_reset_s=spec.breaker_reset_s,
-                   max_tokens=spec.max_tokens, escalate_below=spec.escalate_below,
-                   hard_tasks=tuple(spec.hard_tasks), on_cascade_unsure=spec.on_cascade_unsure,
-                   on_local_failure=spec.on_local_failure)
+        return cls(**{**(spec.model_dump() if spec else {}), "base_url": url.rstrip("/"), "model": model})
 
     @property
     def host(self) -> str:
@@ -98,7 +80,7 @@ def load_key(config: CloudConfig, env: dict[str, str]) -> str | None:
     key = env.pop(KEY_ENV, None)
     os.environ.pop(KEY_ENV, None)
     if config.api_key_file is not None:
-        path = config.api_key_file
+        path = Path(config.api_key_file).expanduser()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:

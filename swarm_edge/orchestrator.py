@@ -557,6 +557,23 @@ async def _cloud(engine: Engine, esc: _Escalation, messages: list[dict[str, str]
     yield {"type": "solved", "call": call, "steps": steps}
 
 
+async def _escalate(engine: Engine, esc: _Escalation, top: Route, msgs: list[dict[str, str]], common: dict[str, Any],
+                    why: str, t0: float, t_route: float | None, *, system: bool = True) -> AsyncIterator[dict]:
+    """A whole answer from the cloud (start, tokens, done), with the route's system prompt unless the request
+    brings its own (or `system` is False). Raises CloudUnavailableError before its first event."""
+    spec_route = engine.registry.routes.get(top.task)
+    if system and spec_route is not None and spec_route.system and not any(m.get("role") == "system" for m in msgs):
+        msgs = [{"role": "system", "content": spec_route.system}, *msgs]
+    up = Route(task=top.task, model=esc.target, target="cloud", confidence=top.confidence,
+               reason=f"{top.reason}; to the cloud: {why}", scores=top.scores)
+    relay = _Relay(up)
+    async for ev in _cloud(engine, esc, msgs, common, why, top.task, []):
+        if (out := relay(ev)) is not None:
+            yield out
+    yield {"type": "done", "answer": _answer(relay.call.text, relay.call, up, "cloud", relay.steps, t0,
+                                             relay.t_first, time.perf_counter(), t_route)}
+
+
 # ---------------------------------------------------------------- the one entry point
 
 
@@ -623,22 +640,12 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
         why = forced or esc.reason_for(top)
         if why and esc.considered(why):
             msgs = messages if messages is not None else [{"role": "user", "content": text}]
-            spec_route = registry.routes.get(top.task)
-            if not forced and spec_route is not None and spec_route.system \
-                    and not any(m.get("role") == "system" for m in msgs):
-                msgs = [{"role": "system", "content": spec_route.system}, *msgs]
-            up = Route(task=top.task, model=esc.target, target="cloud", confidence=top.confidence,
-                       reason=f"{top.reason}; to the cloud: {why}", scores=top.scores)
-            relay = _Relay(up)
             try:
-                async for ev in _cloud(engine, esc, msgs, common, why, top.task, []):
-                    if (out := relay(ev)) is not None:
-                        yield out
+                async for ev in _escalate(engine, esc, top, msgs, common, why, t0, t_route, system=not forced):
+                    yield ev
             except CloudUnavailableError as exc:
                 esc.note(f"cloud unavailable ({exc}); answered on the device")
             else:
-                yield {"type": "done", "answer": _answer(relay.call.text, relay.call, up, "cloud", relay.steps, t0,
-                                                         relay.t_first, time.perf_counter(), t_route)}
                 return
         if prompt is not None:  # a raw completion prompt: no template, no plan; the routed model continues it
             spec = registry.get(top.model)
@@ -669,18 +676,12 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
                 why = f"local failure: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 if started or not esc.config or not esc.config.on_local_failure or not esc.considered(why):
                     raise
-                up = Route(task=top.task, model=esc.target, target="cloud", confidence=top.confidence,
-                           reason=f"{top.reason}; to the cloud: {why}", scores=top.scores)
-                relay = _Relay(up)
                 try:
-                    async for ev in _cloud(engine, esc, msgs, common, why, top.task, []):
-                        if (out := relay(ev)) is not None:
-                            yield out
+                    async for ev in _escalate(engine, esc, top, msgs, common, why, t0, t_route):
+                        yield ev
                 except CloudUnavailableError as cloud_exc:
                     esc.note(f"cloud unavailable ({cloud_exc})")
                     raise exc from None
-                yield {"type": "done", "answer": _answer(relay.call.text, relay.call, up, "cloud", relay.steps, t0,
-                                                         relay.t_first, time.perf_counter(), t_route)}
             return
 
     # multi-step: pipeline or decompose

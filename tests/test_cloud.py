@@ -76,7 +76,7 @@ def test_one_call_per_kind_each_audited_without_key_or_raw_prompt(server, tmp_pa
 
     async def go():
         try:
-            for kind, value, sentence in ITEMS[::9]:
+            for kind, _, sentence in ITEMS[::9]:
                 answer, res = await collect(client, [{"role": "user", "content": sentence}], reason=f"kind {kind}")
                 assert answer == sentence and res.redacted == {kind: 1}
         finally:
@@ -89,7 +89,7 @@ def test_one_call_per_kind_each_audited_without_key_or_raw_prompt(server, tmp_pa
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     raw = path.read_text()
     assert KEY not in raw and not any(v in raw for _, v, _ in ITEMS)
-    for line, req, (kind, _, _) in zip(lines, server.requests, ITEMS[::9]):
+    for line, req, (kind, _, _) in zip(lines, server.requests, ITEMS[::9], strict=True):
         assert line["reason"] == f"kind {kind}" and line["redacted"] == {kind: 1}
         assert line["bytes_sent"] == len(req["body"])
         assert line["request_sha256"] == hashlib.sha256(req["body"]).hexdigest()

@@ -64,7 +64,8 @@ def _audit(settings) -> list[dict]:
 
 def test_explicit_cloud_streams_the_stand_in_answer_redacted(model_files, tmp_path, standin):
     registry, settings = _setup(model_files, tmp_path, standin.url)
-    answer, streamed, kinds, _ = _run(registry, settings, "My email is jane.doe@example.com. Say hello to me in one sentence.",
+    answer, streamed, kinds, _ = _run(registry, settings,
+                                      "My email is jane.doe@example.com. Say hello to me in one sentence.",
                                       model_id="cloud")
     assert answer.model == "cloud:stand-in" and answer.plan == "cloud" and answer.route.target == "cloud"
     assert answer.text and streamed == answer.text and kinds.count("token") > 1
