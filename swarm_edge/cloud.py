@@ -412,7 +412,7 @@ def make_client(registry, settings) -> CloudClient | None:
     """The engine's cloud client, or None: offline, or not configured (then nothing is built at all)."""
     key_in_env = settings.env.pop(KEY_ENV, None)
     os.environ.pop(KEY_ENV, None)  # offline or not: no worker may inherit it
-    if settings.offline:
+    if settings.offline or registry.offline:
         return None
     if key_in_env is not None:
         settings.env[KEY_ENV] = key_in_env  # for load_key, which removes it again

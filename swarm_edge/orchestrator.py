@@ -38,6 +38,7 @@ from swarm_edge.config import Settings
 from swarm_edge.engine import Engine
 from swarm_edge.errors import (
     BudgetError,
+    BusyError,
     CloudUnavailableError,
     ConfigError,
     InferenceError,
@@ -50,7 +51,9 @@ from swarm_edge.workers import GenerateRequest
 
 AUTO = "auto"
 CLOUD = "cloud"
-LOCAL_FAILURES = (InferenceError, BudgetError, ModelLoadError)  # what `on_local_failure` escalates
+# what `on_local_failure` escalates: a crash or failed generation, a load refused by the budget or one that failed
+# or timed out, no room or no queue slot in time (BusyError)
+LOCAL_FAILURES = (InferenceError, BudgetError, ModelLoadError, BusyError)
 PIPELINE_PREFIX = "pipeline:"
 SEPARATOR = "\n\n"  # between the shown outputs of a multi-step plan
 CALC_SYSTEM = ("Reply with one arithmetic expression that computes the answer. "

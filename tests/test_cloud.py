@@ -213,6 +213,8 @@ def test_off_unless_configured_and_never_built_offline(tmp_path, monkeypatch, te
     c = make_client(test_registry, Settings.load(home=tmp_path, environ=env))
     assert c is not None and c.config.model == "m"
     run(c.aclose())
+    test_registry.offline = True  # `offline: true` in models.yaml
+    assert make_client(test_registry, Settings.load(home=tmp_path, environ=env)) is None
 
 
 def test_key_from_env_is_removed_from_the_environment(tmp_path, monkeypatch):

@@ -136,6 +136,10 @@ def test_cli_reports_one_line_no_traceback(tmp_path):
 def test_cloud_section_is_checked(tmp_path):
     reg = load_registry(DEFAULT_CONFIG)
     assert reg.cloud is not None and reg.cloud.base_url is None  # declared, but off until configured
+    assert reg.offline is False
+    path = tmp_path / "offline.yaml"
+    path.write_text(GOOD + "offline: true\n")
+    assert load_registry(path).offline is True
     e = err(GOOD + "cloud: {base_url: http://x/v1, model: m, hard_tasks: [chat, poetry]}\n", tmp_path)
     assert "hard_tasks names 'poetry'" in str(e) and e.line == 14
     e = err(GOOD + "cloud: {base_url: ftp://x, model: m}\n", tmp_path)
