@@ -251,8 +251,11 @@ class CloudClient:
         self.calls += 1
         outcome = "ok"
         try:
-            async for text in self._attempts(payload, res, deadline, redactor, t0):
-                yield text
+            # every nested generator is closed here, in order: left to the garbage collector, httpx2's stream
+            # generators get closed out of order ("aclose(): asynchronous generator is already running")
+            async with contextlib.aclosing(self._attempts(payload, res, deadline, redactor, t0)) as texts:
+                async for text in texts:
+                    yield text
         except CloudUnavailableError as exc:
             outcome = str(exc)
             self.breaker.failure()
@@ -294,8 +297,9 @@ class CloudClient:
                 await asyncio.sleep(delay)
             res.attempts = attempt + 1
             try:
-                async for text in self._one(payload, res, deadline, redactor, t0):
-                    yield text
+                async with contextlib.aclosing(self._one(payload, res, deadline, redactor, t0)) as texts:
+                    async for text in texts:
+                        yield text
                 return
             except _Retryable as exc:
                 last_error = self._scrub(str(exc))

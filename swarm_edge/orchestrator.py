@@ -320,8 +320,9 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
             why = (f"cascade: the last local model {final} is unsure too "
                    + ("(its answer repeats the input)" if echo else f"(mean logprob {sure:.2f} < {threshold})"))
             try:
-                async for ev in _cloud(engine, esc, messages, common, why, task, steps):
-                    yield ev
+                async with contextlib.aclosing(_cloud(engine, esc, messages, common, why, task, steps)) as events:
+                    async for ev in events:
+                        yield ev
                 return
             except CloudUnavailableError as exc:
                 if exc.partial:
@@ -531,15 +532,17 @@ async def _cloud(engine: Engine, esc: _Escalation, messages: list[dict[str, str]
     esc.reason, esc.result = why, res
     call = _Call(esc.target)
     shown = False
+    texts = esc.client.stream_chat(messages, reason=why, max_tokens=common.get("max_tokens"),
+                                   temperature=common["temperature"], top_p=common["top_p"], stop=common["stop"],
+                                   seed=common["seed"], result=res)
     try:
-        async for text in esc.client.stream_chat(messages, reason=why, max_tokens=common.get("max_tokens"),
-                                                 temperature=common["temperature"], top_p=common["top_p"],
-                                                 stop=common["stop"], seed=common["seed"], result=res):
-            if not shown:
-                shown = True
-                yield {"type": "visible", "model": call.model}
-            call.chunks.append(text)
-            yield {"type": "token", "text": text}
+        async with contextlib.aclosing(texts):
+            async for text in texts:
+                if not shown:
+                    shown = True
+                    yield {"type": "visible", "model": call.model}
+                call.chunks.append(text)
+                yield {"type": "token", "text": text}
     except CloudUnavailableError as exc:
         esc.left_device = esc.left_device or res.left_device
         if not shown:
@@ -570,9 +573,10 @@ async def _escalate(engine: Engine, esc: _Escalation, top: Route, msgs: list[dic
     up = Route(task=top.task, model=esc.target, target="cloud", confidence=top.confidence,
                reason=f"{top.reason}; to the cloud: {why}", scores=top.scores)
     relay = _Relay(up)
-    async for ev in _cloud(engine, esc, msgs, common, why, top.task, []):
-        if (out := relay(ev)) is not None:
-            yield out
+    async with contextlib.aclosing(_cloud(engine, esc, msgs, common, why, top.task, [])) as events:
+        async for ev in events:
+            if (out := relay(ev)) is not None:
+                yield out
     yield {"type": "done", "answer": _answer(relay.call.text, relay.call, up, "cloud", relay.steps, t0,
                                              relay.t_first, time.perf_counter(), t_route)}
 
@@ -644,8 +648,10 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
         if why and esc.considered(why):
             msgs = messages if messages is not None else [{"role": "user", "content": text}]
             try:
-                async for ev in _escalate(engine, esc, top, msgs, common, why, t0, t_route, system=not forced):
-                    yield ev
+                async with contextlib.aclosing(_escalate(engine, esc, top, msgs, common, why, t0, t_route,
+                                                         system=not forced)) as events:
+                    async for ev in events:
+                        yield ev
             except CloudUnavailableError as exc:
                 esc.note(f"cloud unavailable ({exc}); answered on the device")
             else:
@@ -680,8 +686,10 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
                 if started or not esc.config or not esc.config.on_local_failure or not esc.considered(why):
                     raise
                 try:
-                    async for ev in _escalate(engine, esc, top, msgs, common, why, t0, t_route):
-                        yield ev
+                    async with contextlib.aclosing(_escalate(engine, esc, top, msgs, common, why, t0,
+                                                             t_route)) as events:
+                        async for ev in events:
+                            yield ev
                 except CloudUnavailableError as cloud_exc:
                     esc.note(f"cloud unavailable ({cloud_exc})")
                     raise exc from None
