@@ -15,7 +15,7 @@ The stand-in cloud is llama-cpp-python's own OpenAI-compatible server on loopbac
    audited) and of `model: "cloud"`, vs a direct streaming call of the same body to the same server, with a
    distinct prompt for every call (no prompt cache helps either side), calls interleaved.
 
-Rerun:  .venv/bin/python benchmarks/bench_cloud.py [--limit N] [--pairs 10]
+Rerun:  .venv/bin/python benchmarks/bench_cloud.py [--limit N] [--pairs 20]
 Writes: benchmarks/results/cloud.json and benchmarks/results/cloud.md
 """
 
@@ -239,14 +239,18 @@ async def ttft(url: str, pairs: int) -> dict:
                 for warm in ("Warm up: say hi.", "Warm up: say hello."):  # connections, first-call costs
                     await call_ours(warm, model_id)
                     await call_direct(sent_messages(warm, model_id))
+                # every prompt goes both ways (the same multiset on each side: prompt lengths cancel), never twice
+                # in a row (no exact prefix-cache hit), and who goes first alternates
+                block = prompts[:pairs]
+                half = max(2, pairs // 2)
                 for i in range(pairs):
-                    a, b = prompts[(2 * i) % len(prompts)], prompts[(2 * i + 1) % len(prompts)]
+                    mine, other = block[i], block[(i + half) % pairs]
                     if i % 2:
-                        theirs.append(await call_direct(sent_messages(a, model_id)))
-                        ours.append(await call_ours(b, model_id))
+                        theirs.append(await call_direct(sent_messages(other, model_id)))
+                        ours.append(await call_ours(mine, model_id))
                     else:
-                        ours.append(await call_ours(a, model_id))
-                        theirs.append(await call_direct(sent_messages(b, model_id)))
+                        ours.append(await call_ours(mine, model_id))
+                        theirs.append(await call_direct(sent_messages(other, model_id)))
                 out[label] = {"ours_s": [round(x, 4) for x in ours], "direct_s": [round(x, 4) for x in theirs],
                               "median_ours_s": round(statistics.median(ours), 4),
                               "median_direct_s": round(statistics.median(theirs), 4),
@@ -259,7 +263,7 @@ async def ttft(url: str, pairs: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="only the first N suite items (a quick look)")
-    ap.add_argument("--pairs", type=int, default=10, help="TTFT samples per path")
+    ap.add_argument("--pairs", type=int, default=20, help="TTFT samples per path (at most 30 prompts)")
     ap.add_argument("--skip-curve", action="store_true")
     args = ap.parse_args()
 
@@ -322,7 +326,8 @@ def main() -> None:
             lines.append(f"| {th} | {p['share']:.3f} | {p['quality']:.3f} | {p['random_expected']:.3f} |")
         lines.append("")
     t = data["ttft"]
-    lines += [f"## Time to first token, median of {t['pairs']} each (distinct prompts; same messages both ways)", "",
+    lines += [f"## Time to first token, median of {t['pairs']} each (each prompt both ways, never twice in a row; "
+              "the same messages)", "",
               "| path | median TTFT s | direct call, same messages, s | ratio |", "|---|---|---|---|"]
     for k, v in t["paths"].items():
         lines.append(f"| {k} | {v['median_ours_s']:.3f} | {v['median_direct_s']:.3f} | {v['ratio']:.3f} |")
