@@ -265,7 +265,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N suite items (a quick look)")
     ap.add_argument("--pairs", type=int, default=20, help="TTFT samples per path (at most 30 prompts)")
     ap.add_argument("--skip-curve", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="rewrite results/cloud.md from results/cloud.json")
     args = ap.parse_args()
+    if args.render_only:
+        from results_io import RESULTS
+
+        render(json.loads((RESULTS / "cloud.json").read_text()))
+        return
 
     from swarm_edge.config import DEFAULT_CONFIG, Settings
     from swarm_edge.registry import load_registry
@@ -290,7 +296,11 @@ def main() -> None:
         data["ttft"] = asyncio.run(ttft(server.url, args.pairs))
     finally:
         server.close()
+    render(data)
 
+
+def render(data: dict) -> None:
+    """Write results/cloud.json and the Markdown table from the measurements in `data`."""
     lines = [f"# Cloud fallback ({platform.machine()}, {os.cpu_count()} cores): stand-in cloud = {data['stand_in']}",
              "", "rerun: .venv/bin/python benchmarks/bench_cloud.py", ""]
     names = {"weak": "the default swarm (0.5B, cascades to the local 1.5B)",
@@ -309,17 +319,17 @@ def main() -> None:
                   f"(only weak right: {c['weak_only_right']}, only strong right: {c['strong_only_right']}). "
                   f"CPT(50%): this signal {fmt(c['cpt50_router'])}, random {fmt(c['cpt50_random'])}; "
                   f"APGR: this signal {fmt(c['apgr_router'])}, random {fmt(c['apgr_random'])}"
-                  + (" (no positive gap: nothing to recover)" if c["gap"] <= 0 else ""), "",
-                  "| threshold | share escalated | quality | random, same share |", "|---|---|---|---|"]
+                  + (" (no positive gap: nothing to recover)" if c["gap"] <= 0 else ""), ""]
+        if sig == "sureness" and weak in data.get("as_configured", {}):
+            cfg = data["as_configured"][weak]
+            lines += [f"As configured (escalate_below {cfg['escalate_below']} or a cascade's last local model under "
+                      f"its route's min_logprob): {cfg['share']:.3f} escalated, quality {cfg['quality']:.3f}", ""]
+        lines += ["| threshold | share escalated | quality | random, same share |", "|---|---|---|---|"]
         shown = []  # the table samples the curve (every point is in the JSON)
         for target in (0, .05, .1, .15, .2, .25, .3, .4, .5, .6, .7, .8, .9, 1):
             p = min(c["points"], key=lambda p, t=target: abs(p["share"] - t))
             if p not in shown:
                 shown.append(p)
-        if sig == "sureness" and weak in data.get("as_configured", {}):
-            cfg = data["as_configured"][weak]
-            lines += [f"As configured (escalate_below {cfg['escalate_below']} or a cascade's last local model under "
-                      f"its route's min_logprob): {cfg['share']:.3f} escalated, quality {cfg['quality']:.3f}", ""]
         for p in sorted(shown, key=lambda p: p["share"]):
             th = p["threshold"] if isinstance(p["threshold"], str) else \
                 ("all measured" if p["threshold"] is None else f"{p['threshold']:.3f}")
