@@ -185,7 +185,6 @@ class CloudClient:
         self.config, self._key, self.audit_path = config, key, audit_path
         self.clock, self.rng = clock, rng
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s, clock)
-        self.calls = 0
         self.outcomes: dict[str, int] = {"ok": 0, "failed": 0, "cancelled": 0, "refused_open_circuit": 0}
         self._httpx = httpx2
         self._client = httpx2.AsyncClient(
@@ -195,6 +194,11 @@ class CloudClient:
 
     def __repr__(self) -> str:  # never the key
         return f"CloudClient({self.config.base_url!r}, model={self.config.model!r}, breaker={self.breaker.state})"
+
+    def describe(self) -> dict[str, Any]:
+        """What /v1/models and /swarm/status show: model, host, breaker state, calls by outcome (never the key)."""
+        return {"model": self.config.model, "host": self.config.host, "breaker": self.breaker.state,
+                "calls": dict(self.outcomes)}
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -248,7 +252,6 @@ class CloudClient:
         except OSError as exc:
             raise CloudUnavailableError(f"not sending: the audit log {self.audit_path} cannot be written "
                                         f"({exc.strerror})") from None
-        self.calls += 1
         outcome = "ok"
         try:
             # every nested generator is closed here, in order: left to the garbage collector, httpx2's stream

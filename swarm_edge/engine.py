@@ -64,10 +64,14 @@ class Engine:
         self.registry, self.settings = registry, settings
         self.store = FootprintStore(settings.home)
         self.pool = Pool(spare=spare)  # a one-shot CLI call has no next load to pre-fork a worker for
-        self.fetch = (not (settings.offline or registry.offline)) if fetch is None else fetch
+        self.offline = settings.offline or registry.offline
+        self.fetch = (not self.offline) if fetch is None else fetch
         # the cloud fallback: None when offline or not configured (then no client object exists at all)
         self.cloud = make_client(registry, settings)
-        self.cloud_policy = cloud_policy(registry, settings)  # what a configured cloud would do (also offline)
+        # when to escalate: the client's config, or offline the one a configured cloud would have (so a trace can
+        # say what stayed on the device); None without a configured cloud
+        self.cloud_policy = self.cloud.config if self.cloud is not None else \
+            (cloud_policy(registry, settings) if self.offline else None)
         self._files: dict[str, dict[str, Path]] = {}
         self._files_lock: dict[str, threading.Lock] = {}   # files() runs in threads (start-up warm-up, requests)
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from swarm_edge import calc
+from swarm_edge.cloud import CloudResult
 from swarm_edge.config import Settings
 from swarm_edge.engine import Engine
 from swarm_edge.errors import (
@@ -292,15 +293,20 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
     steps: list[dict[str, Any]] = tried
     threshold = spec_route.min_logprob if spec_route is not None else 0.0
     *tries, final = models  # only a cascade has tries: single has one model, an ensemble of several returned above
-    for mid in tries:
+    async def judged(mid: str, role: str) -> tuple[_Call, bool]:
+        """A held-back answer with its token log-probs measured, and whether it is sure enough to keep."""
         spec = registry.get(mid)
         call = await _quiet(engine, spec, _request(spec, messages, common, logprobs=True),
                             fetch=fetch, progress_factory=progress_factory)
         sure = call.done.get("mean_logprob")
         echo = _echoes(call.text, messages)  # self-check: a rewrite or translation that copies its input
         keep = (sure is None or sure >= threshold) and not echo  # nothing generated: nothing to be unsure of
-        steps.append(call.step(task, "cascade", route.confidence, accepted=keep, threshold=threshold,
+        steps.append(call.step(task, role, route.confidence, accepted=keep, threshold=threshold,
                                **({"echo": True} if echo else {})))
+        return call, keep
+
+    for mid in tries:
+        call, keep = await judged(mid, "cascade")
         if keep:
             for ev in _shown(call, steps):
                 yield ev
@@ -308,27 +314,20 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
     if strategy == "cascade" and esc is not None and esc.usable and esc.config.on_cascade_unsure:
         # the last local model (the only one, on a device whose cascade lost its bigger models) is measured too
         # and held back: if it is unsure as well, the cloud answers
-        spec = registry.get(final)
-        call = await _quiet(engine, spec, _request(spec, messages, common, logprobs=True),
-                            fetch=fetch, progress_factory=progress_factory)
-        sure = call.done.get("mean_logprob")
-        echo = _echoes(call.text, messages)
-        keep = (sure is None or sure >= threshold) and not echo
-        steps.append(call.step(task, "cascade-final", route.confidence, accepted=keep, threshold=threshold,
-                               **({"echo": True} if echo else {})))
+        call, keep = await judged(final, "cascade-final")
         if not keep:
+            last = steps[-1]
             why = (f"cascade: the last local model {final} is unsure too "
-                   + ("(its answer repeats the input)" if echo else f"(mean logprob {sure:.2f} < {threshold})"))
+                   + ("(its answer repeats the input)" if last.get("echo")
+                      else f"(mean logprob {last['mean_logprob']:.2f} < {threshold})"))
             try:
                 async with contextlib.aclosing(_cloud(engine, esc, messages, common, why, task, steps)) as events:
                     async for ev in events:
                         yield ev
                 return
-            except CloudUnavailableError as exc:
-                if exc.partial:
-                    raise
+            except CloudUnavailableError as exc:  # raised only before any cloud text was shown
                 esc.note(f"cloud unavailable ({exc}); the last local answer is shown")
-                steps[-1]["accepted"] = True
+                last["accepted"] = True
         for ev in _shown(call, steps):
             yield ev
         return
@@ -463,10 +462,7 @@ class _Escalation:
         self.engine, self.allowed = engine, allowed
         self.client = engine.cloud
         self.config = self.client.config if self.client is not None else None
-        # the escalation policy: the client's, or (offline) the one a configured cloud would have had, so the
-        # trace can say what stayed on the device; with no cloud configured there is nothing to say
-        self.policy = self.config or (engine.cloud_policy if engine.settings.offline or engine.registry.offline
-                                      else None)
+        self.policy = engine.cloud_policy
         self.target = f"{CLOUD}:{self.config.model}" if self.config else CLOUD
         self.reason: str | None = None
         self.outcome: str | None = None
@@ -479,7 +475,7 @@ class _Escalation:
         return self.client is not None and self.allowed
 
     def why_not(self) -> str:
-        if self.engine.settings.offline or self.engine.registry.offline:
+        if self.engine.offline:
             return "offline: no cloud client exists in this process"
         if self.client is None:
             return ("not configured: set SWARM_EDGE_CLOUD_URL and SWARM_EDGE_CLOUD_MODEL, or a cloud: section in "
@@ -526,8 +522,6 @@ async def _cloud(engine: Engine, esc: _Escalation, messages: list[dict[str, str]
     """The cloud answers (redacted, restored as it streams): yields `visible` with its first text, `token`s,
     then `solved`. Raises CloudUnavailableError only before any text was yielded; a stream that breaks later
     ends the answer there and the trace says so."""
-    from swarm_edge.cloud import CloudResult
-
     res = CloudResult(esc.config.model)
     esc.reason, esc.result = why, res
     call = _Call(esc.target)
@@ -544,12 +538,12 @@ async def _cloud(engine: Engine, esc: _Escalation, messages: list[dict[str, str]
                 call.chunks.append(text)
                 yield {"type": "token", "text": text}
     except CloudUnavailableError as exc:
-        esc.left_device = esc.left_device or res.left_device
         if not shown:
             raise
         esc.note(str(exc))
         res.finish_reason = "error"
-    esc.left_device = esc.left_device or res.left_device
+    finally:
+        esc.left_device = esc.left_device or res.left_device
     if esc.outcome is None:
         esc.outcome = "answered"
     if not shown:

@@ -160,6 +160,33 @@ def standin(model_files, tmp_path_factory):
         server.close()
 
 
+def run_stream(registry, settings, prompt: str, *, budget: str = "2GiB", **kw):
+    """One orchestrator.stream request on a fresh engine (closed afterwards):
+    (answer, the streamed text, the events' types in order, the engine)."""
+    import asyncio
+    import contextlib
+
+    from swarm_edge import orchestrator
+    from swarm_edge.engine import Engine
+
+    async def go():
+        engine = Engine(registry, settings, budget=budget, spare=False)
+        streamed, kinds, answer = [], [], None
+        try:
+            async with contextlib.aclosing(orchestrator.stream(
+                    engine, messages=[{"role": "user", "content": prompt}], **kw)) as events:
+                async for ev in events:
+                    kinds.append(ev["type"])
+                    if ev["type"] == "token":
+                        streamed.append(ev["text"])
+                    elif ev["type"] == "done":
+                        answer = ev["answer"]
+            return answer, "".join(streamed), kinds, engine
+        finally:
+            await engine.close()
+    return asyncio.run(go())
+
+
 @pytest.fixture()
 def test_registry(model_files, tmp_path):
     """A models.yaml with the two test models, sourced from local paths (the cached real files)."""

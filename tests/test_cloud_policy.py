@@ -7,20 +7,16 @@ unavailable cloud (the local answer is returned, with a note)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import socket
 
 import pytest
 
-from swarm_edge import orchestrator
 from swarm_edge.config import Settings
-from swarm_edge.engine import Engine
 from swarm_edge.errors import BudgetError, ConfigError
 from swarm_edge.registry import parse_registry
 from tests.cloudkit import free_port
-from tests.conftest import STANDIN_KEY, registry_yaml
+from tests.conftest import STANDIN_KEY, registry_yaml, run_stream
 
 pytestmark = pytest.mark.real_model
 
@@ -39,22 +35,8 @@ def _setup(model_files, tmp_path, url, *, offline=False, min_logprob=-0.35, **cl
 
 def _run(registry, settings, prompt, *, budget="2GiB", **kw):
     """(answer, streamed text, event types, the engine's cloud client or None) of one request."""
-    async def go():
-        engine = Engine(registry, settings, budget=budget, spare=False)
-        streamed, kinds, answer = [], [], None
-        try:
-            async with contextlib.aclosing(orchestrator.stream(
-                    engine, messages=[{"role": "user", "content": prompt}], max_tokens=24, **kw)) as events:
-                async for ev in events:
-                    kinds.append(ev["type"])
-                    if ev["type"] == "token":
-                        streamed.append(ev["text"])
-                    elif ev["type"] == "done":
-                        answer = ev["answer"]
-            return answer, "".join(streamed), kinds, engine.cloud
-        finally:
-            await engine.close()
-    return asyncio.run(go())
+    answer, streamed, kinds, engine = run_stream(registry, settings, prompt, budget=budget, max_tokens=24, **kw)
+    return answer, streamed, kinds, engine.cloud
 
 
 def _audit(settings) -> list[dict]:

@@ -16,7 +16,7 @@ from swarm_edge import calc, orchestrator
 from swarm_edge.engine import Engine
 from swarm_edge.errors import UnknownModelError
 from swarm_edge.registry import parse_registry
-from tests.conftest import registry_yaml
+from tests.conftest import registry_yaml, run_stream
 
 pytestmark = pytest.mark.real_model
 
@@ -28,24 +28,9 @@ def _registry(model_files, tmp_path, **kw):
 
 
 def _run(registry, settings, prompt, **kw):
-    """ask_async on a fresh engine; returns (answer, the streamed text, the events' types in order)."""
-    async def go():
-        engine = Engine(registry, settings, budget="2GiB", spare=False)
-        streamed, kinds = [], []
-        try:
-            async with __import__("contextlib").aclosing(orchestrator.stream(
-                    engine, messages=[{"role": "user", "content": prompt}], **kw)) as events:
-                answer = None
-                async for ev in events:
-                    kinds.append(ev["type"])
-                    if ev["type"] == "token":
-                        streamed.append(ev["text"])
-                    elif ev["type"] == "done":
-                        answer = ev["answer"]
-            return answer, "".join(streamed), kinds, engine.scheduler.stats
-        finally:
-            await engine.close()
-    return asyncio.run(go())
+    """One request on a fresh engine: (answer, the streamed text, the events' types in order, scheduler stats)."""
+    answer, streamed, kinds, engine = run_stream(registry, settings, prompt, **kw)
+    return answer, streamed, kinds, engine.scheduler.stats
 
 
 def test_cascade_escalates_when_the_first_model_is_unsure(model_files, tmp_path, settings):

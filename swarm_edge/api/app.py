@@ -391,12 +391,9 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
                   "owned_by": "swarm-edge",
                   "swarm": {"kind": "pipeline", "steps": p.steps, "description": p.description}}
                  for name, p in engine.registry.pipelines.items()]
-        cloud = []
-        if engine.cloud is not None:
-            cfg = engine.cloud.config
-            cloud = [{"id": orchestrator.CLOUD, "object": "model", "created": int(metrics.started),
-                      "owned_by": "swarm-edge", "swarm": {"kind": "cloud", "model": cfg.model, "host": cfg.host,
-                                                          "breaker": engine.cloud.breaker.state}}]
+        cloud = [{"id": orchestrator.CLOUD, "object": "model", "created": int(metrics.started),
+                  "owned_by": "swarm-edge", "swarm": {"kind": "cloud", **engine.cloud.describe()}}] \
+            if engine.cloud is not None else []
         return {"object": "list", "data": [auto] + [model_card(s) for s in engine.registry] + pipes + cloud}
 
     @app.get("/v1/models/{model_id:path}")
@@ -604,9 +601,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         snap["models"] = await asyncio.to_thread(engine.model_estimates)
         snap["pid"], snap["socket"] = os.getpid(), str(engine.settings.socket_path)
         snap["streams_open"] = metrics.streams_open
-        snap["cloud"] = ({"model": engine.cloud.config.model, "host": engine.cloud.config.host,
-                          "breaker": engine.cloud.breaker.state, "calls": engine.cloud.calls}
-                         if engine.cloud is not None else None)
+        snap["cloud"] = engine.cloud.describe() if engine.cloud is not None else None
         return snap
 
     @app.post("/swarm/route")
