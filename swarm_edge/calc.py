@@ -4,7 +4,9 @@ Small models set up a word problem far better than they multiply 17 by 23. With 
 route the model is asked for one arithmetic expression; `evaluate` computes it exactly. It is not Python's
 eval: the expression is parsed with `ast` and walked here, allowing only numbers, + - * / // % **, unary
 signs, parentheses, list/tuple literals and a few functions (sum, min, max, abs, round, sqrt, range),
-with bounds on exponents, ranges and magnitudes, so no input can run code or exhaust memory or time.
+with bounds on exponents, ranges, magnitudes and every function's arguments, so no input can run code or
+exhaust memory or time: the text is model output that any API client can steer, and it is evaluated on the
+daemon's event loop. Whatever the text, `evaluate` returns a number or raises CalcError.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import ast
 import math
 import operator
 import re
+import warnings
 
-MAX_ABS = 1e18
+MAX_ABS = 1e18        # every value: literals, intermediate results, function arguments and results
 MAX_EXPONENT = 64
-MAX_RANGE = 100_000
+MAX_NDIGITS = 18      # round(x, n) with n = -10**7 would build 10**(10**7)
+MAX_RANGE = 100_000   # ranges stay lazy (sum/min/max of one are O(1)), this only bounds nonsense
 MAX_NODES = 200
+MAX_CHARS = 300
 
 _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
@@ -36,32 +41,77 @@ def _number(x):
     return x
 
 
+def _integer(x, what: str, low: int, high: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise CalcError(f"{what} must be an integer")
+    if not low <= x <= high:
+        raise CalcError(f"{what} must be between {low} and {high}")
+    return x
+
+
 def _range(*args):
-    if not 1 <= len(args) <= 3 or not all(isinstance(a, int) for a in args):
-        raise CalcError("range takes 1 to 3 integers")
+    args = [_integer(a, "range's arguments", -int(MAX_ABS), int(MAX_ABS)) for a in args]
+    if len(args) == 3 and args[2] == 0:
+        raise CalcError("range's step must not be zero")
     r = range(*args)
     if len(r) > MAX_RANGE:
-        raise CalcError("range too long")
-    return list(r)
+        raise CalcError(f"range longer than {MAX_RANGE}")
+    return r
 
 
-def _seq(name):
-    def f(*args):
-        items = list(args[0]) if len(args) == 1 and isinstance(args[0], list) else list(args)
-        if not items and name != "sum":
-            raise CalcError(f"{name} of nothing")
-        return {"sum": sum, "min": min, "max": max}[name](_number(x) for x in items)
-    return f
+def _items(name: str, args: tuple) -> range | list:
+    """What sum/min/max work on: one list or range argument, or the arguments themselves, all numbers."""
+    items = args[0] if len(args) == 1 and isinstance(args[0], list | range) else args
+    if name != "sum" and not items:
+        raise CalcError(f"{name} of nothing")
+    return items if isinstance(items, range) else [_number(x) for x in items]  # a range: bounded integers
 
 
-_FUNCS = {"sum": _seq("sum"), "min": _seq("min"), "max": _seq("max"), "abs": lambda x: abs(_number(x)),
-          "round": lambda x, n=0: round(_number(x), int(n)) if n else round(_number(x)),
-          "sqrt": lambda x: math.sqrt(_number(x)) if _number(x) >= 0 else _raise("square root of a negative"),
-          "range": _range}
+def _sum(*args):
+    items = _items("sum", args)
+    if isinstance(items, range):  # arithmetic series: n * (first + last) is even, so the division is exact
+        return len(items) * (items[0] + items[-1]) // 2 if items else 0
+    return sum(items)
 
 
-def _raise(msg):
-    raise CalcError(msg)
+def _min(*args):
+    items = _items("min", args)
+    return min(items[0], items[-1]) if isinstance(items, range) else min(items)
+
+
+def _max(*args):
+    items = _items("max", args)
+    return max(items[0], items[-1]) if isinstance(items, range) else max(items)
+
+
+def _round(x, ndigits=None):
+    if ndigits is None:
+        return round(_number(x))
+    return round(_number(x), _integer(ndigits, "round's digits", -MAX_NDIGITS, MAX_NDIGITS))
+
+
+def _sqrt(x):
+    if _number(x) < 0:
+        raise CalcError("square root of a negative")
+    return math.sqrt(x)
+
+
+# name: (fewest arguments, most arguments, function); sum/min/max take one list or up to MAX_NODES numbers
+_FUNCS = {"sum": (1, MAX_NODES, _sum), "min": (1, MAX_NODES, _min), "max": (1, MAX_NODES, _max),
+          "abs": (1, 1, lambda x: abs(_number(x))), "round": (1, 2, _round), "sqrt": (1, 1, _sqrt),
+          "range": (1, 3, _range)}
+
+
+def _call(node: ast.Call):
+    if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS or node.keywords:
+        raise CalcError("only sum, min, max, abs, round, sqrt and range can be called, without keywords")
+    name = node.func.id
+    fewest, most, func = _FUNCS[name]
+    if not fewest <= len(node.args) <= most:
+        takes = fewest if fewest == most else f"{fewest} to {most}"
+        raise CalcError(f"{name} takes {takes} argument{'s' if most > 1 else ''}, not {len(node.args)}")
+    value = func(*[_eval(a) for a in node.args])
+    return value if isinstance(value, range) else _number(value)
 
 
 def _eval(node):
@@ -83,27 +133,39 @@ def _eval(node):
             raise CalcError("number out of range") from None
     if isinstance(node, ast.List | ast.Tuple):
         return [_eval(e) for e in node.elts]
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
-            and not node.keywords):
-        return _FUNCS[node.func.id](*[_eval(a) for a in node.args])
+    if isinstance(node, ast.Call):
+        return _call(node)
     raise CalcError(f"{type(node).__name__} is not allowed")
 
 
-def evaluate(expression: str) -> int | float:
-    """The value of an arithmetic expression, or CalcError."""
+def _evaluate(expression: str) -> int | float:
+    if not isinstance(expression, str) or len(expression) > 2 * MAX_CHARS:  # before any O(length) work
+        raise CalcError("not a string, or too long")
     expression = expression.strip().replace("×", "*").replace("÷", "/").replace("^", "**")
-    if not expression or len(expression) > 300:
+    if not expression or len(expression) > MAX_CHARS:
         raise CalcError("empty or too long")
     try:
-        tree = ast.parse(expression, mode="eval")
+        with warnings.catch_warnings():  # "invalid decimal literal", "invalid escape": a stderr line per request
+            warnings.simplefilter("ignore")
+            tree = ast.parse(expression, mode="eval")
     except SyntaxError as exc:
         raise CalcError(f"not an expression: {exc.msg}") from None
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         raise CalcError("expression too long")
     value = _eval(tree)
-    if isinstance(value, list):
+    if isinstance(value, list | range):
         raise CalcError("the expression is a list, not a number")
     return value
+
+
+def evaluate(expression: str) -> int | float:
+    """The value of an arithmetic expression, or CalcError (never any other exception, whatever the text)."""
+    try:
+        return _evaluate(expression)
+    except CalcError:
+        raise
+    except Exception as exc:  # RecursionError, MemoryError, a parser quirk: still only "not an expression"
+        raise CalcError(f"cannot evaluate this ({type(exc).__name__})") from exc
 
 
 _FENCE = re.compile(r"```[a-zA-Z]*\n?|```")
