@@ -23,6 +23,8 @@ from swarm_edge.errors import InferenceError, ModelLoadError, SwarmEdgeError, Wo
 from swarm_edge.workers.base import GenerateRequest
 
 MAX_FRAME = 64 << 20          # a worker may not send more than this in one message
+EMBED_FRAME = 4 << 20         # vectors go in slices of about this much JSON: 2048 x 1536 floats are ~70 MB
+_FLOAT_JSON = 26              # the longest float JSON writes ("-2.2250738585072014e-308") and its ", "
 _HEADER = struct.Struct("!i")
 LOAD_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
@@ -55,7 +57,17 @@ def _pss() -> int:
 
 
 def _send(conn, kind: str, **data: Any) -> None:
-    conn.send_bytes(json.dumps({"kind": kind, **data}).encode())
+    frame = json.dumps({"kind": kind, **data}).encode()
+    if len(frame) > MAX_FRAME:  # the daemon would take it for a broken worker and kill it: fail the request only
+        raise InferenceError(f"a {kind!r} message of {len(frame):,} bytes is over the {MAX_FRAME:,}-byte frame limit")
+    conn.send_bytes(frame)
+
+
+def _slices(vectors: list[list[float]]) -> list[list[list[float]]]:
+    """Vectors in slices whose JSON stays under EMBED_FRAME bytes: one vector at least, one slice at least."""
+    row = max((len(v) for v in vectors), default=0) * _FLOAT_JSON + 4
+    step = max(1, EMBED_FRAME // row)
+    return [vectors[i:i + step] for i in range(0, len(vectors), step)] or [[]]
 
 
 def worker_main(conn) -> None:
@@ -115,7 +127,9 @@ def _serve(conn, backend) -> None:
                     return
             elif kind == "embed":
                 vectors = backend.embed(msg["texts"])
-                _send(conn, "result", vectors=vectors, tokens=getattr(backend, "last_tokens", None))
+                tokens = getattr(backend, "last_tokens", None)
+                for part in _slices(vectors):  # several frames: the daemon appends them in order
+                    _send(conn, "result", vectors=part, tokens=tokens)
                 _send(conn, "end", pss=_pss(), cancelled=False)
             elif kind == "cancel":
                 continue  # arrived after the request finished: nothing to stop
@@ -125,6 +139,17 @@ def _serve(conn, backend) -> None:
             _send(conn, "error", error=type(exc).__name__, message=str(exc))
         except Exception as exc:  # keep the worker alive and the caller informed
             _send(conn, "error", error="InferenceError", message=f"{type(exc).__name__}: {exc}")
+
+
+def _decode(frame: bytes) -> dict:
+    """A worker's frame as a message; ValueError for anything else (bad JSON, too deeply nested, not a message)."""
+    try:
+        msg = json.loads(frame)
+    except RecursionError:  # [[[[...]]]] deeper than the parser's stack: a ValueError like any other bad frame
+        raise ValueError("a frame nested too deeply") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("kind"), str) or msg["kind"].startswith("_"):
+        raise ValueError("a frame that is not a message")  # "_dead" and the like are the daemon's own
+    return msg
 
 
 def _jsonable(meta: dict) -> dict:
@@ -150,6 +175,7 @@ class Worker:
         self._loop = loop
         self._queue: asyncio.Queue[dict] = asyncio.Queue()
         self._dead = False
+        self._broke: str | None = None               # how the worker broke the protocol, if it did
         # Frames are read by the event loop itself when the pipe is readable: one wake-up per token, no
         # reader thread competing for the GIL and the cores the worker decodes on.
         self._fd = conn.fileno()
@@ -188,13 +214,14 @@ class Worker:
             while len(buf) - start >= 4:
                 (size,) = _HEADER.unpack_from(buf, start)
                 if size < 0 or size > MAX_FRAME:
-                    raise ValueError(f"frame of {size} bytes")
+                    raise ValueError(f"a frame of {size:,} bytes")
                 end = start + 4 + size
                 if len(buf) < end:
                     break
-                self._queue.put_nowait(json.loads(bytes(buf[start + 4:end])))
+                self._queue.put_nowait(_decode(bytes(buf[start + 4:end])))
                 start = end
-        except ValueError:  # a worker that breaks the protocol is treated as dead
+        except ValueError as exc:  # a worker that breaks the protocol is treated as dead
+            self._broke = str(exc)
             self.kill()
             self._mark_dead()
             return
@@ -218,6 +245,8 @@ class Worker:
                 how = f"killed by signal {-code}"
         else:
             how = f"exit code {code}"
+        if self._broke:
+            how += f" after it broke the protocol (it sent {self._broke})"
         return f"worker for {self.model_id} (pid {self.pid}) died: {how}"
 
     async def _next(self, timeout: float | None = None) -> dict:
@@ -291,15 +320,15 @@ class Worker:
         await self._settle()
         self.requests += 1
         self._send({"kind": "embed", "texts": texts})
-        vectors = None
+        vectors: list[list[float]] = []
         while True:
             msg = await self._next()
-            if msg["kind"] == "result":
-                vectors = msg["vectors"]
+            if msg["kind"] == "result":  # one frame per slice of the vectors (_slices), in order
+                vectors += msg["vectors"]
                 self.last_embed_tokens = msg.get("tokens")
             elif msg["kind"] == "end":
                 self.last_pss = msg.get("pss") or self.last_pss
-                return vectors or []
+                return vectors
             elif msg["kind"] == "error":
                 raise _error(msg)
 

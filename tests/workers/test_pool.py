@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import multiprocessing
 import os
+import random
 import signal
+import time
 
 import psutil
 import pytest
 
+from swarm_edge.api.schemas import MAX_INPUTS
 from swarm_edge.engine import Engine, tree_pss
-from swarm_edge.errors import BudgetError, CorruptModelError, ModelLoadError, WorkerCrashedError
+from swarm_edge.errors import BudgetError, CorruptModelError, InferenceError, ModelLoadError, WorkerCrashedError
 from swarm_edge.workers import GenerateRequest
+from swarm_edge.workers.pool import EMBED_FRAME, MAX_FRAME, Worker, _decode, _send, _serve, _slices
 
 pytestmark = pytest.mark.real_model
 HELLO = GenerateRequest(messages=[{"role": "user", "content": "Say hello in five words."}], max_tokens=12)
@@ -193,3 +199,104 @@ def test_first_load_calibrates_and_the_formula_is_an_upper_bound(test_registry, 
     assert before.source == "formula" and after.source == "calibrated"
     assert before.bytes >= measured  # the uncalibrated formula never under-estimates
     assert measured <= after.bytes <= before.bytes
+
+
+# ---------------------------------------------------------------- frames: stand-in workers, no model needed
+
+
+def _fork(target, *args):
+    """A real process on a real pipe running target(its end, *args): what the daemon sees of a worker."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=target, args=(child, *args), daemon=True)
+    process.start()
+    child.close()
+    return process, parent
+
+
+def _nested_reply(conn, depth):
+    """Fake worker: answers the first request with one frame of lists nested `depth` deep, then hangs."""
+    conn.recv_bytes()
+    conn.send_bytes(b"[" * depth + b"]" * depth)
+    time.sleep(60)
+
+
+class FakeEmbedder:
+    """Fake backend: returns the vectors it was given, standing in for a 1536-dimension embedding model."""
+
+    last_tokens = 4096
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+
+    def embed(self, texts):
+        assert len(texts) == len(self.vectors)
+        return self.vectors
+
+
+@pytest.mark.parametrize("frame", [b"[" * 100_000 + b"]" * 100_000, b'{"kind": ' * 50_000, b"{", b"\xff\xfe",
+                                   b"[1]", b"7", b'{"kind": 5}', b'{"no": "kind"}', b'{"kind": "_dead"}'])
+def test_a_bad_frame_is_a_value_error(frame):
+    with pytest.raises(ValueError):
+        _decode(frame)
+    assert _decode(b'{"kind": "end", "pss": 1}') == {"kind": "end", "pss": 1}
+
+
+def test_deeply_nested_frame_kills_the_worker_with_a_protocol_error():
+    async def main():
+        process, parent = _fork(_nested_reply, 100_000)
+        worker = Worker("fake", process, parent, asyncio.get_running_loop())
+        try:
+            with pytest.raises(WorkerCrashedError, match=r"SIGKILL after it broke the protocol .*nested too deeply"):
+                await worker.embed(["x"])
+            return worker.alive, process
+        finally:
+            await worker.stop()
+
+    alive, process = run(main(), timeout=30)
+    assert not alive and process.exitcode == -signal.SIGKILL
+
+
+def test_embedding_slices_stay_under_the_frame_size():
+    """Fake payload: every float is the longest JSON writes, so the size bound is met at its worst."""
+    vectors = [[-2.2250738585072014e-308] * 1536 for _ in range(300)]
+    slices = _slices(vectors)
+    assert len(slices) == 3 and [v for part in slices for v in part] == vectors
+    assert all(len(json.dumps(part)) <= EMBED_FRAME for part in slices)
+    assert _slices([]) == [[]] and _slices([[0.5]]) == [[[0.5]]]
+
+
+def test_a_message_over_the_frame_limit_fails_the_request_not_the_worker():
+    sent = []
+
+    class Pipe:
+        """Fake pipe end: keeps what would have been sent."""
+
+        def send_bytes(self, data):
+            sent.append(data)
+
+    with pytest.raises(InferenceError, match="over the 67,108,864-byte frame limit"):
+        _send(Pipe(), "event", event={"text": "x" * MAX_FRAME})
+    _send(Pipe(), "end", pss=1)
+    assert [json.loads(m) for m in sent] == [{"kind": "end", "pss": 1}]
+
+
+def test_2048_embeddings_of_1536_dimensions_come_back_whole():
+    """Fake backend (FakeEmbedder) in a real worker loop, pipe and daemon-side reader: the API's most inputs at a
+    1536-dimension model's width are about 70 MB of JSON, more than one frame may carry; they arrive exact."""
+    rnd = random.Random(5)
+    base = [rnd.gauss(0, 0.05) for _ in range(1536)]
+    vectors = [base[i:] + base[:i] for i in range(MAX_INPUTS)]  # every row the same JSON length
+    assert MAX_INPUTS == 2048 and len(json.dumps(base)) * MAX_INPUTS > MAX_FRAME  # one frame could not carry it
+
+    async def main():
+        process, parent = _fork(_serve, FakeEmbedder(vectors))
+        worker = Worker("fake-1536", process, parent, asyncio.get_running_loop())
+        try:
+            got = await worker.embed(["a text"] * MAX_INPUTS)
+            return got, worker.last_embed_tokens, worker.alive
+        finally:
+            await worker.stop()
+
+    got, tokens, alive = run(main(), timeout=120)
+    assert alive and tokens == 4096 and got == vectors
