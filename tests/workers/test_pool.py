@@ -261,7 +261,7 @@ def test_embedding_slices_stay_under_the_frame_size():
     """Fake payload: every float is the longest JSON writes, so the size bound is met at its worst."""
     vectors = [[-2.2250738585072014e-308] * 1536 for _ in range(300)]
     slices = _slices(vectors)
-    assert len(slices) == 3 and [v for part in slices for v in part] == vectors
+    assert len(slices) > 1 and [v for part in slices for v in part] == vectors
     assert all(len(json.dumps(part)) <= EMBED_FRAME for part in slices)
     assert _slices([]) == [[]] and _slices([[0.5]]) == [[[0.5]]]
 
