@@ -68,6 +68,7 @@ class _Sampling(_Lenient):
     logprobs: bool | int | None = None
     offline: bool = False          # swarm-edge extension: never download a model, never use the cloud
     allow_cloud: bool = True       # swarm-edge extension: false keeps this request on the device, whatever else
+    cache_prompt: bool = True      # llama-server's name: false evaluates the whole prompt afresh (reproducible)
 
     @field_validator("stop")
     @classmethod
@@ -205,6 +206,7 @@ class OllamaMessage(_Lenient):
 class _OllamaBase(_Lenient):
     model: str = Field(min_length=1, max_length=200)
     allow_cloud: bool = True       # swarm-edge extension, as in the OpenAI requests
+    cache_prompt: bool = True      # as in the OpenAI requests: false evaluates the whole prompt afresh
     stream: bool = True
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     format: Any = None

@@ -24,6 +24,7 @@ class GenerateRequest:
     seed: int | None = None
     logprobs: bool = False          # report the mean log-probability of the sampled tokens (cascade confidence)
     json_schema: dict | None = None  # constrain the output to JSON matching this schema (grammar-constrained)
+    cache_prompt: bool = True       # reuse the KV cache of a shared prompt prefix; False evaluates it afresh
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

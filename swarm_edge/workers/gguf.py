@@ -70,6 +70,10 @@ class GGUFBackend:
                 common["grammar"] = LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)
             except Exception as exc:  # the converter raises ValueError/KeyError/... for schemas it cannot express
                 raise InferenceError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+        if not request.cache_prompt:
+            # n_tokens = 0: llama-cpp-python finds no cached prefix and evaluates the whole prompt in the same batch
+            # shapes as on a fresh context, so greedy output no longer depends on what this context ran before
+            self.llm.reset()
         t0 = time.perf_counter()
         t_first = t_last = None
         n = 0

@@ -58,14 +58,15 @@ def test_swarm_route_explains_without_generating(swarm_daemon):
 
 def test_auto_runs_the_plan_and_reports_every_step(sdk):
     messages = [{"role": "user", "content": REWRITE}]
-    full = sdk.chat.completions.create(model="auto", messages=messages, max_tokens=24, temperature=0)
+    fresh = {"cache_prompt": False}  # both answers evaluate their prompts afresh: the same greedy text is promised
+    full = sdk.chat.completions.create(model="auto", messages=messages, max_tokens=24, temperature=0, extra_body=fresh)
     swarm = full.model_extra["swarm"]
     assert swarm["plan"] == "cascade" and swarm["route"]["task"] == "rewrite"
     assert swarm["steps"][0]["model"] == "smollm2-135m" and swarm["steps"][0]["role"] == "cascade"
     assert "mean_logprob" in swarm["steps"][0] and full.model == swarm["model"]
     text = full.choices[0].message.content
     stream = list(sdk.chat.completions.create(model="auto", messages=messages, max_tokens=24, temperature=0,
-                                              stream=True))
+                                              stream=True, extra_body=fresh))
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text  # same plan, same answer
     final = next(c for c in stream if c.choices and c.choices[0].finish_reason)
 

@@ -48,9 +48,11 @@ def test_streaming_yields_token_by_token(smol):
     assert done["decode_tok_s"] and done["decode_tok_s"] > 1
 
 
-def test_greedy_is_deterministic(smol):
-    req = GenerateRequest(prompt="The three primary colours are", max_tokens=12)
-    assert run(smol, req)[0] == run(smol, req)[0]
+def test_greedy_is_deterministic_when_the_prompt_is_evaluated_afresh(smol):
+    req = GenerateRequest(prompt="The three primary colours are", max_tokens=12, cache_prompt=False)
+    first = run(smol, req)[0]
+    run(smol, GenerateRequest(prompt="Something else entirely, to leave another cache state", max_tokens=6))
+    assert run(smol, req)[0] == first and run(smol, req)[0] == first
 
 
 def test_completion_and_length_limit(smol):
