@@ -14,8 +14,9 @@ batch of tokens - the largest working set a request can touch, since the KV cach
 load - and reports its PSS; that peak is stored under SWARM_EDGE_HOME/calibration.json and later
 estimates use `peak * CALIBRATED_MARGIN`. Peaks seen after real requests only ever raise it.
 
-GGUF facts come from the `gguf` library's GGUFReader (seconds on a 150k-token vocabulary), so they are
-cached per file sha256 under SWARM_EDGE_HOME/footprint/.
+GGUF facts come from the structure check's walk (`workers.gguf_check.inspect_gguf`), never from the
+`gguf` library's GGUFReader, which allocates per array element and would let a hostile file exhaust the
+daemon's memory. They are cached per file sha256 under SWARM_EDGE_HOME/footprint/.
 """
 
 from __future__ import annotations
@@ -47,41 +48,41 @@ class Estimate:
 
 
 def gguf_facts(path: str | Path) -> dict[str, Any]:
-    """Read what the formula needs from a GGUF file with the gguf library."""
-    from gguf import GGUFReader
+    """Structure-check a GGUF file and read what the formula needs, in one bounded pass (no GGUFReader)."""
+    from swarm_edge.workers.gguf_check import inspect_gguf
 
-    reader = GGUFReader(str(path))
-    arch = _field(reader, "general.architecture")
+    return facts_from_info(inspect_gguf(path))
+
+
+def facts_from_info(info) -> dict[str, Any]:
+    """The formula's inputs from a structure check's `GGUFInfo`: the figures GGUFReader used to give."""
+    meta = info.meta
+    arch = meta.get("general.architecture")
+    if arch is not None and not isinstance(arch, str):
+        raise CorruptModelError(f"{info.path.name}: general.architecture is not a string; nothing was loaded")
 
     def num(key: str, default: int | None = None) -> int | None:
-        v = _field(reader, f"{arch}.{key}")
-        return int(v) if v is not None else default
+        v = meta.get(f"{arch}.{key}")
+        if v is None:
+            return default
+        if isinstance(v, list) and v:  # one value per layer (OpenELM, hybrids): the largest bounds the cache
+            v = max(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 32:
+            raise CorruptModelError(f"{info.path.name}: {arch}.{key} is {v!r}, not a count; nothing was loaded")
+        return v
 
     n_head = num("attention.head_count", 1) or 1
     n_embd = num("embedding_length", 0) or 0
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    n_vocab = len(tokens.data) if tokens is not None else (num("vocab_size", 0) or 0)
-    repacked = sum(int(t.n_bytes) for t in reader.tensors
-                   if t.tensor_type.name in REPACKED_TYPES and t.name != "token_embd.weight")
+    n_vocab = meta["n_vocab"] if meta.get("n_vocab") is not None else (num("vocab_size", 0) or 0)
+    repacked = sum(n for name, ttype, n in info.tensors if ttype in REPACKED_TYPES and name != "token_embd.weight")
     return {
         "architecture": arch, "n_layer": num("block_count", 0), "n_embd": n_embd, "n_head": n_head,
         "n_head_kv": num("attention.head_count_kv", n_head),
-        "head_dim_k": num("attention.key_length", n_embd // n_head if n_head else 0),
-        "head_dim_v": num("attention.value_length", n_embd // n_head if n_head else 0),
+        "head_dim_k": num("attention.key_length", n_embd // n_head),
+        "head_dim_v": num("attention.value_length", n_embd // n_head),
         "n_vocab": n_vocab, "n_ctx_train": num("context_length", 0),
-        "tensor_bytes": sum(int(t.n_bytes) for t in reader.tensors), "repacked_bytes": repacked,
-        "file_bytes": os.path.getsize(path),
+        "tensor_bytes": meta["tensor_bytes"], "repacked_bytes": repacked, "file_bytes": info.file_bytes,
     }
-
-
-def _field(reader, key: str):
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    value = f.contents() if hasattr(f, "contents") else f.parts[f.data[0]]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode()
-    return value.item() if hasattr(value, "item") else value
 
 
 def gguf_formula(facts: dict[str, Any], n_ctx: int, n_batch: int) -> dict[str, int]:
@@ -113,26 +114,50 @@ class FootprintStore:
         self.calibration_path = home / "calibration.json"
         self._lock = threading.Lock()  # protects _calibration and the calibration file
         self._calibration: dict[str, int] | None = None
+        # (path, size, mtime_ns, inode) of the files this store has structure-checked; a set's add and
+        # membership test are atomic, and two threads checking one file at once merely repeat the walk
+        self._checked: set[tuple[str, int, int, int]] = set()
 
     def facts(self, sha256: str, path: Path) -> dict[str, Any]:
-        """GGUF facts for the file with this sha256, computed once and cached on disk.
-
-        The caller runs the structure check (`check_gguf`) on `path` first: GGUFReader assumes a sane file.
-        """
+        """GGUF facts for the file with this sha256, computed once (by the structure check) and cached on disk."""
         if sha256 in _FACTS_MEMO:
             return _FACTS_MEMO[sha256]
         cache = self.facts_dir / f"{sha256}.json"
         try:
             facts = json.loads(cache.read_text())
         except (OSError, ValueError):
-            try:
-                facts = gguf_facts(path)
-            except (ValueError, IndexError, KeyError, TypeError) as exc:
-                raise CorruptModelError(f"{path.name}: cannot read GGUF metadata: {exc}") from exc
-            self.facts_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(cache, json.dumps(facts))
+            facts = gguf_facts(path)  # raises CorruptModelError naming the file and the reason
+            self._keep(sha256, facts)
         _FACTS_MEMO[sha256] = facts
         return facts
+
+    def checked_facts(self, sha256: str, path: Path) -> dict[str, Any]:
+        """Structure-check a GGUF file and return its facts in one pass; once per (path, size, mtime, inode).
+
+        Unlike `facts`, this never trusts the on-disk cache for a file it has not walked itself: the walk is
+        what makes the file safe to hand to llama.cpp. Blocking (0.1 s on a 150k-token vocabulary the first
+        time, one stat() after that): call it off the event loop.
+        """
+        from swarm_edge.workers.gguf_check import inspect_gguf
+
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise CorruptModelError(f"cannot open {path}: {exc}") from exc
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key in self._checked and sha256 in _FACTS_MEMO:
+            return _FACTS_MEMO[sha256]
+        info = inspect_gguf(path)
+        facts = facts_from_info(info)
+        if _FACTS_MEMO.get(sha256) != facts:  # first sight, or a cache written by an older version
+            self._keep(sha256, facts)
+            _FACTS_MEMO[sha256] = facts
+        self._checked.add((str(path), *info.stat_key))  # the file walked, even if the path changed since
+        return facts
+
+    def _keep(self, sha256: str, facts: dict[str, Any]) -> None:
+        self.facts_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.facts_dir / f"{sha256}.json", json.dumps(facts))
 
     @staticmethod
     def key(sha256: str, n_ctx: int, n_batch: int) -> str:

@@ -1,8 +1,13 @@
-"""Footprint: the formula's parts on the real SmolLM2 file, and the calibration store."""
+"""Footprint: the formula's parts on the real SmolLM2 file, facts equal to GGUFReader's, and the store."""
+
+import os
 
 import pytest
 
+from swarm_edge import footprint
+from swarm_edge.errors import CorruptModelError
 from swarm_edge.footprint import CALIBRATED_MARGIN, FootprintStore, estimate, gguf_facts, gguf_formula
+from tests.workers.test_gguf_fuzz import ARRAY, I32, STRING, T_F32, U32, gguf_bytes
 
 MiB = 2**20
 
@@ -12,7 +17,7 @@ def smol_facts(model_files):
     return gguf_facts(model_files["smollm2-135m"]["model"])
 
 
-def test_facts_from_the_gguf_library(smol_facts, model_files):
+def test_facts_from_the_structure_check(smol_facts, model_files):
     assert smol_facts["architecture"] == "llama"
     assert (smol_facts["n_layer"], smol_facts["n_head_kv"], smol_facts["head_dim_k"]) == (30, 3, 64)
     assert smol_facts["n_vocab"] == 49152
@@ -52,3 +57,117 @@ def test_facts_are_cached_per_sha(tmp_path, model_files):
 
     footprint._FACTS_MEMO.clear()  # force the on-disk cache to answer
     assert FootprintStore(tmp_path).facts(sha, tmp_path / "not-read-again.gguf") == first
+
+
+# ---------------------------------------------------------------- the same facts without GGUFReader
+
+def reader_facts(path) -> dict:
+    """The reference: the facts as swarm-edge read them with the gguf library's GGUFReader until it stopped."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def field(key):
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        value = f.contents()
+        return bytes(value).decode() if isinstance(value, (bytes, bytearray, memoryview)) else value
+
+    arch = field("general.architecture")
+
+    def num(key, default=None):
+        v = field(f"{arch}.{key}")
+        return int(v) if v is not None else default
+
+    n_head = num("attention.head_count", 1) or 1
+    n_embd = num("embedding_length", 0) or 0
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    return {
+        "architecture": arch, "n_layer": num("block_count", 0), "n_embd": n_embd, "n_head": n_head,
+        "n_head_kv": num("attention.head_count_kv", n_head),
+        "head_dim_k": num("attention.key_length", n_embd // n_head if n_head else 0),
+        "head_dim_v": num("attention.value_length", n_embd // n_head if n_head else 0),
+        "n_vocab": len(tokens.data) if tokens is not None else (num("vocab_size", 0) or 0),
+        "n_ctx_train": num("context_length", 0),
+        "tensor_bytes": sum(int(t.n_bytes) for t in reader.tensors),
+        "repacked_bytes": sum(int(t.n_bytes) for t in reader.tensors
+                              if t.tensor_type.name in footprint.REPACKED_TYPES and t.name != "token_embd.weight"),
+        "file_bytes": os.path.getsize(path),
+    }
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "qwen2.5-coder-0.5b"])
+def test_facts_and_estimates_equal_gguf_readers(model_files, model):
+    path = model_files[model]["model"]
+    ours, reference = gguf_facts(path), reader_facts(path)  # GGUFReader: ~18 s and ~0.5 GB on the Qwen vocabulary
+    assert ours == reference
+    for n_ctx, n_batch in [(2048, 256), (4096, 512), (512, 64)]:
+        assert gguf_formula(ours, n_ctx, n_batch) == gguf_formula(reference, n_ctx, n_batch)
+    if model.startswith("qwen"):
+        assert ours["repacked_bytes"] > 0  # Q4_K weights: the repacked part is exercised, not just zero
+
+
+def test_the_daemon_path_never_uses_gguf_reader(tmp_path, model_files, monkeypatch):
+    import gguf
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("GGUFReader used")
+
+    monkeypatch.setattr(gguf, "GGUFReader", forbidden)
+    monkeypatch.setattr(footprint, "_FACTS_MEMO", {})
+    store = FootprintStore(tmp_path)
+    path = model_files["smollm2-135m"]["model"]
+    assert store.checked_facts("ab" * 32, path)["n_vocab"] == 49152
+    assert store.facts("ef" * 32, path)["n_layer"] == 30
+
+
+def built(tmp_path, extra_kvs, name="m.gguf"):
+    kvs = [("general.architecture", STRING, "llama"), ("llama.embedding_length", U32, 64),
+           ("llama.attention.head_count", U32, 4), *extra_kvs]
+    p = tmp_path / name
+    p.write_bytes(gguf_bytes(kvs, [("w", [32], T_F32)]).data)
+    return p
+
+
+def test_per_layer_head_counts_take_the_largest(tmp_path):
+    # OpenELM-style files give one KV head count per layer; GGUFReader's path failed on them (int of a list)
+    facts = gguf_facts(built(tmp_path, [("llama.block_count", U32, 3),
+                                        ("llama.attention.head_count_kv", ARRAY, (I32, [1, 4, 2]))]))
+    assert (facts["n_head_kv"], facts["head_dim_k"], facts["n_layer"]) == (4, 16, 3)
+
+
+@pytest.mark.parametrize("kv,message", [
+    (("llama.block_count", I32, -40), "llama.block_count is -40, not a count"),  # would shrink the estimate
+    (("llama.context_length", STRING, "8192"), "llama.context_length is '8192', not a count"),
+    (("llama.attention.head_count_kv", ARRAY, (STRING, ["2"])), "not a count"),
+])
+def test_facts_that_are_not_counts_are_refused(tmp_path, kv, message):
+    with pytest.raises(CorruptModelError, match=message):
+        gguf_facts(built(tmp_path, [kv]))
+
+
+def test_checked_facts_walk_each_file_once_and_never_trust_the_cache(tmp_path, monkeypatch):
+    from swarm_edge.workers import gguf_check
+
+    walks = []
+    real_inspect = gguf_check.inspect_gguf
+    monkeypatch.setattr(gguf_check, "inspect_gguf", lambda p: walks.append(p) or real_inspect(p))
+    monkeypatch.setattr(footprint, "_FACTS_MEMO", {})
+    store = FootprintStore(tmp_path)
+    good = built(tmp_path, [("llama.block_count", U32, 5)])
+    assert store.checked_facts("11" * 32, good)["n_layer"] == 5
+    assert store.checked_facts("11" * 32, good)["n_layer"] == 5 and len(walks) == 1  # one walk per file
+    os.utime(good, ns=(1, 1))  # another mtime: possibly another file, so walked again
+    store.checked_facts("11" * 32, good)
+    assert len(walks) == 2
+
+    # a file whose sha256 has cached facts, but whose bytes do not pass the check: refused all the same
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(good.read_bytes()[:200])
+    assert store.facts("11" * 32, bad)["n_layer"] == 5  # facts() answers from the cache, by design
+    with pytest.raises(CorruptModelError, match="bad.gguf"):
+        store.checked_facts("11" * 32, bad)
+    with pytest.raises(CorruptModelError, match="bad.gguf"):
+        store.checked_facts("22" * 32, bad)
+    assert not (tmp_path / "footprint" / f"{'22' * 32}.json").exists()  # nothing cached for a refused file

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from swarm_edge.errors import CorruptModelError
+from swarm_edge.footprint import facts_from_info
 from swarm_edge.workers.gguf_check import walk_gguf
 
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -294,8 +295,10 @@ def mutate(rng: random.Random, seed: Seed) -> bytes:
 
 
 def check_bytes(data: bytes):
-    """The structure check on an in-memory file."""
-    return walk_gguf(data, len(data), Path("fuzz.gguf"))
+    """The daemon's path on an in-memory file: the structure check, then the estimate's facts."""
+    info = walk_gguf(data, len(data), Path("fuzz.gguf"))
+    facts_from_info(info)
+    return info
 
 
 def run_one(data: bytes) -> tuple[str, str, float]:
