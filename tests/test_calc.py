@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import sys
@@ -54,13 +55,25 @@ BOUND_S = 0.05  # CPU time of one call; the worst input found takes under 1 ms (
 
 
 def timed(func, text):
-    """(outcome, CPU seconds): the value, or the exception raised (CPU time, so a busy machine cannot fail it)."""
-    t0 = time.thread_time()
-    try:
-        outcome = func(text)
-    except Exception as exc:  # the test sorts them out
-        outcome = exc
-    return outcome, time.thread_time() - t0
+    """(outcome, CPU seconds): the value or the exception raised, and the least CPU time of up to three tries.
+
+    CPU time, without the garbage collector (a full pass over the test process can take 50 ms), and tried again
+    when over the bound: a slow input is slow every time, a page-fault storm on a shared machine is not.
+    """
+    best = float("inf")
+    for _ in range(3):
+        gc.disable()
+        t0 = time.thread_time()
+        try:
+            outcome = func(text)
+        except Exception as exc:  # the test sorts them out
+            outcome = exc
+        finally:
+            best = min(best, time.thread_time() - t0)
+            gc.enable()
+        if best < BOUND_S:
+            break
+    return outcome, best
 
 
 @pytest.mark.parametrize("expr, message", [
