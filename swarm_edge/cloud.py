@@ -42,6 +42,7 @@ from swarm_edge.registry import CloudSpec
 
 KEY_ENV = "SWARM_EDGE_CLOUD_API_KEY"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+MAX_JSON_ANSWER = 8 << 20  # a non-streamed answer is read whole: bounded
 
 
 class CloudConfig(CloudSpec):
@@ -67,11 +68,33 @@ class CloudConfig(CloudSpec):
             raise ConfigError(f"the cloud fallback is half configured: {missing} is not set")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"cloud base_url must start with http:// or https://, got {url!r}")
+        if url.startswith("http://") and not _loopback(_host_of(url)):
+            raise ConfigError(f"cloud base_url {url!r} is plain http:// to another machine: the API key and every "
+                              "prompt would cross the network in clear text; use https:// (http:// is allowed only "
+                              "for a server on this machine: 127.0.0.1, ::1 or localhost)")
         return cls(**{**(spec.model_dump() if spec else {}), "base_url": url.rstrip("/"), "model": model})
 
     @property
     def host(self) -> str:
-        return self.base_url.split("://", 1)[1].split("/", 1)[0]
+        return _host_of(self.base_url)
+
+
+def _host_of(url: str) -> str:
+    """host[:port] of an http(s) URL, without any user:password@."""
+    return url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+
+
+def _loopback(hostport: str) -> bool:
+    """Whether host[:port] names this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    host = hostport[1:].split("]", 1)[0] if hostport.startswith("[") else hostport.rsplit(":", 1)[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_key(config: CloudConfig, env: dict[str, str]) -> str | None:
@@ -240,7 +263,8 @@ class CloudClient:
                          for m in messages]
         res.redacted = redactor.summary()
         body: dict[str, Any] = {"model": self.config.model, "messages": sent_messages, "stream": True,
-                                "max_tokens": max_tokens or self.config.max_tokens, "temperature": temperature,
+                                "max_tokens": min(max_tokens or self.config.max_tokens, self.config.max_tokens),
+                                "temperature": temperature,
                                 "top_p": top_p}
         if stop:
             body["stop"] = [redactor.redact(s) for s in stop]
@@ -353,6 +377,16 @@ class CloudClient:
                     raise _Retryable(msg)
                 raise CloudUnavailableError(self._scrub(msg))
             restorer = redactor.restorer()
+            ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype == "application/json" or ctype.endswith("+json"):
+                # several OpenAI-compatible proxies ignore `stream` and answer with one JSON completion
+                raw = await within(_read_capped(response, MAX_JSON_ANSWER), "reading the answer")
+                text = restorer.feed(_json_completion(raw, ctype, res, self.config.host)) + restorer.flush()
+                res.ttft_s = round(self.clock() - t0, 4)
+                n = (res.usage or {}).get("completion_tokens")
+                res.tokens += n if isinstance(n, int) and n > 0 else 1
+                yield text
+                return
             lines = response.aiter_lines().__aiter__()
             while True:
                 try:
@@ -384,11 +418,50 @@ class CloudClient:
             tail = restorer.flush()
             if tail:
                 yield tail
+            if not res.tokens:  # HTTP 200 and no text is not an answer: the local one stands, with a note
+                raise CloudUnavailableError(f"{self.config.host} streamed no answer text "
+                                            f"(finish_reason {res.finish_reason!r})")
         finally:
             if lines is not None:  # close the line iterator here, not at garbage collection (an error there)
                 with contextlib.suppress(RuntimeError, httpx2.HTTPError):
                     await lines.aclose()
             await response.aclose()
+
+
+async def _read_capped(response, cap: int) -> bytes:
+    """The whole body, or CloudUnavailableError once it passes `cap` bytes."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise CloudUnavailableError(f"the cloud's answer is larger than {cap // 2**20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_completion(raw: bytes, ctype: str, res: CloudResult, host: str) -> str:
+    """The answer text of a non-streamed chat.completion body (filling `res`), or CloudUnavailableError."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        raise CloudUnavailableError(f"{host} answered with {ctype or 'no content type'}, neither an event stream "
+                                    f"nor JSON: {raw[:80]!r}") from None
+    if not isinstance(obj, dict):
+        raise CloudUnavailableError(f"{host} answered with JSON that is not a chat completion")
+    if obj.get("error"):
+        why = _error_text(raw.decode("utf-8", "replace"))
+        raise CloudUnavailableError(f"{host} answered HTTP 200 with an error: {why}")
+    choices = obj.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    text = message.get("content")
+    if not isinstance(text, str) or not text:
+        raise CloudUnavailableError(f"{host} answered HTTP 200 without answer text")
+    if isinstance(obj.get("usage"), dict):
+        res.usage = obj["usage"]
+    if isinstance(choice.get("finish_reason"), str):
+        res.finish_reason = choice["finish_reason"]
+    return text
 
 
 class _Retryable(Exception):
@@ -415,9 +488,45 @@ def cloud_policy(registry, settings) -> CloudConfig | None:
         return None
 
 
+def wipe_from_environ_block(name: str) -> bool:
+    """Overwrite NAME's value in this process's original environment block; True if it was there.
+
+    `os.environ.pop` takes a variable out of what children inherit, but /proc/PID/environ shows the block the
+    process started with (the kernel's env_start..env_end), and the value stays readable there by anyone who may
+    read our /proc files. Linux only; elsewhere a no-op.
+    """
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])  # fields 50 and 51 of proc(5): env_start, env_end
+    except (OSError, ValueError, IndexError):
+        return False
+    import ctypes
+
+    block, prefix, pos, found = ctypes.string_at(start, end - start), name.encode() + b"=", 0, False
+    for entry in block.split(b"\0"):
+        if entry.startswith(prefix) and len(entry) > len(prefix):
+            ctypes.memset(start + pos + len(prefix), ord("*"), len(entry) - len(prefix))
+            found = True
+        pos += len(entry) + 1
+    return found
+
+
+def make_undumpable() -> bool:
+    """Make this process non-dumpable (Linux): no core dump, no ptrace and no /proc/PID/{environ,mem,maps} for
+    other processes of the same uid, so a held API key is not readable that way. True if it took effect."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        return False
+
+
 def make_client(registry, settings) -> CloudClient | None:
     """The engine's cloud client, or None: offline, or not configured (then nothing is built at all)."""
     key_in_env = settings.env.pop(KEY_ENV, None)
+    wipe_from_environ_block(KEY_ENV)
     os.environ.pop(KEY_ENV, None)  # offline or not: no worker may inherit it
     if settings.offline or registry.offline:
         return None
@@ -427,8 +536,10 @@ def make_client(registry, settings) -> CloudClient | None:
     if config is None:
         return None
     key = load_key(config, settings.env)
+    if key is not None:
+        make_undumpable()
     return CloudClient(config, key, settings.home / "audit" / "cloud.jsonl")
 
 
 __all__ = ["CircuitBreaker", "CloudClient", "CloudConfig", "CloudResult", "backoff_delay", "cloud_policy",
-           "load_key", "make_client", "retry_after_seconds"]
+           "load_key", "make_client", "make_undumpable", "retry_after_seconds", "wipe_from_environ_block"]

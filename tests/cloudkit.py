@@ -77,9 +77,26 @@ class Misbehaving:
             h.end_headers()
             h.wfile.write(data)
             return
+        text = next((m["content"] for m in reversed(json.loads(body)["messages"]) if m["role"] == "user"), "")
+        if mode in ("json", "json-error", "json-empty"):  # a proxy that ignores `stream`: one JSON completion
+            obj = {"id": "x", "object": "chat.completion", "model": "echo",
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text if mode == "json"
+                                                        else None}, "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}
+            data = json.dumps({"error": {"message": "stand-in error in a 200"}} if mode == "json-error" else obj)
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data.encode())))
+            h.end_headers()
+            h.wfile.write(data.encode())
+            return
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
         h.end_headers()
+        if mode == "sse-empty":  # a well-formed stream that carries no text at all
+            h.wfile.write(b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+                          b"data: [DONE]\n\n")
+            return
         if mode == "trickle":  # a byte now and then, never an answer: only the total deadline ends this
             while not self.closing.wait(0.2):
                 try:
@@ -88,7 +105,6 @@ class Misbehaving:
                 except OSError:
                     return
             return
-        text = next((m["content"] for m in reversed(json.loads(body)["messages"]) if m["role"] == "user"), "")
         pieces = [text[i:i + 7] for i in range(0, len(text), 7)] or [""]
 
         def event(delta: dict, finish=None) -> bytes:

@@ -248,3 +248,74 @@ def test_audit_log_that_cannot_be_written_means_nothing_is_sent(server, tmp_path
     with pytest.raises(CloudUnavailableError, match="not sending: the audit log"):
         run(_drive(client_for(server.url, tmp_path), USER))
     assert server.requests == []
+
+
+# ---------------------------------------------------------------- answers that are not a token stream
+
+
+def test_a_plain_json_completion_is_accepted_and_restored(server, tmp_path):
+    """Some OpenAI-compatible proxies ignore `stream`: their one JSON completion is the answer, never an empty one."""
+    server.mode = "json"
+    answer, res = run(_drive(client_for(server.url, tmp_path), [{"role": "user", "content": "mail ann@example.org"}]))
+    assert "ann@example.org" not in server.requests[0]["body"].decode()
+    assert answer == "mail ann@example.org" and res.finish_reason == "stop"
+    assert res.usage["completion_tokens"] == 5 and res.tokens == 5 and res.ttft_s is not None
+    assert audit_lines(tmp_path)[0]["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("mode, why", [("json-error", "with an error: stand-in error"),
+                                       ("json-empty", "without answer text"),
+                                       ("sse-empty", "streamed no answer text")])
+def test_an_http_200_without_answer_text_is_a_failure_not_an_empty_success(server, tmp_path, mode, why):
+    server.mode = mode
+    with pytest.raises(CloudUnavailableError, match=why):
+        run(_drive(client_for(server.url, tmp_path, retries=0), USER))
+    assert audit_lines(tmp_path)[0]["outcome"] != "ok"
+
+
+def test_max_tokens_is_a_cap_not_a_default(server, tmp_path):
+    async def go():
+        client = client_for(server.url, tmp_path, max_tokens=100)
+        try:
+            for asked in (None, 50, 5000):
+                await collect(client, USER, max_tokens=asked)
+        finally:
+            await client.aclose()
+    run(go())
+    assert [b["max_tokens"] for b in server.bodies()] == [100, 50, 100]
+
+
+@pytest.mark.parametrize("url, ok", [("http://api.example.com/v1", False), ("http://10.0.0.5:8000/v1", False),
+                                     ("http://user:pw@api.example.com/v1", False), ("http://127.0.0.1:8/v1", True),
+                                     ("http://127.9.9.9/v1", True), ("http://localhost:8080/v1", True),
+                                     ("http://[::1]:8/v1", True), ("https://api.example.com/v1", True)])
+def test_plain_http_only_to_this_machine(url, ok):
+    env = {"SWARM_EDGE_CLOUD_URL": url, "SWARM_EDGE_CLOUD_MODEL": "m"}
+    if ok:
+        assert CloudConfig.resolve(None, env).base_url == url.rstrip("/")
+    else:
+        with pytest.raises(ConfigError, match="clear text"):
+            CloudConfig.resolve(None, env)
+
+
+def test_the_key_leaves_the_process_environment_block_and_the_process_is_undumpable(tmp_path):
+    """/proc/PID/environ shows the block a process started with: popping the variable is not enough."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes, os, sys\n"
+            "from swarm_edge.cloud import make_client\n"
+            "from swarm_edge.config import Settings\n"
+            "from types import SimpleNamespace\n"
+            "reg = SimpleNamespace(offline=False, cloud=None)  # what make_client reads of a registry\n"
+            "c = make_client(reg, Settings.load(home=sys.argv[1]))\n"
+            "import hashlib\n"
+            "assert c is not None and hashlib.sha256(c._key.encode()).hexdigest() == os.environ['X_EXPECT']\n"
+            "dumpable = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+            "print(dumpable, open('/proc/self/environ', 'rb').read().count(sys.argv[2].encode()))\n")
+    env = {**os.environ, "SWARM_EDGE_CLOUD_API_KEY": KEY, "X_EXPECT": hashlib.sha256(KEY.encode()).hexdigest(),
+           "SWARM_EDGE_CLOUD_URL": "http://127.0.0.1:9/v1", "SWARM_EDGE_CLOUD_MODEL": "m"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), KEY], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "0"]  # not dumpable; the key is nowhere in the environment block

@@ -33,10 +33,29 @@ class _UnixConnection(http.client.HTTPConnection):
         sock.settimeout(self.timeout)
         try:
             sock.connect(self._path)
-        except OSError:
+            _check_peer(sock, self._path)
+        except (OSError, errors.ConfigError):
             sock.close()
             raise
         self.sock = sock
+
+
+def _trusted(uid: int) -> bool:
+    return uid in (os.getuid(), 0)
+
+
+def _check_peer(sock: socket.socket, path: str) -> None:
+    """Send nothing to a daemon run by another user: prompts are private (a socket path in a shared directory,
+    or SWARM_EDGE_SOCKET pointing elsewhere, could otherwise deliver them to someone else's listener)."""
+    from swarm_edge.api.server import peer_credentials
+
+    try:
+        pid, uid, _ = peer_credentials(sock)
+    except OSError:
+        return  # no way to ask on this platform: the socket file's owner was checked before connecting
+    if not _trusted(uid):
+        raise errors.ConfigError(f"the process listening on {path} (pid {pid}) runs as uid {uid}, not as you "
+                                 f"(uid {os.getuid()}): refusing to send it anything")
 
 
 class DaemonClient:
@@ -51,15 +70,23 @@ class DaemonClient:
     def find(cls, socket_path: str | os.PathLike) -> DaemonClient | None:
         """A client if a daemon answers on `socket_path`, else None (cheap when there is no socket file)."""
         try:
-            if not stat.S_ISSOCK(os.stat(socket_path).st_mode):
-                return None
+            st = os.stat(socket_path)
         except OSError:
             return None
+        if not stat.S_ISSOCK(st.st_mode):
+            return None
+        if not _trusted(st.st_uid):
+            raise errors.ConfigError(f"the socket {socket_path} belongs to uid {st.st_uid}, not to you (uid "
+                                     f"{os.getuid()}): refusing to send prompts to it; set SWARM_EDGE_SOCKET or "
+                                     "--socket to your own daemon's socket, or use --local")
         client = cls(socket_path)
         try:
             client._request("GET", "/health", None, timeout=2.0)
             return client
-        except Exception:  # refused, stale socket, not ours: behave as if there were no daemon
+        except errors.ConfigError:
+            client.close()
+            raise
+        except Exception:  # refused, stale socket: behave as if there were no daemon
             client.close()
             return None
 
