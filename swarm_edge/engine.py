@@ -7,6 +7,7 @@ One Engine per process (the daemon, or `ask --local`). It owns the forkserver an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import threading
@@ -17,18 +18,19 @@ from typing import Any
 
 from swarm_edge.cloud import cloud_policy, make_client
 from swarm_edge.config import Settings, parse_size
-from swarm_edge.errors import ConfigError
+from swarm_edge.errors import ConfigError, ModelFileError
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
 from swarm_edge.registry import ModelSpec, Registry
 from swarm_edge.router import Router
 from swarm_edge.scheduler import Scheduler
-from swarm_edge.sources import ensure_model
+from swarm_edge.sources import ensure_model, recheck
 from swarm_edge.workers import GenerateRequest, backend_options
 from swarm_edge.workers.pool import Pool
 
 DEFAULT_BUDGET = "60%"
 BASE_TTL_S = 3.0   # the base PSS reads every process's smaps (ms of CPU): reuse a reading for this long
 BASE_WINDOW_S = 60.0  # admission counts the highest base seen in this window
+IO_THREADS = 2        # fetch/verify/parse threads: two models prepare at once; the rest of the daemon never waits
 
 
 def resolve_budget(value: str | int | None, env: dict[str, str] | None = None) -> int:
@@ -73,6 +75,11 @@ class Engine:
         self.cloud_policy = self.cloud.config if self.cloud is not None else \
             (cloud_policy(registry, settings) if self.offline else None)
         self._files: dict[str, dict[str, Path]] = {}
+        # fetches, hashing and GGUF parsing run here, not in the default executor the rest of the daemon uses
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="swarm-edge-files")
+        self._preparing: dict[str, asyncio.Future] = {}    # model id -> its preparation in flight (event loop only)
+        self._prepared: set[str] = set()
+        self._background: set[asyncio.Task] = set()
         self._files_lock: dict[str, threading.Lock] = {}   # files() runs in threads (start-up warm-up, requests)
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics
         # semantic routing in this process (router.py says why); the embedder is loaded on first use or warm-up
@@ -91,35 +98,60 @@ class Engine:
         kw: dict[str, Any] = {"policy": policy} if policy is not None else {}
         self.scheduler = Scheduler(
             resolve_budget(budget, settings.env) if not isinstance(budget, int) else budget,
-            spawn=self._spawn, estimate=self.estimate, measure_base=self.base_pss, idle_ttl=idle_ttl,
+            spawn=self._spawn, estimate=self._admission_estimate, measure_base=self.base_pss, idle_ttl=idle_ttl,
             max_waiting=max_waiting, pins={m.id for m in registry if m.pin}, on_release=self._on_release, **kw)
 
     # ------------------------------------------------------------ files and footprint
 
-    def files(self, model_id: str, progress_factory=None, *, fetch: bool | None = None) -> dict[str, Path]:
-        """Verified files of a model (fetched first unless offline); cached for the engine's life."""
+    def files(self, model_id: str, progress_factory=None, *, fetch: bool | None = None,
+              wait: bool = True) -> dict[str, Path]:
+        """Verified files of a model (fetched first unless offline); cached for the engine's life. With
+        `wait=False`, a model whose files another thread is verifying or fetching right now is a ModelFileError
+        at once (status pages must not queue behind a download)."""
         if model_id in self._files:
             return self._files[model_id]
-        with self._files_lock.setdefault(model_id, threading.Lock()):  # one verification per model at a time
+        lock = self._files_lock.setdefault(model_id, threading.Lock())
+        if not lock.acquire(blocking=wait):
+            raise ModelFileError(f"{model_id}: its files are being fetched or verified right now")
+        try:  # one verification per model at a time
             if model_id in self._files:
                 return self._files[model_id]
             spec = self.registry.get(model_id)
             self._files[model_id] = ensure_model(self.settings, spec, self.registry.base_dir,
                                                  fetch=self.fetch if fetch is None else fetch and self.fetch,
                                                  progress_factory=progress_factory)
+        finally:
+            lock.release()
         return self._files[model_id]
 
-    def has_files(self, model_id: str) -> bool:
-        """Whether this engine has already verified the model's files."""
-        return model_id in self._files
+    async def prepare(self, model_id: str, progress_factory=None, *, fetch: bool | None = None) -> dict[str, Path]:
+        """Files verified (fetched if allowed) and the model's footprint facts read, in the engine's own small
+        thread pool, never on the event loop; concurrent requests for one model share one preparation and hold
+        no thread while they wait, so a download cannot starve routing, status or other models."""
+        if model_id in self._prepared:
+            return self._files[model_id]
+        self.registry.get(model_id)  # an unknown id fails here, before any thread is used
+        task = self._preparing.get(model_id)
+        if task is None:
+            loop = asyncio.get_running_loop()
+            task = loop.run_in_executor(self._io, self._prepare, model_id, progress_factory, fetch)
+            self._preparing[model_id] = task
+            task.add_done_callback(lambda _: self._preparing.pop(model_id, None))
+        return await asyncio.shield(task)  # a waiter that gives up does not cancel the others' preparation
+
+    def _prepare(self, model_id: str, progress_factory, fetch: bool | None) -> dict[str, Path]:
+        files = self.files(model_id, progress_factory, fetch=fetch)
+        self.estimate_detail(model_id)  # structure check and facts now, so admission on the loop finds them
+        self._prepared.add(model_id)
+        return files
 
     def _key(self, spec: ModelSpec) -> str:
         return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch)
 
-    def estimate_detail(self, model_id: str, *, fetch: bool | None = None):
+    def estimate_detail(self, model_id: str, *, fetch: bool | None = None, wait: bool = True):
         """The Estimate (bytes, formula or calibrated, parts) for a model."""
         spec = self.registry.get(model_id)
-        files = self.files(model_id, fetch=fetch)
+        files = self.files(model_id, fetch=fetch, wait=wait)
         if spec.format == "gguf":
             self._check_structure(files["model"])  # before any parsing of the file, once per engine
             facts = self.store.facts(spec.file("model").sha256, files["model"])
@@ -131,6 +163,22 @@ class Engine:
     def estimate(self, model_id: str) -> int:
         """Bytes the scheduler reserves for a model."""
         return self.estimate_detail(model_id).bytes
+
+    def _admission_estimate(self, model_id: str) -> int:
+        # The scheduler asks on the event loop: only a prepared model's estimate is that cheap (facts cached).
+        if model_id not in self._prepared:
+            raise ModelFileError(f"{model_id} is not prepared yet (its files are not verified)")
+        return self.estimate(model_id)
+
+    def hint(self, upcoming: list[str]) -> None:
+        """A plan's next models, in order: the scheduler may prefetch them; their files are prepared meanwhile."""
+        self.scheduler.hint(upcoming)
+        for model_id in dict.fromkeys(upcoming):
+            if model_id not in self._prepared and model_id not in self._preparing:
+                task = asyncio.get_running_loop().create_task(self.prepare(model_id))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error is the request's
 
     def base_pss(self) -> int:
         """PSS of everything of ours that is not a resident model: this process, the forkserver, the spare.
@@ -174,17 +222,24 @@ class Engine:
 
     async def _spawn(self, model_id: str):
         spec = self.registry.get(model_id)
-        files = await asyncio.to_thread(self.files, model_id)
+        files = await self.prepare(model_id)
+        await asyncio.get_running_loop().run_in_executor(self._io, self._verify_for_load, spec, files)
         key = self._key(spec)
         options = backend_options(spec, files, self.settings.threads)
         if spec.format == "gguf":
-            await asyncio.to_thread(self._check_structure, files["model"])  # done already by the estimate
             options["structure_checked"] = True
         calibrate = self.store.calibrated(key) is None
         worker = await self.pool.spawn(model_id, spec.format, str(files["model"]), options, calibrate=calibrate)
         if worker.info.get("calibration_pss"):
             self.store.record(key, worker.info["calibration_pss"])
         return worker
+
+    def _verify_for_load(self, spec: ModelSpec, files: dict[str, Path]) -> None:
+        # verified once, loaded many times: a `path:` file replaced since is hashed again before it is loaded,
+        # and a GGUF's structure is checked again if the file is not the one checked before (path, size, times)
+        recheck(self.settings, spec, files)
+        if spec.format == "gguf":
+            self._check_structure(files["model"])
 
     def _check_structure(self, path: Path) -> None:
         """The GGUF structure check, once per file (by path, size, mtime, inode) per engine, in this process.
@@ -210,6 +265,7 @@ class Engine:
 
     async def generate(self, model_id: str, request: GenerateRequest) -> AsyncIterator[dict]:
         """Stream a generation from a model, loading it (within the budget) if needed."""
+        await self.prepare(model_id)
         async with self.scheduler.lease(model_id) as worker, self.compute(), \
                 contextlib.aclosing(worker.generate(request)) as events:
             async for event in events:
@@ -220,6 +276,7 @@ class Engine:
         spec = self.registry.get(model_id)
         if spec.kind != "embedding":
             raise ConfigError(f"{model_id} is not an embedding model")
+        await self.prepare(model_id)
         async with self.scheduler.lease(model_id) as worker, self.compute():
             return await worker.embed(texts)
 
@@ -231,8 +288,11 @@ class Engine:
 
     async def close(self) -> None:
         """Stop every worker and the spare."""
+        for task in list(self._background):
+            task.cancel()
         await self.scheduler.close()
         await self.pool.close()
+        self._io.shutdown(wait=False, cancel_futures=True)
         if self.cloud is not None:
             await self.cloud.aclose()
 
@@ -241,7 +301,7 @@ class Engine:
         out: dict[str, dict[str, Any]] = {}
         for spec in self.registry:
             try:
-                est = self.estimate_detail(spec.id, fetch=False)
+                est = self.estimate_detail(spec.id, fetch=False, wait=False)
                 out[spec.id] = {"estimate": est.bytes, "source": est.source, "formula": est.formula_bytes}
             except Exception as exc:  # not fetched, unreadable: say so instead of failing the whole status
                 out[spec.id] = {"estimate": None, "error": str(exc).splitlines()[0]}

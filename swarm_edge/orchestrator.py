@@ -170,8 +170,7 @@ async def _call(engine: Engine, spec: ModelSpec, request: GenerateRequest, *, fe
     t0 = time.perf_counter()
     if spec.kind == "embedding":
         raise ConfigError(f"{spec.id} is an embedding model; pick a model that generates text")
-    if not engine.has_files(spec.id):  # verified once per engine; later requests skip the thread hop
-        await asyncio.to_thread(lambda: engine.files(spec.id, progress_factory, fetch=fetch))
+    await engine.prepare(spec.id, progress_factory, fetch=fetch)  # once per engine; later: no thread hop
     t_files = time.perf_counter()
     call = _Call(spec.id)
     t_first = None
@@ -264,13 +263,16 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
                                                        {**common, "max_tokens": 64}, logprobs=not last),
                                 fetch=fetch, progress_factory=progress_factory)
             expr = calc.expression_in(call.text)
+            try:  # bounded and cheap (calc.py: < 1 ms worst case measured), so it runs on the loop
+                value = calc.show(calc.evaluate(expr)) if expr is not None else None
+            except calc.CalcError:
+                expr = value = None
             sure = call.done.get("mean_logprob")
             keep = expr is not None and (last or sure is None or sure >= spec_route.min_logprob)
             tried.append(call.step(task, "calculator", route.confidence, wrote=call.text[:200], expression=expr,
                                    accepted=keep))
             if not keep:
                 continue
-            value = calc.show(calc.evaluate(expr))
             call.text = f"{expr} = {value}\nAnswer: {value}"
             call.chunks = [call.text]
             for ev in _shown(call, tried):
@@ -424,7 +426,8 @@ PLANNER_EXAMPLE = [
 ]
 
 
-async def make_plan(engine: Engine, text: str, *, fetch=None, progress_factory=None) -> tuple[list[dict], _Call]:
+async def make_plan(engine: Engine, text: str, *, fetch=None, progress_factory=None,
+                    cache_prompt: bool = True) -> tuple[list[dict], _Call]:
     """Ask the planner for the subtasks of `text`: ([{task, instruction, uses_previous}], the planner call)."""
     registry = engine.registry
     planner = registry.get(registry.router.planner)
@@ -437,7 +440,7 @@ async def make_plan(engine: Engine, text: str, *, fetch=None, progress_factory=N
                 {"role": "user", "content": f"Request: {instruction}\n"
                                             f"Task types named in it, in order: {', '.join(named) or 'none found'}"}]
     request = GenerateRequest(messages=messages, max_tokens=200, temperature=0.0,
-                              json_schema=plan_schema(tasks))
+                              json_schema=plan_schema(tasks), cache_prompt=cache_prompt)
     call = await _quiet(engine, planner, request, fetch=fetch, progress_factory=progress_factory)
     try:
         subtasks = json.loads(call.text)["subtasks"]
@@ -582,7 +585,7 @@ async def stream(engine: Engine, *, allow_cloud: bool = True, **kwargs) -> Async
     """Answer chat `messages` (or a plain `prompt`): yields start, token..., done (with the Answer).
 
     Keyword arguments: messages | prompt, model_id (a model id, "auto", "cloud" or "pipeline:NAME"),
-    max_tokens, temperature, top_p, stop, seed, progress_factory, fetch, decompose. `allow_cloud=False`
+    max_tokens, temperature, top_p, stop, seed, cache_prompt, progress_factory, fetch, decompose. `allow_cloud=False`
     keeps this request on the device whatever the configuration says.
     """
     esc = _Escalation(engine, allow_cloud)
@@ -597,12 +600,13 @@ async def stream(engine: Engine, *, allow_cloud: bool = True, **kwargs) -> Async
 async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, str]] | None = None,
                   prompt: str | None = None, model_id: str | None = None, max_tokens: int | None = None,
                   temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                  progress_factory=None, fetch: bool | None = None,
+                  cache_prompt: bool = True, progress_factory=None, fetch: bool | None = None,
                   decompose: bool = True) -> AsyncIterator[dict[str, Any]]:
     t0 = time.perf_counter()
     if (messages is None) == (prompt is None):
         raise ValueError("stream() needs exactly one of messages or prompt")
-    common = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop or []), seed=seed)
+    common = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop or []), seed=seed,
+                  cache_prompt=cache_prompt)
     kw = dict(fetch=fetch, progress_factory=progress_factory)
     text = prompt if prompt is not None else _last_user_text(messages)
     registry = engine.registry
@@ -657,7 +661,7 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
             return
         subtasks, planner_call, plan = [], None, "single"
         if decompose and registry.router.planner and looks_compound(engine, text):
-            subtasks, planner_call = await make_plan(engine, text, **kw)
+            subtasks, planner_call = await make_plan(engine, text, cache_prompt=cache_prompt, **kw)
             if len(subtasks) >= 2:
                 plan = "decompose"
                 top = Route(task=top.task, model=top.model, target=top.target, confidence=top.confidence,
@@ -712,7 +716,7 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
                 model = step_route.model  # the router agrees on the task: let it pick (it prefers resident models)
             r = Route(task=task, model=model, confidence=step_route.confidence if step_route else 1.0,
                       reason=f"subtask {i + 1}/{len(subtasks)}")
-            engine.scheduler.hint([registry.routes[s["task"]].models[0] for s in subtasks[i:]])
+            engine.hint([registry.routes[s["task"]].models[0] for s in subtasks[i:]])
             strategy = registry.routes[task].strategy
             if i > 0 and relay.started:
                 yield {"type": "token", "text": SEPARATOR}
@@ -728,7 +732,7 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
             previous = relay.call.text
             shown.append(relay.call.text)
     finally:
-        engine.scheduler.hint([])  # the plan is over (or failed): no model is needed next
+        engine.hint([])  # the plan is over (or failed): no model is needed next
     t_end = time.perf_counter()
     yield {"type": "done", "answer": _answer(SEPARATOR.join(shown), relay.call, top, plan, steps, t0, relay.t_first,
                                              t_end, t_route)}
@@ -816,8 +820,7 @@ async def embed(engine: Engine, texts: list[str], model_id: str | None = None) -
         spec = next((m for m in engine.registry if m.kind == "embedding"), None)
         if spec is None:
             raise ConfigError(f"{engine.registry.path} declares no embedding model")
-    if not engine.has_files(spec.id):
-        await asyncio.to_thread(engine.files, spec.id)
+    await engine.prepare(spec.id)
     t_files = time.perf_counter()
     async with engine.scheduler.lease(spec.id) as worker, engine.compute():
         t_leased = time.perf_counter()
