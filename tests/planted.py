@@ -91,7 +91,53 @@ def _items() -> list[tuple[str, str, str]]:
               "+49 30 901820", "415.555.0172", "+33 1 70 36 39 85"]
     for p in phones:
         add("PHONE", p, "Call me at {v} tomorrow.")
+    _hardening(add)
     return out
+
+
+def _pem_body(lines: int, width: int = 64) -> str:
+    return "\n".join(_s(width, AN + "+/") for _ in range(lines)) + "\n" + _s(20, AN + "+/") + "=="
+
+
+def _hardening(add) -> None:
+    """Shapes the first version missed (appended, so the items above keep their values)."""
+    for _ in range(2):
+        add("PRIVATE_KEY", "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\nComment: work laptop\n\n"
+            f"{_pem_body(6)}\n={_s(4, AN + '+/')}\n-----END PGP PRIVATE KEY BLOCK-----", "my gpg export:\n{v}\nok?")
+    for _ in range(2):  # pasted without its END line: redacted to the end of the base64 body
+        add("PRIVATE_KEY", f"-----BEGIN PRIVATE KEY-----\n{_pem_body(5)}", "{v}\n\nwhy does openssl call it truncated?")
+    add("PRIVATE_KEY", "-----BEGIN EC PRIVATE KEY-----\\n" + _pem_body(2).replace("\n", "\\n")
+        + "\\n-----END EC PRIVATE KEY-----\\n", '{{"type": "service_account", "private_key": "{v}"}}')
+    for _ in range(2):
+        add("AWS_SECRET", _s(40, AN + "/+"), '{{"aws_secret_access_key": "{v}", "region": "eu-west-1"}}')
+        add("AWS_SECRET", _s(40, AN + "/+"), '"Credentials": {{"SecretAccessKey": "{v}", "Expiration": "2026-12-01"}}')
+    add("AWS_SECRET", "IQoJb3JpZ2luX2Vj" + _s(300, AN + "/+"), "aws_session_token = {v}")
+    for _ in range(3):
+        add("AUTH_HEADER", _s(40, AN + "-._~"), 'curl -H "Authorization: Bearer {v}" https://api.example.com/v1/items')
+    add("AUTH_HEADER", base64.b64encode(f"admin:{_s(12)}".encode()).decode(), "Authorization: Basic {v}")
+    add("AUTH_HEADER", _s(32, string.hexdigits.lower()), "requests.get(url, headers={{'x-api-key': '{v}'}})")
+    add("AUTH_HEADER", "ya29." + _s(60, AN + "-_"), "then send Bearer {v} with each call")
+    for _ in range(3):
+        add("SLACK_WEBHOOK", f"T{_s(8, string.ascii_uppercase + string.digits)}/B{_s(10, string.ascii_uppercase)}/"
+            + _s(24), "SLACK_WEBHOOK_URL=https://hooks.slack.com/services/{v}")
+    for _ in range(2):
+        add("AZURE_KEY", _s(86, AN + "+/") + "==", "DefaultEndpointsProtocol=https;AccountName=acmeprod;"
+            "AccountKey={v};EndpointSuffix=core.windows.net")
+    add("AZURE_KEY", _s(43, AN + "+/") + "=", "Endpoint=sb://acme.servicebus.windows.net/;"
+        "SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={v}")
+    # glued to a word (no word boundary before the key)
+    add("OPENAI_KEY", "sk-proj-" + _s(48, AN + "_-"), "OPENAI_API_KEY=mykey_{v}")
+    add("GITHUB_TOKEN", "ghp_" + _s(36), "fetch('https://api.example.com/items?token={v}')")
+    add("GITHUB_TOKEN", "ghp_" + _s(36), "CI_SECRET=auth_{v}")
+    add("HF_TOKEN", "hf_" + _s(34), "HF=my_{v}")
+    # zero-width and other invisible characters inside a key or an address (kept in the restored value)
+    keys = [("ANTHROPIC_KEY", "sk-ant-api03-" + _s(60)), ("OPENAI_KEY", "sk-proj-" + _s(48)),
+            ("GITHUB_TOKEN", "ghp_" + _s(36)), ("AWS_KEY", "AKIA" + _s(16, string.ascii_uppercase + string.digits)),
+            ("STRIPE_KEY", "sk_live_" + _s(24))]
+    for i, ((kind, key), mark) in enumerate(zip(keys, ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"],
+                                                strict=True)):
+        add(kind, key[:6 + i] + mark + key[6 + i:], "here it is: {v} (copied from the dashboard)")
+    add("EMAIL", "jane\u200b.doe@exam\u200dple.com", "write to {v} please")
 
 
 ITEMS = _items()
