@@ -77,6 +77,12 @@ def test_built_file_passes(tmp_path):
     assert meta["data_offset"] % 64 == 0 and meta["tensor_bytes"] == 32 * 4 + 64 * 2
 
 
+def test_empty_tokens_are_distinct(tmp_path):
+    # llama.cpp names an empty token "[EMPTY_<id>]", so several empty tokens do not collide
+    meta = check_gguf(write(tmp_path, BASE + [("tokenizer.ggml.tokens", ARRAY, (STRING, ["", "", "x"]))]))
+    assert meta["n_vocab"] == 3
+
+
 @pytest.mark.parametrize("kvs,tensors,message", [
     (BASE + [("llama.block_count", U32, 3)], ONE, "key 'llama.block_count' appears twice"),
     (BASE, ONE + [("w", [32], T_F32)], "tensor name 'w' appears twice"),
@@ -87,6 +93,10 @@ def test_built_file_passes(tmp_path):
     (BASE + [("general.alignment", U32, 48)], ONE, "general.alignment 48 is not a power of two"),
     (BASE + [("", U32, 1)], ONE, "a metadata key is empty"),
     (BASE + [("k" * 2000, U32, 1)], ONE, "metadata key claims 2,000 bytes"),
+    # C strings in llama.cpp: it would read "llama.block_count" here, the check (and the estimate) something else
+    (BASE + [("llama.block_count\0x", U32, 99)], ONE, "metadata key holds a NUL byte"),
+    ([("general.architecture", STRING, "llama\0x")], ONE, "general.architecture holds a NUL byte"),
+    (BASE, [("w\0", [32], T_F32)], "tensor name holds a NUL byte"),
     (BASE, [("n" * 64, [32], T_F32)], "tensor name claims 64 bytes"),  # llama.cpp: GGML_MAX_NAME is 64 with the NUL
     (BASE, ONE + [("gap", [32], T_F32, 256)], "tensor gap is at data offset 256; llama.cpp expects 128"),
     (BASE, [("b", [32], T_F32, 128), ("a", [32], T_F32, 0)], "tensor b is at data offset 128; llama.cpp expects 0"),
@@ -94,6 +104,11 @@ def test_built_file_passes(tmp_path):
     # a scalar where the vocabulary belongs: the walk used to skip reading its value and lose its place
     (BASE + [("tokenizer.ggml.tokens", U64, 7)], ONE, "tokenizer.ggml.tokens is not an array of strings"),
     (BASE + [("tokenizer.ggml.tokens", ARRAY, (U32, [1, 2]))], ONE, "not an array of strings"),
+    # llama.cpp maps token text to id and aborts the process (GGML_ASSERT) when two tokens share a text
+    (BASE + [("tokenizer.ggml.tokens", ARRAY, (STRING, ["a", "b", "a"]))], ONE,
+     "tokenizer.ggml.tokens element 2 repeats an earlier token (b'a'): llama.cpp aborts on that"),
+    (BASE + [("tokenizer.ggml.tokens", ARRAY, (STRING, ["", "[EMPTY_0]"]))], ONE, "element 1 repeats"),
+    (BASE + [("tokenizer.ggml.tokens", ARRAY, (STRING, ["a", "a\0b"]))], ONE, "element 1 repeats"),  # a C string
 ])
 def test_what_llama_cpp_refuses_is_refused_first(tmp_path, kvs, tensors, message):
     with pytest.raises(CorruptModelError, match=re.escape(message)) as err:
