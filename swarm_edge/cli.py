@@ -488,6 +488,12 @@ def serve(
     idle_ttl: Optional[float] = typer.Option(None, "--idle-ttl", min=1.0,
                                              help="Unload a model idle for this many seconds (default: never)."),
     log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning or error."),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.0,
+                                          help="Seconds one generation request may take, queue and load included; "
+                                          "then it ends with a timeout error and its model is freed (0: no limit)."),
+    send_timeout: float = typer.Option(30.0, "--send-timeout", min=1.0,
+                                       help="Cut off a client that reads nothing for this many seconds while its "
+                                       "answer waits (a frozen app); the model never waits for a slow reader."),
 ) -> None:
     """Run the daemon: an OpenAI- and Ollama-compatible API on a private Unix socket.
 
@@ -508,7 +514,8 @@ def serve(
         settings, registry = _setup(config, threads=threads, offline=offline, socket=socket)
         engine = Engine(registry, settings, budget=budget, max_waiting=max_queue, idle_ttl=idle_ttl)
         run_server(engine, socket_path=settings.socket_path, tcp=tcp, token_file=token_file, log_level=log_level,
-                   say=lambda m: typer.echo(m, err=True))
+                   say=lambda m: typer.echo(m, err=True), send_timeout=send_timeout,
+                   request_timeout=request_timeout or None)
     except SwarmEdgeError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@
     ├── BudgetError                a model does not fit the memory budget even alone (both numbers)
     ├── DaemonRunningError         another daemon already serves on the socket
     ├── BusyError                  the request queue is full; retry after `retry_after` seconds
+    ├── DeadlineError              a request ran past its deadline (queue, load and generation included)
     └── CloudUnavailableError      the cloud fallback failed (deadline, retries spent, breaker open, 4xx)
 
 Native and library errors are translated at the boundary with ``raise ... from exc``; nothing above the
@@ -115,6 +116,10 @@ class BusyError(SwarmEdgeError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DeadlineError(SwarmEdgeError):
+    """A request took longer than the daemon's per-request deadline; its model was freed for others."""
 
 
 class CloudUnavailableError(SwarmEdgeError):

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarm_edge.errors import BudgetError, BusyError, SwarmEdgeError
+from swarm_edge.errors import BudgetError, BusyError, ModelLoadError, SwarmEdgeError
 
 MiB = 1 << 20
 
@@ -172,9 +172,15 @@ class Scheduler:
             r = self.residents.get(model_id)
             if r is not None and r.state != "stopping":
                 r.refs += 1
-                await r.ready.wait()
+                try:
+                    await r.ready.wait()
+                except BaseException:  # a waiter that gives up (client gone, deadline) must not pin the model
+                    r.refs -= 1
+                    raise
                 if r.error is not None:
                     r.refs -= 1
+                    if not isinstance(r.error, Exception):  # the load was cancelled: shutting down
+                        raise ModelLoadError(f"the load of {model_id} was cancelled")
                     raise r.error
                 if getattr(r.worker, "alive", True):
                     return r
@@ -196,19 +202,39 @@ class Scheduler:
                 continue  # the world changed while we waited (maybe someone loaded our model): look again
             r = Resident(model_id, reserved=need, pinned=model_id in self.pins, last_used=self._clock(), refs=1)
             self.residents[model_id] = r
-            await self._load(r)
+            # The load is a task of its own: a requester that gives up (client gone, deadline) does not cancel it
+            # under the others waiting for the same model, nor waste it for the next request.
+            load = self._spawn_task(self._load(r))
+            load.add_done_callback(lambda t: t.cancelled() or t.exception())  # raised to the waiters instead
+            try:
+                await asyncio.shield(load)
+            except asyncio.CancelledError:
+                if not load.done():
+                    load.add_done_callback(lambda _, r=r: self._spawn_task(self._unref(r)))
+                else:
+                    r.refs -= 1
+                raise
+            except BaseException:
+                r.refs -= 1
+                raise
             return r
+
+    async def _unref(self, r: Resident) -> None:
+        """Drop the reference of a requester that left while its load went on."""
+        r.refs -= 1
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _load(self, r: Resident) -> None:
         try:
             async with self._load_lock:
                 r.worker = await self._spawn(r.model_id)
         except BaseException as exc:
-            self.stats.load_failures += 1
-            count = self._failures.get(r.model_id, (0, 0.0, exc))[0] + 1
-            self._failures[r.model_id] = (count, self._clock(), exc)
+            if isinstance(exc, Exception):  # a cancelled load (shutdown) is not the model's failure: no back-off
+                self.stats.load_failures += 1
+                count = self._failures.get(r.model_id, (0, 0.0, exc))[0] + 1
+                self._failures[r.model_id] = (count, self._clock(), exc)
             r.error = exc
-            r.refs -= 1
             self.residents.pop(r.model_id, None)
             r.ready.set()
             async with self._changed:

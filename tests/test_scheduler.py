@@ -200,6 +200,32 @@ async def test_cancelled_lease_is_released():
 
 
 @deadline
+async def test_a_requester_that_leaves_during_the_load_neither_cancels_nor_poisons_it():
+    """The first requester of a model gives up while it loads (client gone, request deadline): the load goes on
+    for whoever comes next, and nothing is recorded as a failure (it used to be re-raised to later requests)."""
+    h = Harness()
+    h.gates["a"] = asyncio.Event()
+    first = asyncio.create_task(h.use("a"))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(h.use("a"))  # waits for the same load ...
+    await asyncio.sleep(0.05)
+    assert h.s.residents["a"].refs == 2
+    first.cancel()
+    second.cancel()  # ... and gives up too: its reference must go with it (it used to pin the model forever)
+    for t in (first, second):
+        with pytest.raises(asyncio.CancelledError):
+            await t
+    h.gates["a"].set()
+    await asyncio.sleep(0.05)
+    assert h.spawned == ["a"] and h.s.residents["a"].refs == 0 and h.s.stats.load_failures == 0
+    w = await h.use("a")  # the loaded model serves the next request: no second load, no back-off error
+    assert h.spawned == ["a"] and w.model_id == "a"
+    await h.use("b")
+    await h.use("c")
+    assert h.s.residents["a"].refs == 0
+
+
+@deadline
 async def test_error_in_body_releases_lease():
     h = Harness(budget=100)
     with pytest.raises(RuntimeError):

@@ -44,6 +44,9 @@ from swarm_edge.engine import Engine
 log = logging.getLogger("swarm_edge.api")
 MAX_BODY = 1 << 20
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+# scope["server"] of a Unix-socket connection whose peer uid the server's protocol checked (server.py sets it);
+# any other connection, one the server could not classify included, is treated as TCP: token and Host required
+UNIX_PEER_CHECKED = "swarm-edge:unix-peer-checked"
 
 # exception -> (HTTP status, OpenAI error code); the first match wins, so subclasses come first
 STATUS: list[tuple[type[errors.SwarmEdgeError], int, str]] = [
@@ -51,6 +54,7 @@ STATUS: list[tuple[type[errors.SwarmEdgeError], int, str]] = [
     (errors.ContextLengthError, 400, "context_length_exceeded"),
     (errors.BudgetError, 507, "insufficient_memory"),
     (errors.BusyError, 503, "server_busy"),
+    (errors.DeadlineError, 504, "request_timeout"),
     (errors.ConfigError, 400, "invalid_request"),
     (errors.CloudUnavailableError, 502, "cloud_unavailable"),
     (errors.FetchError, 503, "model_unavailable"),
@@ -113,6 +117,8 @@ class Metrics:
         self.seconds: dict[str, list[float]] = {}     # path -> [sum, count]
         self.streams_open = 0
         self.refused_peers = 0
+        self.stalled_clients = 0       # connections aborted because their client stopped reading
+        self.deadlines = 0             # requests cut off by the per-request deadline
         self.started = time.time()
 
     def observe(self, path: str, status: int, seconds: float) -> None:
@@ -158,6 +164,10 @@ def prometheus_text(engine: Engine, metrics: Metrics) -> str:
             metric(f"{key}_total", "counter", help_, [({}, st[key])])
     metric("refused_connections_total", "counter", "Unix-socket connections refused by the peer uid check.",
            [({}, metrics.refused_peers)])
+    metric("stalled_connections_total", "counter", "Connections aborted: the client stopped reading.",
+           [({}, metrics.stalled_clients)])
+    metric("request_deadlines_total", "counter", "Requests cut off by the per-request deadline.",
+           [({}, metrics.deadlines)])
     metric("queue_depth", "gauge", "Requests waiting for a model.", [({}, snap["waiting"])])
     metric("streams_open", "gauge", "Streamed responses in progress.", [({}, metrics.streams_open)])
     metric("memory_budget_bytes", "gauge", "The memory budget.", [({}, snap["budget"])])
@@ -211,7 +221,7 @@ class Guard:
                 [(b"content-type", b"application/json")]
         try:
             server = scope.get("server")
-            if server and server[1] is not None:  # TCP (a Unix socket's server has no port)
+            if not (server and server[0] == UNIX_PEER_CHECKED):  # fail closed: only a checked Unix peer is exempt
                 refusal = self._check_tcp(headers)
                 if refusal is not None:
                     await refusal(scope, receive, send_wrapper)
@@ -255,11 +265,19 @@ class Guard:
 
 class ClosingStream(StreamingResponse):
     """A streamed response over a primed generation: counted as an open stream while it runs, and however it
-    ends (client gone included) its body and the generation under it are closed, which frees the lease."""
+    ends (client gone included) its body and the generation under it are closed, which frees the lease.
 
-    def __init__(self, content, *, events: AsyncIterator[dict], metrics: Metrics, **kw) -> None:
+    The generation never waits for the client: a producer task runs it into a queue at the model's pace and the
+    response sends what is queued, so a client that reads slowly or not at all (a frozen app) holds no model and
+    no compute slot; only its own connection waits, and the server aborts that after its send timeout. At
+    `deadline` (event-loop time) the generation is cut off and the body ends with `error_chunk(DeadlineError)`.
+    """
+
+    def __init__(self, content, *, events: AsyncIterator[dict], metrics: Metrics, deadline: float | None = None,
+                 error_chunk=None, **kw) -> None:
         super().__init__(content, **kw)
         self.events, self.metrics = events, metrics
+        self.deadline, self.error_chunk = deadline, error_chunk
 
     async def __call__(self, scope, receive, send) -> None:
         self.metrics.streams_open += 1
@@ -271,26 +289,91 @@ class ClosingStream(StreamingResponse):
                 await self.body_iterator.aclose()
             await self.events.aclose()
 
+    async def stream_response(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        queue: asyncio.Queue = asyncio.Queue()  # bounded by the answer: max_tokens small chunks
+        producer = asyncio.get_running_loop().create_task(self._produce(queue))
+        try:
+            while True:
+                chunks = [await queue.get()]
+                while not queue.empty():  # a slow reader gets what piled up in one write
+                    chunks.append(queue.get_nowait())
+                end = chunks[-1] is None
+                body = b"".join(c for c in chunks if c is not None)
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": not end})
+                if end:
+                    if not body:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
 
-async def _prime(events: AsyncIterator[dict]) -> dict:
+    async def _produce(self, queue: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            task.cancel()
+
+        timer = loop.call_at(self.deadline, expire) if self.deadline is not None else None
+        try:
+            async for chunk in self.body_iterator:
+                queue.put_nowait(chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset))
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            await self.events.aclose()  # the model is free for the next request now, not when the client reads
+            self.metrics.deadlines += 1
+            if self.error_chunk is not None:
+                queue.put_nowait(self.error_chunk(errors.DeadlineError(_deadline_text())))
+        finally:
+            if timer is not None:
+                timer.cancel()
+            queue.put_nowait(None)
+
+
+def _deadline_text() -> str:
+    return "the request ran past the daemon's per-request deadline (serve --request-timeout); its model was freed"
+
+
+async def _within(aw, deadline: float | None, metrics: Metrics):
+    """Await `aw` until `deadline` (event-loop time; None: no limit), else raise DeadlineError."""
+    if deadline is None:
+        return await aw
+    try:
+        return await asyncio.wait_for(aw, max(0.0, deadline - asyncio.get_running_loop().time()))
+    except asyncio.TimeoutError:
+        metrics.deadlines += 1
+        raise errors.DeadlineError(_deadline_text()) from None
+
+
+async def _prime(events: AsyncIterator[dict], deadline: float | None, metrics: Metrics) -> dict:
     """Run a stream until its model is leased; errors before that are raised (and become HTTP errors)."""
     try:
-        return await events.__anext__()
+        return await _within(events.__anext__(), deadline, metrics)
     except BaseException:
         await events.aclose()
         raise
 
 
-async def _final_answer(events: AsyncIterator[dict]) -> orchestrator.Answer:
+async def _final_answer(events: AsyncIterator[dict], deadline: float | None, metrics: Metrics) -> orchestrator.Answer:
     """Run a primed stream to its end and return the Answer (for answers that are not streamed)."""
-    answer = None
-    try:
+    async def run():
         async for ev in events:
             if ev["type"] == "done":
-                answer = ev["answer"]
+                return ev["answer"]
+        raise errors.InferenceError("the answer ended without a result")  # the orchestrator always ends with one
+
+    try:
+        return await _within(run(), deadline, metrics)
     finally:
         await events.aclose()
-    return answer
 
 
 def _sse(obj: Any) -> bytes:
@@ -321,8 +404,10 @@ def _ns(seconds: float | None) -> int:
 # ---------------------------------------------------------------- the app
 
 
-def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> FastAPI:
-    """The FastAPI app over an Engine. The lifespan starts the engine's workers and stops them all."""
+def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
+               request_timeout: float | None = None) -> FastAPI:
+    """The FastAPI app over an Engine. The lifespan starts the engine's workers and stops them all.
+    `request_timeout`: seconds a generation request may take, from arrival to its last token (None: no limit)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -377,6 +462,9 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
     def generation(**kw) -> AsyncIterator[dict]:
         return orchestrator.stream(engine, **kw)
 
+    def deadline() -> float | None:
+        return None if not request_timeout else asyncio.get_running_loop().time() + request_timeout
+
     # ------------------------------------------------------------ OpenAI
 
     def model_card(spec) -> dict:
@@ -404,9 +492,11 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         if body.offline and body.model == orchestrator.CLOUD:
             raise errors.ConfigError("model \"cloud\" and offline: true contradict each other")
         events = generation(model_id=body.model, temperature=body.temperature or 0.0, top_p=body.top_p or 1.0,
-                            stop=body.stop, seed=body.seed, fetch=False if body.offline else None,
+                            stop=body.stop, seed=body.seed, cache_prompt=body.cache_prompt,
+                            fetch=False if body.offline else None,
                             allow_cloud=body.allow_cloud and not body.offline, **kw)
-        start = await _prime(events)
+        until = deadline()
+        start = await _prime(events, until, metrics)
         oid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
@@ -418,7 +508,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
             return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
         if not body.stream:
-            answer = await _final_answer(events)
+            answer = await _final_answer(events, until, metrics)
             if kind == "chat":
                 ch = {"index": 0, "message": {"role": "assistant", "content": answer.text}, "logprobs": None,
                       "finish_reason": answer.finish_reason}
@@ -457,10 +547,14 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
                             yield chunk([], usage=_usage(answer))
                 yield b"data: [DONE]\n\n"
             except errors.SwarmEdgeError as exc:
-                status, code = classify(exc)
-                yield _sse(error_body(status, str(exc), code, kind=type(exc).__name__))
+                yield sse_error(exc)
 
-        return ClosingStream(body_iter(), events=events, metrics=metrics, media_type="text/event-stream",
+        def sse_error(exc: errors.SwarmEdgeError) -> bytes:
+            status, code = classify(exc)
+            return _sse(error_body(status, str(exc), code, kind=type(exc).__name__))
+
+        return ClosingStream(body_iter(), events=events, metrics=metrics, deadline=until, error_chunk=sse_error,
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/chat/completions")
@@ -518,7 +612,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         events = generation(model_id=_ollama_name(model), max_tokens=options.max_tokens, allow_cloud=allow_cloud,
                             temperature=options.temperature or 0.0, top_p=options.top_p or 1.0,
                             stop=options.stop, seed=options.seed, **kw)
-        start = await _prime(events)
+        until = deadline()
+        start = await _prime(events, until, metrics)
         name = start["model"]
 
         def piece(text: str) -> dict:
@@ -539,7 +634,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
             return d
 
         if not stream:
-            answer = await _final_answer(events)
+            answer = await _final_answer(events, until, metrics)
             return final(answer, answer.text)
 
         async def body_iter():
@@ -552,7 +647,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
             except errors.SwarmEdgeError as exc:
                 yield _ndjson({"error": str(exc)})
 
-        return ClosingStream(body_iter(), events=events, metrics=metrics, media_type="application/x-ndjson")
+        return ClosingStream(body_iter(), events=events, metrics=metrics, deadline=until,
+                             error_chunk=lambda exc: _ndjson({"error": str(exc)}), media_type="application/x-ndjson")
 
     @app.post("/api/chat")
     async def ollama_chat(body: OllamaChatRequest):
@@ -560,7 +656,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
         if not messages:  # Ollama loads the model and answers done: a preload
             return await ollama_load(body.model, "message")
         return await ollama_generation(body.model, body.options, body.stream, "message", body.allow_cloud,
-                                       messages=messages)
+                                       messages=messages, cache_prompt=body.cache_prompt)
 
     @app.post("/api/generate")
     async def ollama_generate(body: OllamaGenerateRequest):
@@ -568,15 +664,15 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None) -> Fa
             return await ollama_load(body.model, "response")
         if body.raw:
             return await ollama_generation(body.model, body.options, body.stream, "response", body.allow_cloud,
-                                           prompt=body.prompt)
+                                           prompt=body.prompt, cache_prompt=body.cache_prompt)
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
             [{"role": "user", "content": body.prompt}]
         return await ollama_generation(body.model, body.options, body.stream, "response", body.allow_cloud,
-                                       messages=messages)
+                                       messages=messages, cache_prompt=body.cache_prompt)
 
     async def ollama_load(model: str, key: str):
         spec = engine.registry.get(_ollama_name(model))
-        await asyncio.to_thread(engine.files, spec.id)
+        await engine.prepare(spec.id)
         async with engine.scheduler.lease(spec.id):
             pass
         empty = {"role": "assistant", "content": ""} if key == "message" else ""

@@ -11,6 +11,7 @@ peer never gets a byte of HTTP back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -31,6 +32,9 @@ from swarm_edge.errors import ConfigError, DaemonRunningError, SwarmEdgeError
 
 log = logging.getLogger("swarm_edge.server")
 GRACEFUL_S = 10.0
+SEND_TIMEOUT_S = 30.0      # a client that reads nothing for this long while we have bytes for it is cut off
+SEND_BUFFER = 32 * 1024    # per Unix connection (the kernel doubles it), instead of ~200 KiB
+REQUEST_TIMEOUT_S = 600.0  # one request, from arrival to its last byte (queue, load and generation included)
 
 
 # ---------------------------------------------------------------- the socket
@@ -213,21 +217,32 @@ def load_token(path: Path) -> tuple[str, bool]:
 # ---------------------------------------------------------------- serving
 
 
-def _protocol_class(metrics):
+def _protocol_class(metrics, send_timeout: float):
     try:  # httptools (C parser, and a response writer without h11's per-event Python work) when installed
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
+    from swarm_edge.api.app import UNIX_PEER_CHECKED
+
     allowed = frozenset({os.getuid(), 0})
 
     class PeerChecked(Base):
-        """HTTP protocol that hangs up on Unix-socket peers of another uid before reading a byte."""
+        """HTTP protocol that hangs up on Unix-socket peers of another uid before reading a byte, marks the
+        connections it checked (the Guard treats every other one as TCP: token and Host required), and aborts a
+        connection whose client stopped reading for `send_timeout` seconds."""
+
+        _stall = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             sock = transport.get_extra_info("socket")
-            if sock is None or sock.family != socket.AF_UNIX:
+            if sock is None:  # fail closed: a connection we cannot classify gets nothing
+                metrics.refused_peers += 1
+                log.warning("refused a connection whose transport has no socket")
+                transport.abort()
+                return
+            if sock.family != socket.AF_UNIX:
                 return  # TCP: the Guard middleware checks the token and Host header
             try:
                 pid, uid, _ = peer_credentials(sock)
@@ -238,12 +253,45 @@ def _protocol_class(metrics):
                 log.warning("refused a connection from uid %d (pid %d): only uid %d and root may use this daemon",
                             uid, pid, os.getuid())
                 transport.abort()
+                return
+            self.server = (UNIX_PEER_CHECKED, None)  # what the Guard trusts; only this method sets it
+            # Token streams are small: with the kernel's ~200 KiB and the transport's 64 KiB, a client that stops
+            # reading would go unnoticed for thousands of tokens; with these a stall shows within ~200 tokens.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            transport.set_write_buffer_limits(high=SEND_BUFFER // 2)
+
+        def pause_writing(self) -> None:
+            # the transport's buffer is full: the client stopped reading. A frozen app (SIGSTOP, a hung UI
+            # thread) would otherwise keep this connection, and whatever writes to it, waiting forever.
+            super().pause_writing()
+            if self._stall is None:
+                self._stall = asyncio.get_running_loop().call_later(send_timeout, self._stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
+
+        def connection_lost(self, exc) -> None:
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
+            super().connection_lost(exc)
+
+        def _stalled(self) -> None:
+            self._stall = None
+            metrics.stalled_clients += 1
+            log.warning("aborted a connection whose client read nothing for %g s", send_timeout)
+            self.transport.abort()
 
     return PeerChecked
 
 
 def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path | None = None,
-          log_level: str = "warning", say=print) -> None:
+          log_level: str = "warning", say=print, send_timeout: float = SEND_TIMEOUT_S,
+          request_timeout: float | None = REQUEST_TIMEOUT_S) -> None:
     """Serve `engine` until SIGTERM/SIGINT. Raises ConfigError/DaemonRunningError before serving on bad setup."""
     import uvicorn
 
@@ -270,8 +318,8 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
             say(f"swarm-edge {__version__} serving on {where} (pid {os.getpid()}, budget {budget / 2**20:,.0f} MiB, "
                 f"{len(engine.registry)} models, {'offline' if engine.settings.offline else 'fetching when needed'})")
 
-        app = create_app(engine, token=token, on_ready=ready)
-        config = uvicorn.Config(app, http=_protocol_class(app.state.metrics), loop="auto", lifespan="on",
+        app = create_app(engine, token=token, on_ready=ready, request_timeout=request_timeout)
+        config = uvicorn.Config(app, http=_protocol_class(app.state.metrics, send_timeout), loop="auto", lifespan="on",
                                 log_level=log_level,
                                 access_log=False, timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=30,
                                 server_header=False, date_header=False)

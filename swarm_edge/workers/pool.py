@@ -440,6 +440,9 @@ class Pool:
                       "calibrate": calibrate})
         try:
             await worker.wait_ready(timeout)
+        except asyncio.CancelledError:
+            worker.kill()  # nobody will own this half-loaded process: it must not keep its memory
+            raise
         finally:
             if self._want_spare:  # fork the next spare after the load, so it does not compete with it
                 self._refill = asyncio.get_running_loop().create_task(self.prepare_spare())
