@@ -259,8 +259,11 @@ class CloudClient:
             self.outcomes["refused_open_circuit"] += 1
             raise
         redactor = Redactor()
-        sent_messages = [{"role": m.get("role", "user"), "content": redactor.redact(m.get("content") or "")}
-                         for m in messages]
+        # the gate is pure CPU (up to ~1 s per MiB of hostile text): off the event loop; redact_all also
+        # removes a secret split across two messages from both
+        contents = await asyncio.to_thread(redactor.redact_all, [m.get("content") or "" for m in messages])
+        sent_messages = [{"role": m.get("role", "user"), "content": c}
+                         for m, c in zip(messages, contents, strict=True)]
         res.redacted = redactor.summary()
         body: dict[str, Any] = {"model": self.config.model, "messages": sent_messages, "stream": True,
                                 "max_tokens": min(max_tokens or self.config.max_tokens, self.config.max_tokens),
