@@ -83,7 +83,7 @@ class Engine:
         self._files_lock: dict[str, threading.Lock] = {}   # files() runs in threads (start-up warm-up, requests)
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics
         # semantic routing in this process (router.py says why); the embedder is loaded on first use or warm-up
-        self.router = Router(registry, self.files, threads=1,
+        self.router = Router(registry, self._embedder_files, threads=1,
                              cache_dir=settings.home / "cache")
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
@@ -94,7 +94,6 @@ class Engine:
         # A model runs only while it holds a slot; with threads = cores there is one slot.
         self.compute_slots = max(1, (os.cpu_count() or 1) // max(1, settings.threads))
         self._compute: asyncio.Semaphore | None = None
-        self._checked: set[tuple] = set()
         kw: dict[str, Any] = {"policy": policy} if policy is not None else {}
         self.scheduler = Scheduler(
             resolve_budget(budget, settings.env) if not isinstance(budget, int) else budget,
@@ -153,8 +152,8 @@ class Engine:
         spec = self.registry.get(model_id)
         files = self.files(model_id, fetch=fetch, wait=wait)
         if spec.format == "gguf":
-            self._check_structure(files["model"])  # before any parsing of the file, once per engine
-            facts = self.store.facts(spec.file("model").sha256, files["model"])
+            # one bounded walk checks the file and reads the formula's inputs (no GGUFReader); then one stat()
+            facts = self.store.checked_facts(spec.file("model").sha256, files["model"])
             parts = gguf_formula(facts, spec.n_ctx, spec.n_batch)
         else:
             parts = onnx_formula(spec.file("model").size, spec.file("tokenizer").size)
@@ -163,6 +162,12 @@ class Engine:
     def estimate(self, model_id: str) -> int:
         """Bytes the scheduler reserves for a model."""
         return self.estimate_detail(model_id).bytes
+
+    def _embedder_files(self, model_id: str) -> dict[str, Path]:
+        # the router loads its embedding model in this process: the same re-check as before a worker's load
+        files = self.files(model_id)
+        recheck(self.settings, self.registry.get(model_id), files)
+        return files
 
     def _admission_estimate(self, model_id: str) -> int:
         # The scheduler asks on the event loop: only a prepared model's estimate is that cheap (facts cached).
@@ -202,9 +207,23 @@ class Engine:
         # exits the forkserver's and spare's share grows. Admission uses the highest base of the last minute,
         # so a swap cannot push the total over the budget through that back door.
         self._base_seen = [(t, v) for t, v in self._base_seen if now - t < BASE_WINDOW_S] + [(now, value)]
-        value = max(v for _, v in self._base_seen)
+        value = max(v for _, v in self._base_seen) + self._pending_growth()
         self._base = (now, value)
         return value
+
+    def _pending_growth(self) -> int:
+        """Bytes this process is about to take on its own: the router's embedding model, until it has loaded.
+
+        It loads in the daemon (at start-up, or on the first routed request), so a model admitted against the
+        base measured before that would push the whole tree over the budget once it has: admission charges the
+        base as it will be (the formula of a worker holding that model: an upper bound of what it adds here).
+        """
+        embedder = self.router.will_load
+        if embedder is None:
+            return 0
+        spec = self.registry.get(embedder)
+        sizes = {f.role: f.size for f in spec.files}
+        return sum(onnx_formula(sizes.get("model", 0), sizes.get("tokenizer", 0)).values())
 
     @contextlib.asynccontextmanager
     async def compute(self):
@@ -237,26 +256,15 @@ class Engine:
     def _verify_for_load(self, spec: ModelSpec, files: dict[str, Path]) -> None:
         # verified once, loaded many times: a `path:` file replaced since is hashed again before it is loaded,
         # and a GGUF's structure is checked again if the file is not the one checked before (path, size, times)
-        recheck(self.settings, spec, files)
-        if spec.format == "gguf":
-            self._check_structure(files["model"])
-
-    def _check_structure(self, path: Path) -> None:
-        """The GGUF structure check, once per file (by path, size, mtime, inode) per engine, in this process.
-
-        It is pure Python and bounded, so it is safe here; the worker is then told not to repeat it.
-        """
-        from swarm_edge.workers.gguf_check import check_gguf
-
         try:
-            st = path.stat()
-        except OSError:
-            check_gguf(path)  # raises a CorruptModelError that names the file and the reason
+            recheck(self.settings, spec, files)
+        except ModelFileError:
+            # forget the verification: the next request verifies (or fetches) the file anew instead of failing
+            self._prepared.discard(spec.id)
+            self._files.pop(spec.id, None)
             raise
-        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-        if key not in self._checked:
-            check_gguf(path)
-            self._checked.add(key)
+        if spec.format == "gguf":
+            self.store.checked_facts(spec.file("model").sha256, files["model"])
 
     def _on_release(self, model_id: str, worker) -> None:
         spec = self.registry.get(model_id)

@@ -259,6 +259,14 @@ class Router:
         return "keywords" if self._failed or not self.registry.router.embedder or self._files is None else "semantic"
 
     @property
+    def will_load(self) -> str | None:
+        """The embedder's id while it is configured to run in this process but not loaded (nor failed) yet."""
+        embedder = self.registry.router.embedder
+        if self._semantic is None and self._failed is None and embedder and self._files is not None:
+            return embedder
+        return None
+
+    @property
     def unavailable(self) -> str | None:
         """Why semantic routing fell back to the rules, if it did."""
         return self._failed

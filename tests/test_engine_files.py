@@ -92,3 +92,27 @@ def test_requests_for_one_model_share_one_preparation(model_files, tmp_path, set
             gate.set()
             await engine.close()
     asyncio.run(go())
+
+
+def test_admission_charges_the_embedder_the_daemon_is_about_to_load(model_files, tmp_path, settings):
+    """The router's embedding model loads into this process (at start-up or on the first routed request): a model
+    admitted against the base measured before that would push the tree over the budget once it has loaded."""
+    from swarm_edge.engine import tree_pss
+
+    registry = parse_registry(registry_yaml(model_files, swarm=True), tmp_path / "models.yaml")
+
+    async def go():
+        engine = Engine(registry, settings, budget="4GiB", spare=False)
+        try:
+            assert engine.router.will_load == "minilm-l6"
+            before = engine.base_pss()
+            measured_before = tree_pss()
+            assert before >= measured_before + 100 * 2**20  # the embedder's charge is in the admission base
+            await asyncio.to_thread(engine.router.warm)
+            assert engine.router.will_load is None
+            grown = tree_pss() - measured_before
+            assert grown > 20 * 2**20  # loading it really did grow this process
+            assert before >= measured_before + grown  # the charge covered the growth
+        finally:
+            await engine.close()
+    asyncio.run(go())
