@@ -1,4 +1,11 @@
-"""ONNX embedding backend: onnxruntime + a tokenizers tokenizer, mean pooling, L2 normalisation."""
+"""ONNX embedding backend: onnxruntime + a tokenizers tokenizer, mean pooling, L2 normalisation.
+
+Both files are checked before native code reads them, because the router loads its embedder inside the daemon
+process: the .onnx file's protobuf wire format is walked in Python (every length inside its message, names in
+UTF-8, no tensor stored in an external file) and tokenizer.json is capped in size; after onnxruntime loads the
+graph, one probe sentence (and the tokenizer's highest token id) must embed to finite (batch, tokens, dim)
+vectors. A bad file is a CorruptModelError or ModelLoadError naming it, never a later failure per request.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,158 @@ from swarm_edge.errors import BackendUnavailableError, CorruptModelError, Infere
 from swarm_edge.workers.base import GenerateRequest, LoadInfo
 
 BATCH = 4  # texts per onnxruntime call: bounds the padded activations (4 x 256 tokens)
+MAX_MODEL_BYTES = (1 << 31) - 1  # protobuf cannot parse a message of 2 GiB; bigger models keep external data
+MAX_TOKENIZER_BYTES = 64 << 20  # the largest real tokenizer.json files (262k-token vocabularies) are ~33 MiB
+MAX_DEPTH = 32                  # messages inside messages: graphs in If/Loop attributes nest a few levels
+FEEDS = ("input_ids", "attention_mask", "token_type_ids")  # the graph inputs this backend gives values to
+# words, digits, accents and symbols that are in no vocabulary: the tokenizer's unknown-token path runs too
+PROBE = "Probe sentence: héllo wörld 42 ☃ ⟨𝔘⟩"
+
+# The ONNX messages the walk descends into (those that can hold a tensor or a graph): field -> (name, message).
+# Every other field is skipped by its wire length, which is still checked against its message's end.
+_NESTED: dict[str, dict[int, tuple[str, str]]] = {
+    "ModelProto": {7: ("graph", "GraphProto"), 20: ("training_info", "TrainingInfoProto"),
+                   25: ("functions", "FunctionProto")},
+    "GraphProto": {1: ("node", "NodeProto"), 5: ("initializer", "TensorProto"), 11: ("input", "ValueInfoProto"),
+                   12: ("output", "ValueInfoProto"), 13: ("value_info", "ValueInfoProto"),
+                   15: ("sparse_initializer", "SparseTensorProto")},
+    "NodeProto": {5: ("attribute", "AttributeProto")},
+    "AttributeProto": {5: ("t", "TensorProto"), 6: ("g", "GraphProto"), 10: ("tensors", "TensorProto"),
+                       11: ("graphs", "GraphProto"), 22: ("sparse_tensor", "SparseTensorProto"),
+                       23: ("sparse_tensors", "SparseTensorProto")},
+    "SparseTensorProto": {1: ("values", "TensorProto"), 2: ("indices", "TensorProto")},
+    "TrainingInfoProto": {1: ("initialization", "GraphProto"), 2: ("algorithm", "GraphProto")},
+    "FunctionProto": {4: ("node", "NodeProto"), 6: ("attribute_proto", "AttributeProto")},
+}
+# names that onnxruntime turns into Python str (a non-UTF-8 one fails late, after printing to stdout)
+_NAMES = {"NodeProto": {1, 2, 3, 4, 7}, "GraphProto": {2}, "TensorProto": {8}, "AttributeProto": {1},
+          "ValueInfoProto": {1}, "FunctionProto": {1, 2, 3, 10}}
+_SINGULAR = {"graph", "t", "g", "sparse_tensor", "values", "indices", "initialization", "algorithm"}
+_TENSOR_NAME, _EXTERNAL_DATA, _DATA_LOCATION, _EXTERNAL = 8, 13, 14, 1
+
+
+class _ProtoWalk:
+    """A bounds-checked walk of an ONNX ModelProto's protobuf wire format; raises CorruptModelError."""
+
+    def __init__(self, data: bytes | memoryview, name: str) -> None:
+        self.data, self.name = data, name
+
+    def fail(self, what: str, pos: int) -> CorruptModelError:
+        return CorruptModelError(f"{self.name}: not a valid ONNX model: {what} (at byte {pos:,} of "
+                                 f"{len(self.data):,}); nothing was loaded")
+
+    def varint(self, pos: int, end: int, where: str) -> tuple[int, int]:
+        data, value, shift = self.data, 0, 0
+        while True:
+            if pos >= end:
+                raise self.fail(f"a number in {where} runs past its end: truncated?", pos)
+            byte = data[pos]
+            value |= (byte & 0x7F) << shift
+            pos += 1
+            if byte < 0x80:
+                return value, pos
+            shift += 7
+            if shift >= 70:
+                raise self.fail(f"a number in {where} is longer than 10 bytes", pos)
+
+    def message(self, kind: str, start: int, end: int, where: str, depth: int = 0) -> set[int]:
+        """Walk one message (recursing into _NESTED fields); returns the field numbers it holds."""
+        if depth > MAX_DEPTH:
+            raise self.fail(f"{where}: messages nest more than {MAX_DEPTH} deep", start)
+        nested, names = _NESTED.get(kind, {}), _NAMES.get(kind, ())
+        seen: dict[int, int] = {}
+        external, tensor_name, pos = False, "", start
+        while pos < end:
+            key, pos = self.varint(pos, end, where)
+            field, wire = key >> 3, key & 7
+            if field == 0:
+                raise self.fail(f"{where} has a field numbered 0", pos)
+            seen[field] = seen.get(field, 0) + 1
+            if wire == 0:
+                value, pos = self.varint(pos, end, where)
+                external |= kind == "TensorProto" and field == _DATA_LOCATION and value == _EXTERNAL
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+                if pos > end:
+                    raise self.fail(f"a number in {where} runs past its end: truncated?", end)
+            elif wire == 2:
+                size, pos = self.varint(pos, end, where)
+                label = self._label(where, nested.get(field), seen[field]) or f"field {field} of {where}"
+                if size > end - pos:
+                    raise self.fail(f"{label} is {size:,} bytes long but only {end - pos:,} bytes of {where} "
+                                    "follow: truncated?", pos)
+                if field in nested:
+                    self.message(nested[field][1], pos, pos + size, label, depth + 1)
+                elif field in names:
+                    text = self._text(pos, size, where)
+                    if kind == "TensorProto" and field == _TENSOR_NAME:
+                        tensor_name = text
+                external |= kind == "TensorProto" and field == _EXTERNAL_DATA
+                pos += size
+            else:
+                raise self.fail(f"field {field} of {where} has wire type {wire}, which ONNX files do not use", pos)
+        if external:
+            raise self.fail(f"tensor {tensor_name!r} ({where}) keeps its data in an external file; only "
+                            "self-contained .onnx files are loaded", start)
+        return set(seen)
+
+    @staticmethod
+    def _label(where: str, nested: tuple[str, str] | None, count: int) -> str:
+        if nested is None:
+            return ""
+        return f"{where}.{nested[0]}" if nested[0] in _SINGULAR else f"{where}.{nested[0]}[{count - 1}]"
+
+    def _text(self, pos: int, size: int, where: str) -> str:
+        try:
+            return bytes(self.data[pos:pos + size]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"a name in {where} is not UTF-8", pos) from None
+
+
+def check_onnx(data: bytes, name: str) -> None:
+    """Walk an ONNX model's protobuf structure before onnxruntime parses it; raises CorruptModelError."""
+    if len(data) > MAX_MODEL_BYTES:
+        raise CorruptModelError(f"{name}: {len(data):,} bytes is over protobuf's 2 GiB limit; nothing was loaded")
+    walk = _ProtoWalk(memoryview(data), name)
+    if 7 not in walk.message("ModelProto", 0, len(data), "model"):
+        raise walk.fail("the model has no graph (field 7)", 0)
+
+
+def _native_error(exc: BaseException) -> bool:
+    """An error raised by native code: any Exception, or a Rust panic in tokenizers, which pyo3 raises as a
+    PanicException deriving from BaseException (so `except Exception` would let it through)."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def load_tokenizer(path: str | Path, max_length: int):
+    """A tokenizers.Tokenizer from a tokenizer.json of at most MAX_TOKENIZER_BYTES, truncating and padding."""
+    from tokenizers import Tokenizer
+
+    name = Path(path).name
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOKENIZER_BYTES + 1)  # read at most one byte over the cap, whatever the file says
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the tokenizer {path}: {exc.strerror}") from exc
+    if len(raw) > MAX_TOKENIZER_BYTES:
+        raise CorruptModelError(f"{name}: over {MAX_TOKENIZER_BYTES >> 20} MiB, larger than any real "
+                                "tokenizer.json; nothing was loaded")
+    try:
+        tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CorruptModelError(f"{name}: not a valid tokenizer.json: not UTF-8 text (byte {exc.start:,})") from exc
+    except BaseException as exc:
+        if not _native_error(exc):
+            raise
+        raise CorruptModelError(f"{name}: not a valid tokenizer.json: {_first_line(exc)}") from exc
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.enable_padding()
+    return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 class ONNXBackend:
@@ -21,8 +180,8 @@ class ONNXBackend:
         t0 = time.perf_counter()
         try:
             import numpy as np
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
+            import onnxruntime  # noqa: F401  (here for the install hint; _session imports it again)
+            import tokenizers  # noqa: F401
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"ONNX models need onnxruntime, tokenizers and numpy: pip install onnxruntime tokenizers numpy ({exc})"
@@ -30,39 +189,53 @@ class ONNXBackend:
         self._np = np
         self.pooling = options.get("pooling", "mean")
         self.normalize = bool(options.get("normalize", True))
-        max_length = int(options.get("max_length", 256))
+        self.max_length = int(options.get("max_length", 256))
         tok_path = options.get("tokenizer")
         if not tok_path:
             raise ModelLoadError("an ONNX embedding model needs a tokenizer file")
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
-            raise CorruptModelError(f"{Path(tok_path).name}: not a valid tokenizer.json: {exc}") from exc
-        self.tokenizer.enable_truncation(max_length=max_length)
-        self.tokenizer.enable_padding()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(options.get("threads") or 1)
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        # The CPU arena keeps the high-water mark of every batch shape forever (700 MiB after one padded
-        # batch of 32 x 256 tokens here); without it memory follows the batch and returns after it.
-        so.enable_cpu_mem_arena = False
-        so.enable_mem_pattern = False
-        try:
-            # Loaded from bytes, not from a path: a graph that points at external data has no base directory
-            # to resolve it against, so a hostile file cannot make onnxruntime read outside its folder.
-            model_bytes = Path(model_path).read_bytes()
-            self.session = ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
-            del model_bytes
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types, all at load
-            raise ModelLoadError(f"onnxruntime could not load {model_path}: {str(exc).splitlines()[0]}") from exc
+        self.tokenizer = load_tokenizer(tok_path, self.max_length)
+        self.session = _session(model_path, int(options.get("threads") or 1))
         self.input_names = {i.name for i in self.session.get_inputs()}
         if "input_ids" not in self.input_names:
             raise ModelLoadError(f"{model_path}: graph has no input_ids input (inputs: {sorted(self.input_names)})")
-        self.dim = self.session.get_outputs()[0].shape[-1]
-        self.max_length = max_length
+        unfed = sorted(self.input_names - set(FEEDS))
+        if unfed:
+            raise ModelLoadError(f"{model_path}: graph needs inputs {unfed} that an embedding model has no values "
+                                 f"for (it is given {', '.join(FEEDS)})")
         self._closed = False
+        self.dim = self._probe(model_path, Path(tok_path).name)
         self.info = LoadInfo(load_s=time.perf_counter() - t0, meta={"dim": self.dim})
+
+    def _probe(self, model_path: str, tok_name: str) -> int:
+        """Embed PROBE, and the tokenizer's highest token id, before anyone relies on the model; returns its dim.
+
+        A tokenizer that cannot encode text, an id the graph cannot look up, or an output that is not finite
+        (batch, tokens, dim) vectors fails here, at load, instead of in every request that meets it.
+        """
+        np = self._np
+        try:
+            enc = self.tokenizer.encode(PROBE)
+            top = max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
+        except BaseException as exc:
+            if not _native_error(exc):
+                raise
+            raise CorruptModelError(f"{tok_name}: cannot tokenize a test sentence: {_first_line(exc)}") from exc
+        for ids in (enc.ids, [top]):
+            batch = np.array([ids], dtype=np.int64)
+            try:
+                hidden = self._run(batch, np.ones_like(batch), np.zeros_like(batch))
+            except InferenceError as exc:
+                raise ModelLoadError(f"{model_path} (with {tok_name}): cannot embed token ids "
+                                     f"{ids[:8]}{'...' if len(ids) > 8 else ''}: {exc}") from exc
+            shape = getattr(hidden, "shape", ())
+            if len(shape) != 3 or shape[:2] != (1, len(ids)) or shape[2] < 1 or hidden.dtype.kind != "f":
+                raise ModelLoadError(f"{model_path}: the graph's first output for {len(ids)} tokens has shape "
+                                     f"{tuple(shape)} ({getattr(hidden, 'dtype', type(hidden).__name__)}), not "
+                                     f"float (1, {len(ids)}, dim)")
+            if not np.isfinite(hidden).all():
+                raise ModelLoadError(f"{model_path}: the graph's output for token ids {ids[:8]} is not finite "
+                                     "(NaN or infinity): damaged weights?")
+        return int(shape[2])
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, pooled over real tokens (padding excluded)."""
@@ -72,8 +245,7 @@ class ONNXBackend:
         out: list[list[float]] = []
         self.last_tokens = 0
         for start in range(0, len(texts), BATCH):
-            batch = texts[start:start + BATCH]
-            enc = self.tokenizer.encode_batch(batch)
+            enc = self._encode(texts[start:start + BATCH])
             self.last_tokens += sum(sum(e.attention_mask) for e in enc)
             hidden, mask = self._forward(enc)
             if self.pooling == "cls":
@@ -86,20 +258,32 @@ class ONNXBackend:
             out.extend(vec.astype(np.float32).tolist())
         return out
 
+    def _encode(self, texts: list[str]):
+        try:
+            return self.tokenizer.encode_batch(texts)
+        except BaseException as exc:
+            if not _native_error(exc):
+                raise
+            raise InferenceError(f"the tokenizer failed: {_first_line(exc)}") from exc
+
     def _forward(self, encodings):
         """The graph's token vectors for a batch of encodings, and their attention mask (numpy)."""
         np = self._np
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        return self._run(ids, mask, types), mask
+
+    def _run(self, ids, mask, types):
         feeds = {"input_ids": ids}
         if "attention_mask" in self.input_names:
             feeds["attention_mask"] = mask
         if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+            feeds["token_type_ids"] = types
         try:
-            return self.session.run(None, feeds)[0], mask
+            return self.session.run(None, feeds)[0]
         except Exception as exc:
-            raise InferenceError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from exc
+            raise InferenceError(f"onnxruntime failed: {_first_line(exc)}") from exc
 
     def embed_with_prefix(self, text: str, prefix_chars: int):
         """Two vectors from one forward pass: pooled over the tokens of text[:prefix_chars], and over all of it.
@@ -111,7 +295,7 @@ class ONNXBackend:
         if self._closed:
             raise InferenceError("model is closed")
         np = self._np
-        enc = self.tokenizer.encode(text)
+        enc = self._encode([text])[0]
         self.last_tokens = len(enc.ids)
         hidden = self._forward([enc])[0][0]
         # special tokens have empty offsets; the first one ([CLS]) is kept, as whole-text pooling keeps it
@@ -136,3 +320,32 @@ class ONNXBackend:
         if not self._closed:
             self._closed = True
             self.session = None
+
+
+def _session(model_path: str, threads: int):
+    """An onnxruntime session on the checked bytes of model_path (never on the path itself)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    # The CPU arena keeps the high-water mark of every batch shape forever (700 MiB after one padded
+    # batch of 32 x 256 tokens here); without it memory follows the batch and returns after it.
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    name = Path(model_path).name
+    try:
+        size = Path(model_path).stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise CorruptModelError(f"{name}: {size:,} bytes is over protobuf's 2 GiB limit; nothing was loaded")
+        model_bytes = Path(model_path).read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the model {model_path}: {exc.strerror}") from exc
+    check_onnx(model_bytes, name)
+    try:
+        # From bytes, so a graph has no directory of its own; onnxruntime would resolve external data against
+        # the daemon's working directory instead, which is why check_onnx refuses any external data first.
+        return ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types, all at load
+        raise ModelLoadError(f"onnxruntime could not load {model_path}: {_first_line(exc)}") from exc
