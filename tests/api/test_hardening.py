@@ -107,6 +107,11 @@ class _StuckHub(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self):  # noqa: N802
+        if "/resolve/" not in self.path:  # huggingface_hub's other questions (/api/agent-harnesses): not here
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Length", "1000")
         self.end_headers()
