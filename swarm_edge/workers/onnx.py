@@ -207,35 +207,47 @@ class ONNXBackend:
         self.info = LoadInfo(load_s=time.perf_counter() - t0, meta={"dim": self.dim})
 
     def _probe(self, model_path: str, tok_name: str) -> int:
-        """Embed PROBE, and the tokenizer's highest token id, before anyone relies on the model; returns its dim.
+        """Embed PROBE, then a batch of two ("hello", and the tokenizer's highest id), before anyone relies on the
+        model; returns its dim.
 
-        A tokenizer that cannot encode text, an id the graph cannot look up, or an output that is not finite
-        (batch, tokens, dim) vectors fails here, at load, instead of in every request that meets it.
+        A tokenizer that cannot encode text, an id the graph cannot look up, an output that is not finite
+        (batch, tokens, dim) vectors, or a graph that only runs at one batch size or length (two batches of
+        different sizes and lengths: a hard-coded shape fails one of them) fails here, at load, instead of in
+        every request that meets it.
         """
         np = self._np
         try:
-            enc = self.tokenizer.encode(PROBE)
+            enc, short = self.tokenizer.encode(PROBE), self.tokenizer.encode("hello")
             top = max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
         except BaseException as exc:
             if not _native_error(exc):
                 raise
             raise CorruptModelError(f"{tok_name}: cannot tokenize a test sentence: {_first_line(exc)}") from exc
-        for ids in (enc.ids, [top]):
-            batch = np.array([ids], dtype=np.int64)
+        n = len(short.ids)
+        batches = [([enc.ids], [enc.attention_mask], [enc.type_ids]),
+                   ([short.ids, [top] + [0] * (n - 1)], [short.attention_mask, [1] + [0] * (n - 1)],
+                    [short.type_ids, [0] * n])]
+        dims = set()
+        for ids, mask, types in batches:
+            ids, mask, types = (np.array(a, dtype=np.int64) for a in (ids, mask, types))
+            what = f"{ids.shape[0]} x {ids.shape[1]} token ids"
             try:
-                hidden = self._run(batch, np.ones_like(batch), np.zeros_like(batch))
+                hidden = self._run(ids, mask, types)
             except InferenceError as exc:
-                raise ModelLoadError(f"{model_path} (with {tok_name}): cannot embed token ids "
-                                     f"{ids[:8]}{'...' if len(ids) > 8 else ''}: {exc}") from exc
-            shape = getattr(hidden, "shape", ())
-            if len(shape) != 3 or shape[:2] != (1, len(ids)) or shape[2] < 1 or hidden.dtype.kind != "f":
-                raise ModelLoadError(f"{model_path}: the graph's first output for {len(ids)} tokens has shape "
-                                     f"{tuple(shape)} ({getattr(hidden, 'dtype', type(hidden).__name__)}), not "
-                                     f"float (1, {len(ids)}, dim)")
+                raise ModelLoadError(f"{model_path} (with {tok_name}): cannot embed {what} (largest {ids.max()}): "
+                                     f"{exc}") from exc
+            shape, kind = getattr(hidden, "shape", ()), getattr(getattr(hidden, "dtype", None), "kind", "")
+            if len(shape) != 3 or shape[:2] != ids.shape or shape[2] < 1 or kind != "f":
+                got = f"{tuple(shape)} {getattr(hidden, 'dtype', type(hidden).__name__)}"
+                raise ModelLoadError(f"{model_path}: the graph's first output for {what} is {got}, not float "
+                                     "(batch, tokens, dim)")
             if not np.isfinite(hidden).all():
-                raise ModelLoadError(f"{model_path}: the graph's output for token ids {ids[:8]} is not finite "
-                                     "(NaN or infinity): damaged weights?")
-        return int(shape[2])
+                raise ModelLoadError(f"{model_path}: the graph's output for {what} is not finite (NaN or infinity): "
+                                     "damaged weights?")
+            dims.add(int(shape[2]))
+        if len(dims) != 1:
+            raise ModelLoadError(f"{model_path}: the graph's vectors change size with the batch: {sorted(dims)}")
+        return dims.pop()
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, pooled over real tokens (padding excluded)."""

@@ -37,9 +37,9 @@ def ld(field: int, body: bytes | str) -> bytes:
     return varint(field << 3 | 2) + varint(len(body)) + body
 
 
-def tensor(name: str, dims, data: bytes | None, external: str | None = None) -> bytes:
-    """A float TensorProto with raw_data, or pointing at an external file."""
-    body = b"".join(vi(1, d) for d in dims) + vi(2, FLOAT) + ld(8, name)
+def tensor(name: str, dims, data: bytes | None, external: str | None = None, dtype: int = FLOAT) -> bytes:
+    """A TensorProto with raw_data, or pointing at an external file."""
+    body = b"".join(vi(1, d) for d in dims) + vi(2, dtype) + ld(8, name)
     if external is not None:
         return body + ld(13, ld(1, "location") + ld(2, external)) + vi(14, 1)
     return body + ld(9, data)
@@ -59,9 +59,11 @@ def node(op: str, inputs, outputs, attrs: bytes = b"") -> bytes:
 
 
 def tiny_model(vocab: int = 64, dim: int = 8, *, external: str | None = None, extra_input: str | None = None,
-               output_dims="default", input_name: str | bytes = "input_ids", gamma: float = 1.0) -> bytes:
+               output_dims="default", input_name: str | bytes = "input_ids", gamma: float = 1.0,
+               fixed_batch: int | None = None) -> bytes:
     """A BERT-shaped embedding graph onnxruntime loads in milliseconds: word + token-type embeddings, a MatMul
-    and a LayerNormalization, fed input_ids, attention_mask (unused) and token_type_ids."""
+    and a LayerNormalization, fed input_ids, attention_mask (unused) and token_type_ids; `fixed_batch` adds a
+    Reshape to (fixed_batch, -1, dim) at the end, as a damaged shape constant would."""
     rng = random.Random(vocab * dim)
 
     def floats(n, value=None):
@@ -75,6 +77,10 @@ def tiny_model(vocab: int = 64, dim: int = 8, *, external: str | None = None, ex
     nodes = [node("Gather", ["word", input_name], ["e0"]), node("Gather", ["types", "token_type_ids"], ["e1"]),
              node("Add", ["e0", "e1"], ["e2"]), node("MatMul", ["e2", "w"], ["h"]),
              node("LayerNormalization", ["h", "gamma", "beta"], ["last_hidden_state"], norm_attrs)]
+    if fixed_batch is not None:
+        nodes[-1] = node("LayerNormalization", ["h", "gamma", "beta"], ["normed"], norm_attrs)
+        nodes.append(node("Reshape", ["normed", "shape"], ["last_hidden_state"]))
+        inits.append(tensor("shape", [3], struct.pack("<3q", fixed_batch, -1, dim), dtype=INT64))
     inputs = [input_name, "attention_mask", "token_type_ids"] + ([extra_input] if extra_input else [])
     graph = b"".join(ld(1, n) for n in nodes) + ld(2, "tiny") + b"".join(ld(5, t) for t in inits)
     graph += b"".join(ld(11, value_info(name, INT64, ["batch", "sequence"])) for name in inputs)
@@ -180,6 +186,14 @@ def test_an_output_declared_without_dims_gets_its_dim_from_the_probe(tmp_path):
     assert backend.dim == 8 and len(backend.embed(["hello"])[0]) == 8
 
 
+def test_a_graph_that_runs_at_one_batch_size_only_is_refused_at_load(tmp_path):
+    # found by fuzzing (a Reshape's shape constant set to 1): a one-text probe passed, and batches of two failed
+    # or came out as one row of the wrong length
+    with pytest.raises(ModelLoadError, match=r"model\.onnx: the graph's first output for 2 x 3 token ids is "
+                                             r"\(1, 6, 8\) float32, not float \(batch, tokens, dim\)"):
+        load_tiny(tmp_path, tiny_model(tiny_vocab_size(), fixed_batch=1))
+
+
 def test_weights_that_make_nan_are_refused_at_load(tmp_path):
     # it loaded and embedded every text to NaN, silently
     with pytest.raises(ModelLoadError, match=r"model\.onnx: .*not finite"):
@@ -204,7 +218,8 @@ def test_a_tokenizer_that_panics_is_refused_at_load(tmp_path):
 def test_a_token_id_beyond_the_model_is_refused_at_load(tmp_path):
     # it loaded; then every text containing "zebra" failed inside onnxruntime's Gather
     tok = tiny_tokenizer(extra_vocab={"zebra": 5000})
-    with pytest.raises(ModelLoadError, match=r"model\.onnx \(with tokenizer\.json\): cannot embed token ids \[5000\]"):
+    with pytest.raises(ModelLoadError, match=r"model\.onnx \(with tokenizer\.json\): cannot embed 2 x 3 token ids "
+                                             r"\(largest 5000\): onnxruntime failed: .*Gather"):
         load_tiny(tmp_path, tiny_model(tiny_vocab_size()), tok)
 
 
