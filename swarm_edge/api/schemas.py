@@ -15,6 +15,22 @@ MAX_STOP = 4
 MAX_INPUTS = 2048
 
 
+def _unicode(text: str) -> str:
+    # JSON's \udXXX escapes let a body carry a lone UTF-16 surrogate; Python reads it into a str that no UTF-8
+    # encoder takes (the tokenizers, our own error messages), so it would surface as a 500 deep inside
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode: a lone surrogate (U+{ord(text[exc.start]):04X}) at "
+                         f"character {exc.start}") from None
+    return text
+
+
+def _unicode_fields(*names: str):
+    """A validator for the string fields `names` that reach a model or a message: valid Unicode only."""
+    return field_validator(*names)(lambda cls, v: _unicode(v) if isinstance(v, str) else v)
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -25,12 +41,16 @@ class ContentPart(_Lenient):
     type: str
     text: str | None = None
 
+    _valid = _unicode_fields("type", "text")
+
 
 class ChatMessage(_Lenient):
     """An OpenAI chat message."""
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
+
+    _valid = _unicode_fields("content")
 
     def text(self) -> str:
         """The message's text; a non-text part is an error."""
@@ -52,7 +72,7 @@ def _stop_list(v: Any) -> list[str]:
         raise ValueError(f"at most {MAX_STOP} stop sequences")
     if any(not s for s in stops):
         raise ValueError("stop sequences must not be empty")
-    return stops
+    return [_unicode(s) for s in stops]
 
 
 class _Sampling(_Lenient):
@@ -134,7 +154,7 @@ class CompletionRequest(_Sampling):
             v = v[0]
         if not v:
             raise ValueError("prompt must not be empty")
-        return v
+        return _unicode(v)
 
     @model_validator(mode="after")
     def _completion_unsupported(self):
@@ -169,7 +189,7 @@ def _texts(v: str | list[str]) -> list[str]:
         raise ValueError("input must not be empty")
     if len(texts) > MAX_INPUTS:
         raise ValueError(f"at most {MAX_INPUTS} inputs per request")
-    return texts
+    return [_unicode(t) for t in texts]
 
 
 # ---------------------------------------------------------------- Ollama
@@ -201,6 +221,8 @@ class OllamaMessage(_Lenient):
     role: Literal["system", "user", "assistant"]
     content: str = ""
     images: list[str] | None = None
+
+    _valid = _unicode_fields("content")
 
 
 class _OllamaBase(_Lenient):
@@ -241,6 +263,8 @@ class OllamaGenerateRequest(_OllamaBase):
     raw: bool = False
     images: list[str] | None = None
 
+    _valid = _unicode_fields("prompt", "system")
+
     @model_validator(mode="after")
     def _gen_unsupported(self):
         if self.images:
@@ -264,3 +288,4 @@ class RouteRequest(_Lenient):
     """POST /swarm/route."""
 
     prompt: str = Field(min_length=1)
+
