@@ -338,6 +338,15 @@ class ClosingStream(StreamingResponse):
             queue.put_nowait(None)
 
 
+def _unreadable(cause: BaseException) -> str:
+    """Why a body could not be read as JSON (FastAPI says only "There was an error parsing the body")."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"invalid request body: not UTF-8 (byte 0x{cause.object[cause.start]:02x} at offset {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "invalid request body: its JSON is nested too deeply"
+    return f"invalid request body: it could not be read as JSON ({type(cause).__name__})"
+
+
 def _deadline_text() -> str:
     return "the request ran past the daemon's per-request deadline (serve --request-timeout); its model was freed"
 
@@ -451,6 +460,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
     async def _http_error(request: Request, exc: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "error")
         message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the body as JSON
+            code, message = "invalid_request_body", _unreadable(exc.__cause__)
         return _error_response(request.url.path, exc.status_code, message, code)
 
     @app.exception_handler(Exception)

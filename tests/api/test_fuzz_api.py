@@ -35,3 +35,16 @@ def test_lone_surrogate_is_a_400_not_a_500(daemon, path, body):
         assert "surrogate" in error, r.text
     else:
         assert error["code"] == "invalid_request_body" and "surrogate" in error["message"], r.text
+
+
+@pytest.mark.parametrize(("body", "says"), [(b'{"model": "minilm-l6", "input": "\xff"}', "not UTF-8"),
+                                           (b"[" * 100_000 + b"]" * 100_000, "nested too deeply")])
+def test_an_unreadable_body_is_a_400_that_says_why(daemon, body, says):
+    for path in ("/v1/embeddings", "/api/embed"):
+        r = daemon.http.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]  # was "There was an error parsing the body", code "error"
+        if path.startswith("/api/"):
+            assert says in error, r.text
+        else:
+            assert says in error["message"] and error["code"] == "invalid_request_body", r.text
