@@ -9,17 +9,19 @@ multiprocessing pipe, both ways: the daemon never unpickles anything a worker se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from swarm_edge.errors import InferenceError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
+from swarm_edge.errors import ConfigError, InferenceError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
 from swarm_edge.workers.base import GenerateRequest
 
 MAX_FRAME = 64 << 20          # a worker may not send more than this in one message
@@ -30,6 +32,15 @@ _HEADER = struct.Struct("!i")
 LOAD_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
 PRELOAD = ["swarm_edge.workers.preload"]
+# A generation's first message may take STALL_FIRST_S (prompt evaluation: a long prompt on a slow CPU), each later
+# one STALL_NEXT_S. A worker silent for longer is looked at: stopped (SIGSTOP, a debugger), it is declared hung
+# and killed at once; blocked (no CPU used since the last look), one window later; computing, it gets another
+# window (the request's deadline bounds it). SWARM_EDGE_WORKER_STALL_S="FIRST,NEXT" (or one number for both)
+# overrides them, e.g. for tests.
+STALL_FIRST_S = 30.0
+STALL_NEXT_S = 15.0
+STALL_ENV = "SWARM_EDGE_WORKER_STALL_S"
+_PR_SET_PDEATHSIG = 1
 
 
 # ---------------------------------------------------------------- inside the worker process
@@ -71,9 +82,35 @@ def _slices(vectors: list[list[float]]) -> list[list[list[float]]]:
     return [vectors[i:i + step] for i in range(0, len(vectors), step)] or [[]]
 
 
+def _die_with_the_daemon() -> None:
+    """Make the kernel SIGKILL this worker when the daemon is gone, even if it is stopped or stuck in native code.
+
+    A worker notices the daemon's death only when it reads its pipe. The kernel can kill it when its parent dies
+    (Linux: PR_SET_PDEATHSIG); the parent is the forkserver, which exits when the daemon does - once no worker
+    holds the write end of the forkserver's "alive" pipe, which multiprocessing hands to every child it forks
+    (for children that would fork children of their own; a worker never does). With that copy kept, one stuck
+    worker kept the forkserver, the resource tracker and itself alive after a kill -9 of the daemon, forever.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # a forkserver gone before the prctl is not seen by it; the pipe's EOF below then ends this worker
+
+
 def worker_main(conn) -> None:
     """Entry point of a worker process: wait for a load order (a spare waits here), load, then serve."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the daemon, which stops us in order
+    _die_with_the_daemon()
     from swarm_edge.workers import backend_class
 
     try:
@@ -160,11 +197,46 @@ def _jsonable(meta: dict) -> dict:
 # ---------------------------------------------------------------- in the daemon
 
 
+def stall_windows(env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(first, next) stall windows in seconds: STALL_FIRST_S and STALL_NEXT_S, or SWARM_EDGE_WORKER_STALL_S."""
+    raw = (os.environ if env is None else env).get(STALL_ENV, "").strip()
+    if not raw:
+        return STALL_FIRST_S, STALL_NEXT_S
+    try:
+        values = [float(part) for part in raw.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 < v < float("inf") for v in values):
+        raise ConfigError(f"{STALL_ENV}={raw!r}: expected seconds for the first message and, optionally, each "
+                          "later one, e.g. \"30,15\" or \"20\"")
+    return values[0], values[-1]
+
+
+def _stopped_or_idle(pid: int, cpu_before: float | None) -> tuple[str | None, float | None]:
+    """Why a silent worker is hung ("...stopped", "...no CPU" since `cpu_before`), else None; and its CPU seconds."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            status, times = proc.status(), proc.cpu_times()
+    except psutil.Error:  # gone (its pipe's EOF tells the rest) or unreadable: nothing to say it is computing
+        return "its process could not be inspected", None
+    cpu = times.user + times.system
+    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+        return "its process is stopped", cpu
+    if cpu_before is not None and cpu <= cpu_before:
+        return "it used no CPU meanwhile", cpu
+    return None, cpu
+
+
 class Worker:
     """The daemon's handle on one worker process. One request at a time (the scheduler guarantees it)."""
 
-    def __init__(self, model_id: str, process, conn, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, model_id: str, process, conn, loop: asyncio.AbstractEventLoop,
+                 stall: tuple[float, float] = (STALL_FIRST_S, STALL_NEXT_S)) -> None:
         self.model_id = model_id
+        self.stall = stall                           # (first, next) message windows of a generation
         self.process = process
         self.conn = conn
         self.info: dict[str, Any] = {}
@@ -177,6 +249,12 @@ class Worker:
         self._queue: asyncio.Queue[dict] = asyncio.Queue()
         self._dead = False
         self._broke: str | None = None               # how the worker broke the protocol, if it did
+        # The stall watchdog of the generation in flight (event loop only): when it was sent, when the worker was
+        # last heard from, its CPU seconds at the last look, the timer, and why it was killed as hung, if it was.
+        self._sent_at = self._heard = 0.0
+        self._cpu: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._stalled: str | None = None
         # Frames are read by the event loop itself when the pipe is readable: one wake-up per token, no
         # reader thread competing for the GIL and the cores the worker decodes on.
         self._fd = conn.fileno()
@@ -208,6 +286,7 @@ class Worker:
         if not data:
             self._mark_dead()
             return
+        self._heard = self._loop.time()
         buf = self._buf
         buf += data
         start = 0
@@ -229,6 +308,7 @@ class Worker:
         del buf[:start]
 
     def _mark_dead(self) -> None:
+        self._disarm()
         if self._fd is not None:
             self._loop.remove_reader(self._fd)
             self._fd = None
@@ -237,6 +317,8 @@ class Worker:
             self._queue.put_nowait({"kind": "_dead"})
 
     def _crash_message(self) -> str:
+        if self._stalled:
+            return f"worker for {self.model_id} (pid {self.pid}) stalled: {self._stalled}; it was killed"
         self.process.join(timeout=1.0)
         code = self.process.exitcode
         if code is not None and code < 0:
@@ -282,6 +364,8 @@ class Worker:
         self.requests += 1
         self._send({"kind": "generate", "request": asdict(request)})
         self._inflight = True
+        self._sent_at, self._cpu = self._loop.time(), None
+        self._arm(self.stall[0])
 
     async def generate(self, request: GenerateRequest, *, sent: bool = False) -> AsyncIterator[dict]:
         """Stream events of one generation; closing the iterator early cancels it in the worker."""
@@ -295,17 +379,49 @@ class Worker:
                 elif msg["kind"] == "end":
                     self.last_pss = msg.get("pss") or self.last_pss
                     self._inflight = False
+                    self._disarm()
                     return
                 elif msg["kind"] == "error":
                     self._inflight = False
+                    self._disarm()
                     raise _error(msg)
         finally:
             await self.abandon()
+
+    def _arm(self, delay: float) -> None:
+        self._disarm()
+        self._watchdog = self._loop.call_later(delay, self._watch)
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _watch(self) -> None:
+        """The stall watchdog (see STALL_FIRST_S): a worker silent past its window that is stopped or did not
+        compute is hung; it is killed (SIGKILL ends a stopped process too), so the reader raises WorkerCrashedError
+        saying it stalled, the scheduler drops the worker and the next request loads the model afresh."""
+        self._watchdog = None
+        if not self._inflight or self._dead:
+            return
+        window = self.stall[1] if self._heard > self._sent_at else self.stall[0]
+        quiet = self._loop.time() - max(self._heard, self._sent_at)
+        if quiet < window:  # heard from since the timer was set: wait for the rest of the new window
+            self._arm(window - quiet)
+            return
+        why, self._cpu = _stopped_or_idle(self.pid, self._cpu)  # one read of /proc, rare: fine on the loop
+        if why is None:
+            self._arm(window)  # computing (a long prompt on a slow CPU), or first look: look again after a window
+            return
+        self._stalled = f"no output for {quiet:.1f} s and {why}"
+        self.kill()
+        self._mark_dead()
 
     async def abandon(self) -> None:
         """Cancel the generation in flight (if any) and drain it, whatever happens to the caller meanwhile."""
         if self._inflight and self.alive:
             self._inflight = False
+            self._disarm()  # the drain has its own deadline (_cancel)
             # Shielded: when the caller is being cancelled (client gone) every await here may be cancelled
             # again; the drain must still finish, or the next request would read this one's tokens.
             self._settling = self._loop.create_task(self._cancel())
@@ -394,6 +510,7 @@ class Pool:
         self._want_spare = spare
         self._spare: tuple[Any, Any] | None = None    # (process, parent end of its pipe)
         self._refill: asyncio.Task | None = None
+        self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
 
     def start_server(self) -> None:
         """Start the forkserver now (it imports the runtimes once), so the first load does not pay for it."""
@@ -435,7 +552,7 @@ class Pool:
         else:
             process, parent = await asyncio.to_thread(self._fork)
         self.spawned += 1
-        worker = Worker(model_id, process, parent, asyncio.get_running_loop())
+        worker = Worker(model_id, process, parent, asyncio.get_running_loop(), self.stall)
         worker._send({"kind": "load", "fmt": fmt, "model_path": model_path, "options": options,
                       "calibrate": calibrate})
         try:
