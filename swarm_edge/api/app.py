@@ -26,18 +26,35 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from swarm_edge import __version__, errors, orchestrator
 from swarm_edge.api.schemas import (
+    EMBEDDING_STATUSES,
+    GENERATION_STATUSES,
+    ChatCompletion,
     ChatCompletionRequest,
+    Completion,
     CompletionRequest,
     EmbeddingRequest,
+    Embeddings,
+    Health,
+    ModelCard,
+    ModelList,
+    OllamaAnswer,
     OllamaChatRequest,
+    OllamaEmbeddings,
     OllamaEmbedRequest,
     OllamaGenerateRequest,
+    OllamaModels,
+    RouteOut,
     RouteRequest,
+    Status,
+    Version,
+    finish_openapi,
+    responses,
 )
 from swarm_edge.engine import Engine
 
@@ -47,6 +64,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 # scope["server"] of a Unix-socket connection whose peer uid the server's protocol checked (server.py sets it);
 # any other connection, one the server could not classify included, is treated as TCP: token and Host required
 UNIX_PEER_CHECKED = "swarm-edge:unix-peer-checked"
+SSE, NDJSON = "text/event-stream", "application/x-ndjson"
 
 # exception -> (HTTP status, OpenAI error code); the first match wins, so subclasses come first
 STATUS: list[tuple[type[errors.SwarmEdgeError], int, str]] = [
@@ -439,7 +457,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
             await engine.close()
 
     app = FastAPI(title="swarm-edge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url="/openapi.json")
+    app.openapi = lambda: _openapi(app)
     metrics = Metrics()
     app.state.engine, app.state.metrics = engine, metrics
 
@@ -482,7 +501,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
         return {"id": spec.id, "object": "model", "created": int(metrics.started), "owned_by": "swarm-edge",
                 "swarm": {"format": spec.format, "kind": spec.kind, "tasks": spec.tasks}}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=responses(ModelList))
     async def list_models():
         auto = {"id": orchestrator.AUTO, "object": "model", "created": int(metrics.started), "owned_by": "swarm-edge",
                 "swarm": {"kind": "router", "router": engine.router.kind, "tasks": list(engine.registry.routes)}}
@@ -495,7 +514,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
             if engine.cloud is not None else []
         return {"object": "list", "data": [auto] + [model_card(s) for s in engine.registry] + pipes + cloud}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses=responses(ModelCard, 404))
     async def get_model(model_id: str):
         return model_card(engine.registry.get(model_id))
 
@@ -568,15 +587,15 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=responses(ChatCompletion, *GENERATION_STATUSES, stream=SSE))
     async def chat_completions(body: ChatCompletionRequest):
         return await openai_generation(body, "chat", messages=body.plain_messages(), max_tokens=body.limit)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=responses(Completion, *GENERATION_STATUSES, stream=SSE))
     async def completions(body: CompletionRequest):
         return await openai_generation(body, "text", prompt=body.prompt, max_tokens=body.max_tokens)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", responses=responses(Embeddings, *EMBEDDING_STATUSES))
     async def embeddings(body: EmbeddingRequest):
         model, vectors, timings = await orchestrator.embed(engine, body.input, body.model)
         tokens = timings.pop("tokens", None) or 0
@@ -600,11 +619,11 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
                 "details": {"format": spec.format, "family": spec.kind, "families": [spec.kind],
                             "parameter_size": "", "quantization_level": ""}}
 
-    @app.get("/api/tags")
+    @app.get("/api/tags", responses=responses(OllamaModels))
     async def tags():
         return {"models": [ollama_details(s) for s in engine.registry]}
 
-    @app.get("/api/ps")
+    @app.get("/api/ps", responses=responses(OllamaModels))
     async def ps():
         snap = engine.scheduler.snapshot()
         out = []
@@ -615,7 +634,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
             out.append(d)
         return {"models": out}
 
-    @app.get("/api/version")
+    @app.get("/api/version", responses=responses(Version))
     async def version():
         return {"version": __version__}
 
@@ -661,7 +680,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
         return ClosingStream(body_iter(), events=events, metrics=metrics, deadline=until,
                              error_chunk=lambda exc: _ndjson({"error": str(exc)}), media_type="application/x-ndjson")
 
-    @app.post("/api/chat")
+    @app.post("/api/chat", responses=responses(OllamaAnswer, *GENERATION_STATUSES, stream=NDJSON))
     async def ollama_chat(body: OllamaChatRequest):
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
         if not messages:  # Ollama loads the model and answers done: a preload
@@ -669,7 +688,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
         return await ollama_generation(body.model, body.options, body.stream, "message", body.allow_cloud,
                                        messages=messages, cache_prompt=body.cache_prompt)
 
-    @app.post("/api/generate")
+    @app.post("/api/generate", responses=responses(OllamaAnswer, *GENERATION_STATUSES, stream=NDJSON))
     async def ollama_generate(body: OllamaGenerateRequest):
         if not body.prompt:
             return await ollama_load(body.model, "response")
@@ -689,7 +708,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
         empty = {"role": "assistant", "content": ""} if key == "message" else ""
         return {"model": spec.id, "created_at": _now_rfc3339(), key: empty, "done": True, "done_reason": "load"}
 
-    @app.post("/api/embed")
+    @app.post("/api/embed", responses=responses(OllamaEmbeddings, *EMBEDDING_STATUSES))
     async def ollama_embed(body: OllamaEmbedRequest):
         model, vectors, timings = await orchestrator.embed(engine, body.input, _ollama_name(body.model))
         return {"model": model, "embeddings": vectors, "total_duration": _ns(timings["total_s"]),
@@ -697,12 +716,12 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
 
     # ------------------------------------------------------------ swarm
 
-    @app.get("/health")
+    @app.get("/health", responses=responses(Health))
     async def health():
         return {"status": "ok", "version": __version__, "pid": os.getpid(),
                 "uptime_s": round(time.time() - metrics.started, 3), "models": len(engine.registry)}
 
-    @app.get("/swarm/status")
+    @app.get("/swarm/status", responses=responses(Status))
     async def swarm_status():
         snap = engine.scheduler.snapshot()
         snap["models"] = await asyncio.to_thread(engine.model_estimates)
@@ -711,17 +730,28 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
         snap["cloud"] = engine.cloud.describe() if engine.cloud is not None else None
         return snap
 
-    @app.post("/swarm/route")
+    @app.post("/swarm/route", responses=responses(RouteOut, 400))
     async def swarm_route(body: RouteRequest):
         return (await orchestrator.route_async(engine, body.prompt)).to_dict()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=responses(None))
     async def prometheus():
         return PlainTextResponse(prometheus_text(engine, metrics), media_type="text/plain; version=0.0.4")
 
     paths = {r.path for r in app.routes if hasattr(r, "path")}
     app.add_middleware(Guard, metrics=metrics, token=token, paths=paths)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """GET /openapi.json: FastAPI's document, finished to say what the daemon answers (built once)."""
+    if app.openapi_schema is None:
+        app.openapi_schema = finish_openapi(get_openapi(
+            title=app.title, version=app.version, routes=app.routes,
+            description="swarm-edge's daemon: OpenAI-compatible /v1, Ollama-compatible /api, and /swarm, /metrics, "
+                        "/health. On the Unix socket no token is needed; the TCP listener (serve --tcp) requires "
+                        "`Authorization: Bearer <token>` and a loopback Host header."))
+    return app.openapi_schema
 
 
 def _file_time(engine: Engine, spec) -> str:
