@@ -240,7 +240,7 @@ class Guard:
         try:
             server = scope.get("server")
             if not (server and server[0] == UNIX_PEER_CHECKED):  # fail closed: only a checked Unix peer is exempt
-                refusal = self._check_tcp(headers)
+                refusal = self._check_tcp(headers, path)
                 if refusal is not None:
                     await refusal(scope, receive, send_wrapper)
                     return
@@ -265,16 +265,17 @@ class Guard:
         finally:
             self.metrics.observe(path if path in self.paths else "other", status[0], time.perf_counter() - t0)
 
-    def _check_tcp(self, headers: dict[str, str]):
+    def _check_tcp(self, headers: dict[str, str], path: str):
+        # the refusals take the path's error shape too: Ollama clients read {"error": str} under /api/
         host = headers.get("host", "")
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if name not in LOOPBACK_HOSTS:
-            return _error_response("", 403, f"Host {host!r} is not allowed (loopback names only)", "forbidden_host")
+            return _error_response(path, 403, f"Host {host!r} is not allowed (loopback names only)", "forbidden_host")
         auth = headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
-            return JSONResponse(error_body(401, "missing or wrong bearer token", "unauthorized"), status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return _error_response(path, 401, "missing or wrong bearer token", "unauthorized",
+                                   headers={"WWW-Authenticate": "Bearer"})
         return None
 
 

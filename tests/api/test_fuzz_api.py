@@ -1,5 +1,5 @@
 """Schemathesis against the daemon's own OpenAPI document (/openapi.json), on a real daemon with the real test
-models, over the real Unix socket: every operation, positive and negative bodies.
+models, over the real Unix socket and the TCP listener: every operation, positive and negative bodies.
 
 Checks on every answer: no 5xx (not_a_server_error), a status the document lists for the operation, its content
 type, and its body against the documented schema (streams: every SSE event and every NDJSON line). Generations
@@ -18,6 +18,7 @@ import contextlib
 import copy
 import json
 import random
+import socket
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -38,6 +39,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from tests.api.conftest import Daemon, private_root
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 CAP = 2             # tokens per generation
@@ -309,3 +312,57 @@ def test_fuzz_every_operation_over_the_unix_socket(daemon):
             camp.run(op, mode, UNIX_EXAMPLES[mode])
     assert set(camp.requests) == {op.label for op in camp.operations}
     _assert_clean(camp, daemon, daemon.http)
+
+
+# ---------------------------------------------------------------- the TCP listener
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for a moment)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def tcp_daemon(api_config):
+    """A daemon with a TCP listener: (daemon, client over TCP, the token's header)."""
+    import shutil
+
+    d = Daemon(private_root(), api_config, "--tcp", f"127.0.0.1:{free_port()}").start()
+    port = d.cmd[d.cmd.index("--tcp") + 1].rsplit(":", 1)[1]
+    token = (d.socket.parent / "token").read_text().strip()
+    try:
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=HANG_S) as tcp:
+            yield d, tcp, {"Authorization": f"Bearer {token}"}
+    finally:
+        assert d.stop() == 0, d.output()
+        shutil.rmtree(d.root, ignore_errors=True)
+
+
+def test_fuzz_over_tcp_with_the_token(tcp_daemon):
+    d, tcp, auth = tcp_daemon
+    camp = Campaign(tcp, alive=lambda: d.proc.poll() is None, headers=auth)
+    for op in camp.operations:
+        camp.run(op, GenerationMode.POSITIVE, 6, seed=1)
+    _assert_clean(camp, d, tcp, auth)
+
+
+@pytest.mark.parametrize("given", ["no token", "wrong token", "foreign Host"])
+def test_tcp_refusals_on_every_operation(tcp_daemon, given):
+    d, tcp, auth = tcp_daemon
+    doc = d.http.get("/openapi.json").json()
+    headers = {"no token": {}, "wrong token": {"Authorization": "Bearer " + "x" * 43},
+               "foreign Host": {**auth, "Host": "evil.example:80"}}[given]
+    expected = 403 if given == "foreign Host" else 401
+    for path, ops in doc["paths"].items():
+        for method in ops:
+            url = path.replace("{model_id}", "smollm2-135m")
+            r = tcp.request(method.upper(), url, headers=headers, json={} if method == "post" else None)
+            assert r.status_code == expected, (method, path, r.status_code, r.text)
+            # the body Ollama clients read under /api/, OpenAI's elsewhere (what the document says)
+            error = r.json()["error"]
+            assert isinstance(error, str) if path.startswith("/api/") else error["code"] in ("unauthorized",
+                                                                                            "forbidden_host"), r.text
