@@ -4,7 +4,7 @@ models, over the real Unix socket and the TCP listener: every operation, positiv
 Checks on every answer: no 5xx (not_a_server_error), a status the document lists for the operation, its content
 type, and its body against the documented schema (streams: every SSE event and every NDJSON line). Generations
 are capped at CAP tokens (a body's max_tokens / num_predict, as pydantic would read it) so the fuzz exercises the
-handlers, not inference time; half of the bodies get a real model id so they get past the 404. Every body the
+handlers, not inference time; half of the bodies and model paths get a real model id, past the 404. Every body the
 daemon accepted goes again with a lone UTF-16 surrogate (a \\udXXX escape) in one of its strings, which
 schemathesis never generates and Python's json reads. After a run the daemon must be alive and hold no lease,
 queue entry or open stream.
@@ -121,6 +121,7 @@ class Campaign:
     def run(self, op, mode: GenerationMode, examples: int, seed: int = 0) -> None:
         """Up to `examples` generated requests to `op`; stops early once the daemon is gone."""
         rng = random.Random(seed)  # where the surrogate goes; Hypothesis's draws would favour the first string
+
         @hypothesis_seed(seed)
         @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
                   phases=["generate"])
@@ -129,8 +130,9 @@ class Campaign:
             if self.crashed:
                 return
             case = data.draw(op.as_strategy(generation_mode=mode))
-            if isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and data.draw(st.booleans()):
-                case.body["model"] = data.draw(st.sampled_from(self.models))
+            for where, key in ((case.body, "model"), (case.path_parameters, "model_id")):
+                if isinstance(where, dict) and isinstance(where.get(key), str) and data.draw(st.booleans()):
+                    where[key] = data.draw(st.sampled_from(self.models))
             cap_tokens(op.path, case.body)
             if self.check(op, case) == 200 and isinstance(case.body, dict | list):
                 # the accepted body again with a lone surrogate in one of its strings (an invalid one would not
