@@ -32,11 +32,11 @@ _HEADER = struct.Struct("!i")
 LOAD_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
 PRELOAD = ["swarm_edge.workers.preload"]
-# A generation's first message may take STALL_FIRST_S (prompt evaluation: a long prompt on a slow CPU), each later
-# one STALL_NEXT_S. A worker silent for longer is looked at: stopped (SIGSTOP, a debugger), it is declared hung
-# and killed at once; blocked (no CPU used since the last look), one window later; computing, it gets another
-# window (the request's deadline bounds it). SWARM_EDGE_WORKER_STALL_S="FIRST,NEXT" (or one number for both)
-# overrides them, e.g. for tests.
+# A generation's (or an embedding's) first message may take STALL_FIRST_S (prompt evaluation: a long prompt on a
+# slow CPU), each later one STALL_NEXT_S. A worker silent for longer is looked at: stopped (SIGSTOP, a debugger),
+# it is declared hung and killed at once; blocked (no CPU used since the last look), one window later; computing,
+# it gets another window (a generation's request deadline bounds it). SWARM_EDGE_WORKER_STALL_S="FIRST,NEXT" (or
+# one number for both) overrides them, e.g. for tests.
 STALL_FIRST_S = 30.0
 STALL_NEXT_S = 15.0
 STALL_ENV = "SWARM_EDGE_WORKER_STALL_S"
@@ -249,8 +249,10 @@ class Worker:
         self._queue: asyncio.Queue[dict] = asyncio.Queue()
         self._dead = False
         self._broke: str | None = None               # how the worker broke the protocol, if it did
-        # The stall watchdog of the generation in flight (event loop only): when it was sent, when the worker was
-        # last heard from, its CPU seconds at the last look, the timer, and why it was killed as hung, if it was.
+        # The stall watchdog of the request in flight (event loop only): whether one is watched, when it was sent,
+        # when the worker was last heard from, its CPU seconds at the last look, the timer, and why the worker was
+        # killed as hung, if it was.
+        self._watched = False
         self._sent_at = self._heard = 0.0
         self._cpu: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -364,8 +366,7 @@ class Worker:
         self.requests += 1
         self._send({"kind": "generate", "request": asdict(request)})
         self._inflight = True
-        self._sent_at, self._cpu = self._loop.time(), None
-        self._arm(self.stall[0])
+        self._start_watch()
 
     async def generate(self, request: GenerateRequest, *, sent: bool = False) -> AsyncIterator[dict]:
         """Stream events of one generation; closing the iterator early cancels it in the worker."""
@@ -388,11 +389,18 @@ class Worker:
         finally:
             await self.abandon()
 
+    def _start_watch(self) -> None:
+        """Watch the request just sent for progress (see STALL_FIRST_S) until `_disarm`."""
+        self._sent_at, self._cpu, self._watched = self._loop.time(), None, True
+        self._arm(self.stall[0])
+
     def _arm(self, delay: float) -> None:
-        self._disarm()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._watchdog = self._loop.call_later(delay, self._watch)
 
     def _disarm(self) -> None:
+        self._watched = False
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -400,10 +408,11 @@ class Worker:
     def _watch(self) -> None:
         """The stall watchdog (see STALL_FIRST_S): a worker silent past its window that is stopped or did not
         compute is hung; it is killed (SIGKILL ends a stopped process too), so the reader raises WorkerCrashedError
-        saying it stalled, the scheduler drops the worker and the next request loads the model afresh."""
+        saying it stalled, the scheduler drops the worker and the next request loads the model afresh. Generations
+        and embeddings are watched; loads have their own timeout (LOAD_TIMEOUT_S)."""
         self._watchdog = None
-        if not self._inflight or self._dead:
-            return
+        if not self._watched or self._dead:
+            return  # an idle worker uses no CPU and sends nothing: only a request in flight is watched
         window = self.stall[1] if self._heard > self._sent_at else self.stall[0]
         quiet = self._loop.time() - max(self._heard, self._sent_at)
         if quiet < window:  # heard from since the timer was set: wait for the rest of the new window
@@ -437,17 +446,21 @@ class Worker:
         await self._settle()
         self.requests += 1
         self._send({"kind": "embed", "texts": texts})
+        self._start_watch()  # embeddings have no request deadline: a stopped worker would hold the request forever
         vectors: list[list[float]] = []
-        while True:
-            msg = await self._next()
-            if msg["kind"] == "result":  # one frame per slice of the vectors (_slices), in order
-                vectors += msg["vectors"]
-                self.last_embed_tokens = msg.get("tokens")
-            elif msg["kind"] == "end":
-                self.last_pss = msg.get("pss") or self.last_pss
-                return vectors
-            elif msg["kind"] == "error":
-                raise _error(msg)
+        try:
+            while True:
+                msg = await self._next()
+                if msg["kind"] == "result":  # one frame per slice of the vectors (_slices), in order
+                    vectors += msg["vectors"]
+                    self.last_embed_tokens = msg.get("tokens")
+                elif msg["kind"] == "end":
+                    self.last_pss = msg.get("pss") or self.last_pss
+                    return vectors
+                elif msg["kind"] == "error":
+                    raise _error(msg)
+        finally:
+            self._disarm()
 
     async def _cancel(self) -> None:
         """Stop the running generation and drain its remaining events; kill the worker if it will not stop."""

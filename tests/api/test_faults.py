@@ -205,6 +205,29 @@ def test_a_worker_stopped_while_idle_fails_one_request_then_is_replaced(make_dae
 
 
 @pytest.mark.timeout(300)
+def test_a_stopped_embedding_worker_is_detected_and_frees_the_compute_slot(make_daemon):
+    """Embeddings have no request deadline: a stopped embedding worker held its request, and the machine's only
+    compute slot (so every generation of every model), forever."""
+    first = 4.0
+    d = make_daemon(env={"SWARM_EDGE_WORKER_STALL_S": f"{first},3"})
+    embed = {"model": "minilm-l6", "input": ["a cat", "a kitten"]}
+    assert d.http.post("/v1/embeddings", json=embed).status_code == 200
+    assert _ask(d, "smollm2-135m").status_code == 200
+    proc = psutil.Process(_pid(d, "minilm-l6"))
+    try:
+        proc.suspend()  # SIGSTOP
+        t0 = time.monotonic()
+        r = client(d.socket, timeout=first + MARGIN_S).post("/v1/embeddings", json=embed)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "worker_crashed", r.text
+        assert "stalled" in r.json()["error"]["message"] and time.monotonic() - t0 >= first
+        assert _gone(proc.pid, 10)
+        assert _ask(d, "smollm2-135m").status_code == 200  # the compute slot is free again
+        assert d.http.post("/v1/embeddings", json=embed).status_code == 200
+    finally:
+        _kill_quietly([proc])
+
+
+@pytest.mark.timeout(300)
 def test_a_worker_that_computes_silently_is_not_taken_for_stalled(make_daemon):
     """A long prompt on one thread takes longer than the (tiny) stall window to its first token: the worker is
     busy, not stuck, so it must be left to finish."""
