@@ -2,7 +2,8 @@
 
 Both files are checked before native code reads them, because the router loads its embedder inside the daemon
 process: the .onnx file's protobuf wire format is walked in Python (every length inside its message, names in
-UTF-8, no tensor stored in an external file) and tokenizer.json is capped in size; after onnxruntime loads the
+UTF-8, no tensor stored in an external file, none of the omitted inputs that segfault onnxruntime) and
+tokenizer.json is capped in size; after onnxruntime loads the
 graph, one probe sentence (and the tokenizer's highest token id) must embed to finite (batch, tokens, dim)
 vectors. A bad file is a CorruptModelError or ModelLoadError naming it, never a later failure per request.
 """
@@ -46,6 +47,14 @@ _NAMES = {"NodeProto": {1, 2, 3, 4, 7}, "GraphProto": {2}, "TensorProto": {8}, "
           "ValueInfoProto": {1}, "FunctionProto": {1, 2, 3, 10}}
 _SINGULAR = {"graph", "t", "g", "sparse_tensor", "values", "indices", "initialization", "algorithm"}
 _TENSOR_NAME, _EXTERNAL_DATA, _DATA_LOCATION, _EXTERNAL = 8, 13, 14, 1
+_INPUT, _NODE_NAME, _OP_TYPE, _DOMAIN = 1, 3, 4, 7
+# Inputs named "" (omitted) that onnxruntime 1.32 does not refuse but dereferences: it segfaults at load (found
+# by benchmarks/fuzz_onnx.py, then op by op). The inputs of these ops are one variadic list, in which nothing may
+# be omitted (onnxruntime refuses only an unnamed first one) ...
+_VARIADIC = {"Concat", "Einsum", "Max", "Mean", "Min", "SequenceConstruct", "Sum"}
+# ... and these optional inputs crash it when named "" rather than left off the end (LayerNormalization's bias:
+# X, scale works, X, scale, "" crashes, with or without a preceding Add).
+_UNSAFE_OMITTED = {("LayerNormalization", 2)}
 
 
 class _ProtoWalk:
@@ -78,7 +87,8 @@ class _ProtoWalk:
             raise self.fail(f"{where}: messages nest more than {MAX_DEPTH} deep", start)
         nested, names = _NESTED.get(kind, {}), _NAMES.get(kind, ())
         seen: dict[int, int] = {}
-        external, tensor_name, pos = False, "", start
+        texts: dict[int, list[str]] = {}  # the names read, by field (a node's inputs, a tensor's name)
+        external, pos = False, start
         while pos < end:
             key, pos = self.varint(pos, end, where)
             field, wire = key >> 3, key & 7
@@ -101,17 +111,27 @@ class _ProtoWalk:
                 if field in nested:
                     self.message(nested[field][1], pos, pos + size, label, depth + 1)
                 elif field in names:
-                    text = self._text(pos, size, where)
-                    if kind == "TensorProto" and field == _TENSOR_NAME:
-                        tensor_name = text
+                    texts.setdefault(field, []).append(self._text(pos, size, where))
                 external |= kind == "TensorProto" and field == _EXTERNAL_DATA
                 pos += size
             else:
                 raise self.fail(f"field {field} of {where} has wire type {wire}, which ONNX files do not use", pos)
         if external:
-            raise self.fail(f"tensor {tensor_name!r} ({where}) keeps its data in an external file; only "
-                            "self-contained .onnx files are loaded", start)
+            raise self.fail(f"tensor {texts.get(_TENSOR_NAME, [''])[-1]!r} ({where}) keeps its data in an external "
+                            "file; only self-contained .onnx files are loaded", start)
+        if kind == "NodeProto":
+            self._node(texts, where, start)
         return set(seen)
+
+    def _node(self, texts: dict[int, list[str]], where: str, pos: int) -> None:
+        """Refuse the unnamed (omitted) inputs that crash onnxruntime instead of being refused by it."""
+        op, domain = texts.get(_OP_TYPE, [""])[-1], texts.get(_DOMAIN, [""])[-1]  # protobuf: the last one wins
+        if domain not in ("", "ai.onnx"):
+            return
+        for i, name in enumerate(texts.get(_INPUT, [])):
+            if not name and (op in _VARIADIC or (op, i) in _UNSAFE_OMITTED):
+                raise self.fail(f"{where} ({op} {texts.get(_NODE_NAME, [''])[-1]!r}) leaves its input {i} unnamed, "
+                                "which crashes onnxruntime (SIGSEGV) instead of being refused", pos)
 
     @staticmethod
     def _label(where: str, nested: tuple[str, str] | None, count: int) -> str:
@@ -211,9 +231,9 @@ class ONNXBackend:
         model; returns its dim.
 
         A tokenizer that cannot encode text, an id the graph cannot look up, an output that is not finite
-        (batch, tokens, dim) vectors, or a graph that only runs at one batch size or length (two batches of
-        different sizes and lengths: a hard-coded shape fails one of them) fails here, at load, instead of in
-        every request that meets it.
+        (batch, tokens, dim) vectors or that is the same for two texts (zero, say), or a graph that only runs at
+        one batch size or length (two batches of different sizes and lengths: a hard-coded shape fails one of
+        them) fails here, at load, instead of in every request that meets it (or silently, in every route).
         """
         np = self._np
         try:
@@ -227,7 +247,7 @@ class ONNXBackend:
         batches = [([enc.ids], [enc.attention_mask], [enc.type_ids]),
                    ([short.ids, [top] + [0] * (n - 1)], [short.attention_mask, [1] + [0] * (n - 1)],
                     [short.type_ids, [0] * n])]
-        dims = set()
+        dims, pooled = set(), []
         for ids, mask, types in batches:
             ids, mask, types = (np.array(a, dtype=np.int64) for a in (ids, mask, types))
             what = f"{ids.shape[0]} x {ids.shape[1]} token ids"
@@ -245,8 +265,13 @@ class ONNXBackend:
                 raise ModelLoadError(f"{model_path}: the graph's output for {what} is not finite (NaN or infinity): "
                                      "damaged weights?")
             dims.add(int(shape[2]))
+            pooled.append(hidden[0, :int(mask[0].sum())].mean(axis=0))  # the first text's vector
         if len(dims) != 1:
             raise ModelLoadError(f"{model_path}: the graph's vectors change size with the batch: {sorted(dims)}")
+        # damaged weights can also make every vector zero, or the same for every text: both embed nothing
+        if max(float(np.abs(v).max()) for v in pooled) < 1e-6 or np.allclose(*pooled, rtol=1e-5, atol=1e-7):
+            raise ModelLoadError(f"{model_path}: the graph gives two different texts the same vector "
+                                 f"{pooled[0][:4].tolist()}...: damaged weights?")
         return dims.pop()
 
     def embed(self, texts: list[str]) -> list[list[float]]:

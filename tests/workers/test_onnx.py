@@ -59,11 +59,13 @@ def node(op: str, inputs, outputs, attrs: bytes = b"") -> bytes:
 
 
 def tiny_model(vocab: int = 64, dim: int = 8, *, external: str | None = None, extra_input: str | None = None,
-               output_dims="default", input_name: str | bytes = "input_ids", gamma: float = 1.0,
-               fixed_batch: int | None = None) -> bytes:
-    """A BERT-shaped embedding graph onnxruntime loads in milliseconds: word + token-type embeddings, a MatMul
-    and a LayerNormalization, fed input_ids, attention_mask (unused) and token_type_ids; `fixed_batch` adds a
-    Reshape to (fixed_batch, -1, dim) at the end, as a damaged shape constant would."""
+               output_dims="default", input_name: str | bytes = "input_ids", gamma: float = 1.0, beta: float = 0.0,
+               fixed_batch: int | None = None, combine=("Add", ("e0", "e1")),
+               norm_inputs=("h", "gamma", "beta")) -> bytes:
+    """A BERT-shaped embedding graph onnxruntime loads in milliseconds: word + token-type embeddings, added
+    (`combine`: op, inputs and optionally attributes), a MatMul and a LayerNormalization (`norm_inputs`), fed
+    input_ids, attention_mask (unused) and token_type_ids; `fixed_batch` adds a Reshape to (fixed_batch, -1, dim)
+    at the end, as a damaged shape constant would."""
     rng = random.Random(vocab * dim)
 
     def floats(n, value=None):
@@ -71,14 +73,14 @@ def tiny_model(vocab: int = 64, dim: int = 8, *, external: str | None = None, ex
 
     inits = [tensor("word", [vocab, dim], floats(vocab * dim), external), tensor("types", [2, dim], floats(2 * dim)),
              tensor("w", [dim, dim], floats(dim * dim)), tensor("gamma", [dim], floats(dim, gamma)),
-             tensor("beta", [dim], floats(dim, 0.0))]
+             tensor("beta", [dim], floats(dim, beta))]
     epsilon = varint(2 << 3 | 5) + struct.pack("<f", 1e-5)  # AttributeProto.f is a fixed32 float
     norm_attrs = ld(5, ld(1, "axis") + vi(20, 2) + vi(3, -1)) + ld(5, ld(1, "epsilon") + vi(20, 1) + epsilon)
     nodes = [node("Gather", ["word", input_name], ["e0"]), node("Gather", ["types", "token_type_ids"], ["e1"]),
-             node("Add", ["e0", "e1"], ["e2"]), node("MatMul", ["e2", "w"], ["h"]),
-             node("LayerNormalization", ["h", "gamma", "beta"], ["last_hidden_state"], norm_attrs)]
+             node(combine[0], combine[1], ["e2"], *combine[2:]), node("MatMul", ["e2", "w"], ["h"]),
+             node("LayerNormalization", norm_inputs, ["last_hidden_state"], norm_attrs)]
     if fixed_batch is not None:
-        nodes[-1] = node("LayerNormalization", ["h", "gamma", "beta"], ["normed"], norm_attrs)
+        nodes[-1] = node("LayerNormalization", norm_inputs, ["normed"], norm_attrs)
         nodes.append(node("Reshape", ["normed", "shape"], ["last_hidden_state"]))
         inits.append(tensor("shape", [3], struct.pack("<3q", fixed_batch, -1, dim), dtype=INT64))
     inputs = [input_name, "attention_mask", "token_type_ids"] + ([extra_input] if extra_input else [])
@@ -192,6 +194,14 @@ def test_a_graph_that_runs_at_one_batch_size_only_is_refused_at_load(tmp_path):
     with pytest.raises(ModelLoadError, match=r"model\.onnx: the graph's first output for 2 x 3 token ids is "
                                              r"\(1, 6, 8\) float32, not float \(batch, tokens, dim\)"):
         load_tiny(tmp_path, tiny_model(tiny_vocab_size(), fixed_batch=1))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_weights_that_give_every_text_one_vector_are_refused_at_load(tmp_path, beta):
+    # a zero LayerNorm scale (the campaign's flipped bits made it ~1e-40): every text became the zero vector (or
+    # beta), normalised to garbage, and the router would have routed on it
+    with pytest.raises(ModelLoadError, match=r"model\.onnx: the graph gives two different texts the same vector"):
+        load_tiny(tmp_path, tiny_model(tiny_vocab_size(), gamma=0.0, beta=beta))
 
 
 def test_weights_that_make_nan_are_refused_at_load(tmp_path):

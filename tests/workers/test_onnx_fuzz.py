@@ -18,7 +18,7 @@ import pytest
 
 from swarm_edge.errors import CorruptModelError
 from swarm_edge.workers.onnx import check_onnx
-from tests.workers.test_onnx import tiny_model, tiny_tokenizer, tiny_vocab_size, varint
+from tests.workers.test_onnx import ld, tiny_model, tiny_tokenizer, tiny_vocab_size, varint, vi
 
 TIMEOUT_S = 30.0     # per input: a load and two embeddings; over it is a "hang"
 VIOLATIONS = ("other", "late", "unclear", "bad_vectors", "crash", "hang")
@@ -469,6 +469,35 @@ def test_tokenizer_mutants_load_or_are_refused_clearly(loader, tmp_path):
                        _pair(model=tiny_model(tiny_vocab_size())))
     assert counts.get("accepted", 0) > 20 and counts.get("refused", 0) > 100, counts
     assert time.perf_counter() - t0 < 60
+
+
+EQUATION = ld(5, ld(1, "equation") + vi(20, 3) + ld(4, "bsd,bsd->bsd"))  # a string AttributeProto
+# Valid-looking graphs on which onnxruntime 1.32 segfaults while loading (the campaign found the first, a sweep
+# of every op's inputs the others); each must be refused by the structure check before onnxruntime sees it.
+CRASHERS = {
+    "LayerNormalization bias named ''": {"norm_inputs": ("h", "gamma", "")},
+    "Max with its second input unnamed": {"combine": ("Max", ("e0", ""))},
+    "Sum with its second input unnamed": {"combine": ("Sum", ("e0", ""))},
+    "Einsum with its second input unnamed": {"combine": ("Einsum", ("e0", ""), EQUATION)},
+}
+
+
+@pytest.mark.parametrize("case", CRASHERS)
+def test_inputs_that_crash_onnxruntime_are_refused_first(loader, tmp_path, case):
+    model, tok = _pair(tiny_model(tiny_vocab_size(), **CRASHERS[case]), json.dumps(tiny_tokenizer()).encode())(
+        tmp_path, b"")
+    result = loader.run(model, tok)
+    assert (judge(result, "model.onnx"), result.get("type")) == ("refused", "CorruptModelError"), result
+    assert "unnamed, which crashes onnxruntime" in result["message"]
+
+
+def test_the_same_graphs_with_the_inputs_named_load(loader, tmp_path):
+    # the check refuses the unnamed input, not the op: LayerNormalization without a bias (two inputs) and Max of
+    # two named inputs load and embed
+    for kwargs in ({"norm_inputs": ("h", "gamma")}, {"combine": ("Max", ("e0", "e1"))}):
+        model, tok = _pair(tiny_model(tiny_vocab_size(), **kwargs), json.dumps(tiny_tokenizer()).encode())(
+            tmp_path, b"")
+        assert loader.run(model, tok)["outcome"] == "accepted", kwargs
 
 
 @pytest.mark.real_model
