@@ -136,6 +136,7 @@ class Metrics:
         self.streams_open = 0
         self.refused_peers = 0
         self.stalled_clients = 0       # connections aborted because their client stopped reading
+        self.slow_clients = 0          # connections closed because a request arrived too slowly (slowloris)
         self.deadlines = 0             # requests cut off by the per-request deadline
         self.started = time.time()
 
@@ -184,6 +185,8 @@ def prometheus_text(engine: Engine, metrics: Metrics) -> str:
            [({}, metrics.refused_peers)])
     metric("stalled_connections_total", "counter", "Connections aborted: the client stopped reading.",
            [({}, metrics.stalled_clients)])
+    metric("slow_connections_total", "counter", "Connections closed: a request's headers or body came too slowly.",
+           [({}, metrics.slow_clients)])
     metric("request_deadlines_total", "counter", "Requests cut off by the per-request deadline.",
            [({}, metrics.deadlines)])
     metric("queue_depth", "gauge", "Requests waiting for a model.", [({}, snap["waiting"])])

@@ -34,6 +34,9 @@ log = logging.getLogger("swarm_edge.server")
 GRACEFUL_S = 10.0
 SEND_TIMEOUT_S = 30.0      # a client that reads nothing for this long while we have bytes for it is cut off
 SEND_BUFFER = 32 * 1024    # per Unix connection (the kernel doubles it), instead of ~200 KiB
+HEADER_TIMEOUT_S = 10.0    # a request's line and headers, from its first byte (or from the connection)
+BODY_TIMEOUT_S = 30.0      # its body, from the end of the headers (a 1 MiB body takes milliseconds here)
+MAX_CONNECTIONS = 2048     # past this many open connections a request is answered 503 at once
 REQUEST_TIMEOUT_S = 600.0  # one request, from arrival to its last byte (queue, load and generation included)
 
 
@@ -226,6 +229,7 @@ def _protocol_class(metrics, send_timeout: float):
     from swarm_edge.api.app import UNIX_PEER_CHECKED
 
     allowed = frozenset({os.getuid(), 0})
+    timed = hasattr(Base, "on_headers_complete")
 
     class PeerChecked(Base):
         """HTTP protocol that hangs up on Unix-socket peers of another uid before reading a byte, marks the
@@ -242,6 +246,7 @@ def _protocol_class(metrics, send_timeout: float):
                 log.warning("refused a connection whose transport has no socket")
                 transport.abort()
                 return
+            self._arm(HEADER_TIMEOUT_S, "first request")  # a connection that says nothing is not kept either
             if sock.family != socket.AF_UNIX:
                 return  # TCP: the Guard middleware checks the token and Host header
             try:
@@ -249,6 +254,7 @@ def _protocol_class(metrics, send_timeout: float):
             except OSError:
                 pid, uid = -1, -1
             if uid not in allowed:
+                self._disarm()
                 metrics.refused_peers += 1
                 log.warning("refused a connection from uid %d (pid %d): only uid %d and root may use this daemon",
                             uid, pid, os.getuid())
@@ -260,6 +266,40 @@ def _protocol_class(metrics, send_timeout: float):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             transport.set_write_buffer_limits(high=SEND_BUFFER // 2)
+
+        # Slow clients (slowloris): uvicorn bounds the wait between requests (timeout_keep_alive) but not a request
+        # that arrives a byte at a time, nor a connection that never says anything; each would hold a descriptor
+        # and a slot of the connection cap for ever. The parser's callbacks arm one timer at a time.
+        _read_timer = None
+
+        def _arm(self, seconds: float, what: str) -> None:
+            self._disarm()
+            if not timed:  # the h11 fallback has no parser callbacks to disarm the timer with
+                return
+            self._read_timer = asyncio.get_running_loop().call_later(seconds, self._too_slow, what, seconds)
+
+        def _disarm(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def _too_slow(self, what: str, seconds: float) -> None:
+            self._read_timer = None
+            metrics.slow_clients += 1
+            log.warning("closed a connection that did not send its %s within %g s", what, seconds)
+            self.transport.abort()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm(HEADER_TIMEOUT_S, "request line and headers")
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._arm(BODY_TIMEOUT_S, "request body")
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._disarm()
 
         def pause_writing(self) -> None:
             # the transport's buffer is full: the client stopped reading. A frozen app (SIGSTOP, a hung UI
@@ -275,6 +315,7 @@ def _protocol_class(metrics, send_timeout: float):
                 self._stall = None
 
         def connection_lost(self, exc) -> None:
+            self._disarm()
             if self._stall is not None:
                 self._stall.cancel()
                 self._stall = None
@@ -318,9 +359,10 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
             say(f"swarm-edge {__version__} serving on {where} (pid {os.getpid()}, budget {budget / 2**20:,.0f} MiB, "
                 f"{len(engine.registry)} models, {'offline' if engine.settings.offline else 'fetching when needed'})")
 
+        descriptors = _raise_descriptor_limit()
         app = create_app(engine, token=token, on_ready=ready, request_timeout=request_timeout)
         config = uvicorn.Config(app, http=_protocol_class(app.state.metrics, send_timeout), loop="auto", lifespan="on",
-                                log_level=log_level,
+                                log_level=log_level, limit_concurrency=max(64, min(MAX_CONNECTIONS, descriptors - 256)),
                                 access_log=False, timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=30,
                                 server_header=False, date_header=False)
         server = uvicorn.Server(config)
@@ -334,6 +376,20 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
         if not server.started:
             raise SwarmEdgeError("the daemon did not start (see the messages above)")
         say("swarm-edge stopped: workers stopped, socket removed")
+
+
+def _raise_descriptor_limit() -> int:
+    """Raise the soft limit on open files to the hard one (desktops and systemd start services at 1024, which a
+    thousand idle connections exhaust: then accept() and a model load's pipes fail); the soft limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 class _Stopped(BaseException):

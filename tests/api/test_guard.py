@@ -77,6 +77,9 @@ class _Transport:
     def write(self, data):
         pass
 
+    def set_write_buffer_limits(self, high=None, low=None):
+        self.high = high
+
 
 def _protocol(metrics):
     import uvicorn
