@@ -10,6 +10,7 @@ vectors. A bad file is a CorruptModelError or ModelLoadError naming it, never a 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,9 @@ MAX_DEPTH = 32                  # messages inside messages: graphs in If/Loop at
 FEEDS = ("input_ids", "attention_mask", "token_type_ids")  # the graph inputs this backend gives values to
 # words, digits, accents and symbols that are in no vocabulary: the tokenizer's unknown-token path runs too
 PROBE = "Probe sentence: héllo wörld 42 ☃ ⟨𝔘⟩"
+# seconds the probe may run: ~50 ms on MiniLM; a graph that loops for ever would hold the router's load (and
+# its lock) for ever - every route waiting behind it
+PROBE_TIMEOUT_S = 20.0
 
 # The ONNX messages the walk descends into (those that can hold a tensor or a graph): field -> (name, message).
 # Every other field is skipped by its wire length, which is still checked against its message's end.
@@ -196,7 +200,8 @@ class ONNXBackend:
     """A sentence-embedding model (e.g. all-MiniLM-L6-v2) in onnxruntime."""
 
     def __init__(self, model_path: str, *, options: dict[str, Any]) -> None:
-        """Load the tokenizer and the ONNX graph; options: tokenizer, threads, pooling, normalize, max_length."""
+        """Load the tokenizer and the ONNX graph; options: tokenizer, threads, pooling, normalize, max_length,
+        probe_timeout (seconds, PROBE_TIMEOUT_S by default)."""
         t0 = time.perf_counter()
         try:
             import numpy as np
@@ -207,6 +212,7 @@ class ONNXBackend:
                 f"ONNX models need onnxruntime, tokenizers and numpy: pip install onnxruntime tokenizers numpy ({exc})"
             ) from exc
         self._np = np
+        self.probe_timeout = float(options.get("probe_timeout") or PROBE_TIMEOUT_S)
         self.pooling = options.get("pooling", "mean")
         self.normalize = bool(options.get("normalize", True))
         self.max_length = int(options.get("max_length", 256))
@@ -252,7 +258,7 @@ class ONNXBackend:
             ids, mask, types = (np.array(a, dtype=np.int64) for a in (ids, mask, types))
             what = f"{ids.shape[0]} x {ids.shape[1]} token ids"
             try:
-                hidden = self._run(ids, mask, types)
+                hidden = self._run(ids, mask, types, deadline=self.probe_timeout)
             except InferenceError as exc:
                 raise ModelLoadError(f"{model_path} (with {tok_name}): cannot embed {what} (largest {ids.max()}): "
                                      f"{exc}") from exc
@@ -311,16 +317,31 @@ class ONNXBackend:
         types = np.array([e.type_ids for e in encodings], dtype=np.int64)
         return self._run(ids, mask, types), mask
 
-    def _run(self, ids, mask, types):
+    def _run(self, ids, mask, types, deadline: float | None = None):
+        """The graph's first output; a run past `deadline` seconds is stopped (onnxruntime's terminate flag)."""
         feeds = {"input_ids": ids}
         if "attention_mask" in self.input_names:
             feeds["attention_mask"] = mask
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = types
+        run_options = timer = None
+        if deadline is not None:
+            import onnxruntime as ort
+
+            run_options = ort.RunOptions()
+            timer = threading.Timer(deadline, setattr, (run_options, "terminate", True))
+            timer.daemon = True
+            timer.start()
         try:
-            return self.session.run(None, feeds)[0]
+            return self.session.run(None, feeds, run_options)[0]
         except Exception as exc:
+            if run_options is not None and run_options.terminate:
+                raise InferenceError(f"onnxruntime was still running after {deadline:g} s (a loop that does not "
+                                     "end?)") from exc
             raise InferenceError(f"onnxruntime failed: {_first_line(exc)}") from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def embed_with_prefix(self, text: str, prefix_chars: int):
         """Two vectors from one forward pass: pooled over the tokens of text[:prefix_chars], and over all of it.

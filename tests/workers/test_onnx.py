@@ -12,7 +12,7 @@ from swarm_edge.errors import CorruptModelError, InferenceError, ModelLoadError
 from swarm_edge.workers import GenerateRequest, open_backend
 from swarm_edge.workers.onnx import MAX_TOKENIZER_BYTES, PROBE, ONNXBackend
 
-FLOAT, INT64 = 1, 7  # ONNX TensorProto data types
+FLOAT, INT64, BOOL = 1, 7, 9  # ONNX TensorProto data types
 
 
 # ---------------------------------------------------------------- writing protobuf and ONNX by hand
@@ -61,11 +61,12 @@ def node(op: str, inputs, outputs, attrs: bytes = b"") -> bytes:
 def tiny_model(vocab: int = 64, dim: int = 8, *, external: str | None = None, extra_input: str | None = None,
                output_dims="default", input_name: str | bytes = "input_ids", gamma: float = 1.0, beta: float = 0.0,
                fixed_batch: int | None = None, combine=("Add", ("e0", "e1")),
-               norm_inputs=("h", "gamma", "beta")) -> bytes:
+               norm_inputs=("h", "gamma", "beta"), loop_trips: int | None = None) -> bytes:
     """A BERT-shaped embedding graph onnxruntime loads in milliseconds: word + token-type embeddings, added
     (`combine`: op, inputs and optionally attributes), a MatMul and a LayerNormalization (`norm_inputs`), fed
     input_ids, attention_mask (unused) and token_type_ids; `fixed_batch` adds a Reshape to (fixed_batch, -1, dim)
-    at the end, as a damaged shape constant would."""
+    at the end, as a damaged shape constant would, `loop_trips` a Loop that passes the vectors through unchanged
+    that many times."""
     rng = random.Random(vocab * dim)
 
     def floats(n, value=None):
@@ -79,6 +80,15 @@ def tiny_model(vocab: int = 64, dim: int = 8, *, external: str | None = None, ex
     nodes = [node("Gather", ["word", input_name], ["e0"]), node("Gather", ["types", "token_type_ids"], ["e1"]),
              node(combine[0], combine[1], ["e2"], *combine[2:]), node("MatMul", ["e2", "w"], ["h"]),
              node("LayerNormalization", norm_inputs, ["last_hidden_state"], norm_attrs)]
+    if loop_trips is not None:
+        nodes[-1] = node("LayerNormalization", norm_inputs, ["normed"], norm_attrs)
+        body = (ld(1, node("Identity", ["cond_in"], ["cond_out"])) + ld(1, node("Identity", ["v_in"], ["v_out"]))
+                + ld(2, "body") + ld(11, value_info("i", INT64, [])) + ld(11, value_info("cond_in", BOOL, []))
+                + ld(11, value_info("v_in", FLOAT, None)) + ld(12, value_info("cond_out", BOOL, []))
+                + ld(12, value_info("v_out", FLOAT, None)))
+        nodes.append(node("Loop", ["trips", "", "normed"], ["last_hidden_state"], ld(5, ld(1, "body") + vi(20, 5)
+                                                                                    + ld(6, body))))
+        inits.append(tensor("trips", [], struct.pack("<q", loop_trips), dtype=INT64))
     if fixed_batch is not None:
         nodes[-1] = node("LayerNormalization", norm_inputs, ["normed"], norm_attrs)
         nodes.append(node("Reshape", ["normed", "shape"], ["last_hidden_state"]))

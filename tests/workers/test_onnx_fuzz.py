@@ -319,7 +319,7 @@ from swarm_edge.workers.onnx import ONNXBackend
 def work(job):
     stage = "load"
     try:
-        backend = ONNXBackend(job["model"], options={"tokenizer": job["tokenizer"], "threads": 1})
+        backend = ONNXBackend(job["model"], options={"tokenizer": job["tokenizer"], "threads": 1, **job["options"]})
         stage = "embed"
         vecs = backend.embed(["hello world", "a second, longer sentence that pads the first one"])
     except SwarmEdgeError as exc:
@@ -382,9 +382,10 @@ class Loader:
         self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, cwd=self.workdir)
 
-    def run(self, model: Path, tokenizer: Path) -> dict:
-        """Load model + tokenizer in a fresh fork; the child's result as a dict (see judge)."""
-        job = {"model": str(model), "tokenizer": str(tokenizer), "timeout": self.timeout, "mem": self.mem,
+    def run(self, model: Path, tokenizer: Path, options: dict | None = None) -> dict:
+        """Load model + tokenizer (+ backend options) in a fresh fork; the child's result as a dict (see judge)."""
+        job = {"model": str(model), "tokenizer": str(tokenizer), "options": options or {}, "timeout": self.timeout,
+               "mem": self.mem,
                "stdout": str(self.workdir / "child.stdout"), "stderr": str(self.workdir / "child.stderr")}
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
@@ -498,6 +499,22 @@ def test_the_same_graphs_with_the_inputs_named_load(loader, tmp_path):
         model, tok = _pair(tiny_model(tiny_vocab_size(), **kwargs), json.dumps(tiny_tokenizer()).encode())(
             tmp_path, b"")
         assert loader.run(model, tok)["outcome"] == "accepted", kwargs
+
+
+def test_a_graph_that_never_finishes_is_stopped_at_load(tmp_path):
+    # a Loop of 2**62 trips: the probe ran for ever - in the daemon, holding the router's load lock, so every
+    # route waited behind it (before the probe: the first route never returned)
+    loader = Loader(tmp_path, timeout=15)
+    try:
+        model, tok = _pair(tiny_model(tiny_vocab_size(), loop_trips=1 << 62), json.dumps(tiny_tokenizer()).encode())(
+            tmp_path, b"")
+        result = loader.run(model, tok, options={"probe_timeout": 1.0})
+        assert (judge(result, "model.onnx"), result.get("type")) == ("refused", "ModelLoadError"), result
+        assert "onnxruntime was still running after 1 s (a loop that does not end?)" in result["message"]
+        model.write_bytes(tiny_model(tiny_vocab_size(), loop_trips=3))  # a loop that ends loads
+        assert loader.run(model, tok, options={"probe_timeout": 1.0})["outcome"] == "accepted"
+    finally:
+        loader.close()
 
 
 @pytest.mark.real_model
