@@ -335,12 +335,14 @@ for line in sys.stdin:
     t0 = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        os.close(r)
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
-        resource.setrlimit(resource.RLIMIT_AS, (job["mem"], job["mem"]))
-        os.write(w, json.dumps(work(job)).encode())
-        os._exit(0)
+        try:  # whatever happens (even a write to a loader that is gone), the fork never returns to this loop
+            os.close(r)
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+            resource.setrlimit(resource.RLIMIT_AS, (job["mem"], job["mem"]))
+            os.write(w, json.dumps(work(job)).encode())
+        finally:
+            os._exit(0)
     os.close(w)
     chunks, deadline, hung = [], t0 + job["timeout"], False
     while True:
