@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 from swarm_edge.errors import ConfigError, InferenceError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
 from swarm_edge.workers.base import GenerateRequest
 
+log = logging.getLogger("swarm_edge.pool")
 MAX_FRAME = 64 << 20          # a worker may not send more than this in one message
 EMBED_FRAME = 1 << 20         # vectors go in slices of about this much JSON: 2048 x 1536 floats are ~70 MB, and
                               # the event loop decodes each frame at once (~50 ms per MiB on a small machine)
@@ -423,6 +425,7 @@ class Worker:
             self._arm(window)  # computing (a long prompt on a slow CPU), or first look: look again after a window
             return
         self._stalled = f"no output for {quiet:.1f} s and {why}"
+        log.warning("worker for %s (pid %d) stalled: %s; killing it", self.model_id, self.pid, self._stalled)
         self.kill()
         self._mark_dead()
 
