@@ -137,6 +137,8 @@ class Metrics:
         self.refused_peers = 0
         self.stalled_clients = 0       # connections aborted because their client stopped reading
         self.slow_clients = 0          # connections closed because a request arrived too slowly (slowloris)
+        self.connections = 0           # open connections (the server's protocol counts them)
+        self.max_connections: int | None = None  # past this many, requests are answered 503 (set by the server)
         self.deadlines = 0             # requests cut off by the per-request deadline
         self.started = time.time()
 
@@ -189,6 +191,7 @@ def prometheus_text(engine: Engine, metrics: Metrics) -> str:
            [({}, metrics.slow_clients)])
     metric("request_deadlines_total", "counter", "Requests cut off by the per-request deadline.",
            [({}, metrics.deadlines)])
+    metric("connections_open", "gauge", "Open client connections.", [({}, metrics.connections)])
     metric("queue_depth", "gauge", "Requests waiting for a model.", [({}, snap["waiting"])])
     metric("streams_open", "gauge", "Streamed responses in progress.", [({}, metrics.streams_open)])
     metric("memory_budget_bytes", "gauge", "The memory budget.", [({}, snap["budget"])])
@@ -247,6 +250,11 @@ class Guard:
                 if refusal is not None:
                     await refusal(scope, receive, send_wrapper)
                     return
+            cap = self.metrics.max_connections
+            if cap is not None and self.metrics.connections > cap:
+                await _error_response(path, 503, f"more than {cap} open connections; try again shortly",
+                                      "server_busy", headers={"Retry-After": "1"})(scope, receive, send_wrapper)
+                return
             length = headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
                 status_code = 413 if length.isdigit() else 400

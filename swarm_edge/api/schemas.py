@@ -569,11 +569,12 @@ STATUS_DOCS = {
     500: "a worker crashed or a load or generation failed (worker_crashed, model_load_failed, inference_failed); "
          "internal_error is a bug: the daemon's log has the traceback",
     502: "the cloud fallback failed (cloud_unavailable)",
-    503: "queue full (server_busy, with Retry-After), or a model's files or backend unavailable",
+    503: "queue full or too many open connections (server_busy, with Retry-After), or a model's files or backend "
+         "unavailable",
     504: "past the per-request deadline, serve --request-timeout (request_timeout)",
     507: "the model does not fit in the memory budget (insufficient_memory, with needed_bytes and budget_bytes)",
 }
-COMMON_STATUSES = (401, 403, 413, 500)           # the Guard and the catch-all handler answer them on any path
+COMMON_STATUSES = (401, 403, 413, 500, 503)      # the Guard and the catch-all handler answer them on any path
 GENERATION_STATUSES = (400, 404, 500, 502, 503, 504, 507)
 EMBEDDING_STATUSES = (400, 404, 500, 503, 507)
 STREAM_ITEMS = {"text/event-stream": "CompletionChunk", "application/x-ndjson": "OllamaAnswer"}

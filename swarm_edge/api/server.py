@@ -240,6 +240,7 @@ def _protocol_class(metrics, send_timeout: float):
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            metrics.connections += 1
             sock = transport.get_extra_info("socket")
             if sock is None:  # fail closed: a connection we cannot classify gets nothing
                 metrics.refused_peers += 1
@@ -315,6 +316,7 @@ def _protocol_class(metrics, send_timeout: float):
                 self._stall = None
 
         def connection_lost(self, exc) -> None:
+            metrics.connections -= 1
             self._disarm()
             if self._stall is not None:
                 self._stall.cancel()
@@ -361,8 +363,10 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
 
         descriptors = _raise_descriptor_limit()
         app = create_app(engine, token=token, on_ready=ready, request_timeout=request_timeout)
+        # past this many open connections a request gets our 503 (JSON, Retry-After) from the Guard at once
+        app.state.metrics.max_connections = max(64, min(MAX_CONNECTIONS, descriptors - 256))
         config = uvicorn.Config(app, http=_protocol_class(app.state.metrics, send_timeout), loop="auto", lifespan="on",
-                                log_level=log_level, limit_concurrency=max(64, min(MAX_CONNECTIONS, descriptors - 256)),
+                                log_level=log_level,
                                 access_log=False, timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=30,
                                 server_header=False, date_header=False)
         server = uvicorn.Server(config)
