@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from swarm_edge.api.server import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from tests.api.conftest import Daemon, client
 
 pytestmark = pytest.mark.real_model
@@ -398,10 +399,6 @@ def test_1000_concurrent_connections(make_daemon):
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.xfail(strict=True, reason="FINDING (server.py): the daemon keeps the soft RLIMIT_NOFILE it was "
-                   "started with (1024 on most desktops and under systemd); a thousand idle connections take every "
-                   "descriptor, so /health is reset and a model load fails with a raw OSError (500). Needs: raise "
-                   "the soft limit to the hard one at start-up, and answer 503 + Retry-After past a connection cap")
 def test_1000_connections_under_the_usual_1024_descriptor_limit(make_daemon):
     d = make_daemon(start=False)
     hard = psutil.Process().rlimit(psutil.RLIMIT_NOFILE)[1]
@@ -418,8 +415,6 @@ def test_1000_connections_under_the_usual_1024_descriptor_limit(make_daemon):
     assert health and all(isinstance(h, float) for h in health), health
 
 
-HEADER_TIMEOUT_S = 10.0   # RECOMMENDED bound (not wired yet): the request line and headers, from the first byte
-BODY_TIMEOUT_S = 30.0     # RECOMMENDED bound (not wired yet): the whole body, from the end of the headers
 
 
 def _slow_client(path: Path, parts: list[tuple[bytes, float]], stop: threading.Event, out: dict) -> None:
@@ -497,12 +492,8 @@ def test_slow_clients_do_not_starve_the_others(make_daemon):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="FINDING (server.py): nothing bounds a slow client - uvicorn has no header "
-                   "or body timeout (timeout_keep_alive only runs between requests, and any byte cancels it). "
-                   "Recommended: HEADER_TIMEOUT_S and BODY_TIMEOUT_S in the PeerChecked protocol; drop this mark "
-                   "once wired")
 def test_slow_clients_are_cut_off(make_daemon):
-    """RECOMMENDED BOUND, asserted ahead of its implementation: a connection whose request line and headers are not
+    """A connection whose request line and headers are not
     in within HEADER_TIMEOUT_S (a silent one included), or whose body is not in within BODY_TIMEOUT_S of its
     headers, is closed (a 408 first is fine)."""
     d = make_daemon()
