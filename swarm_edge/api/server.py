@@ -33,7 +33,7 @@ from swarm_edge.errors import ConfigError, DaemonRunningError, SwarmEdgeError
 log = logging.getLogger("swarm_edge.server")
 GRACEFUL_S = 10.0
 SEND_TIMEOUT_S = 30.0      # a client that reads nothing for this long while we have bytes for it is cut off
-SEND_BUFFER = 32 * 1024    # per Unix connection (the kernel doubles it), instead of ~200 KiB
+SEND_BUFFER = 8 * 1024     # per Unix connection (the kernel doubles it), instead of ~200 KiB
 HEADER_TIMEOUT_S = 10.0    # a request's line and headers, from its first byte (or from the connection)
 BODY_TIMEOUT_S = 30.0      # its body, from the end of the headers (a 1 MiB body takes milliseconds here)
 MAX_CONNECTIONS = 2048     # past this many open connections a request is answered 503 at once
@@ -263,7 +263,7 @@ def _protocol_class(metrics, send_timeout: float):
                 return
             self.server = (UNIX_PEER_CHECKED, None)  # what the Guard trusts; only this method sets it
             # Token streams are small: with the kernel's ~200 KiB and the transport's 64 KiB, a client that stops
-            # reading would go unnoticed for thousands of tokens; with these a stall shows within ~200 tokens.
+            # reading would go unnoticed for thousands of tokens; with these a stall shows within ~100 tokens.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             transport.set_write_buffer_limits(high=SEND_BUFFER // 2)

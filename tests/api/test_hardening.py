@@ -47,14 +47,14 @@ def test_a_client_that_stops_reading_holds_no_model(make_daemon):
     """A frozen app's stream (it never reads) must not hold the model: the next request answers at the model's
     pace, and the frozen connection is cut after --send-timeout."""
     d = make_daemon("--send-timeout", "3")
-    long = {"model": "smollm2-135m", "stream": True, "max_tokens": 900,  # greedy: 900 tokens, never an early stop
+    long = {"model": "smollm2-135m", "stream": True, "max_tokens": 400,  # greedy: 400 tokens, never an early stop
             "messages": [{"role": "user", "content": LONG}]}
     frozen = _raw_request(d.socket, long)
     try:
         time.sleep(1.0)  # its generation has started
         t0 = time.monotonic()
         # Before the fix this waited for as long as the frozen client did not read: forever. Now it waits at most
-        # for the frozen request's generation (900 tokens; seconds on an idle machine), whatever the client does.
+        # for the frozen request's generation (400 tokens; seconds on an idle machine), whatever the client does.
         r = d.http.post(CHAT, json={"model": "smollm2-135m", "max_tokens": 8,
                                     "messages": [{"role": "user", "content": "Say hi."}]}, timeout=240)
         assert r.status_code == 200, r.text
