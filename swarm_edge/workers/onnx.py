@@ -249,6 +249,9 @@ class ONNXBackend:
             if not _native_error(exc):
                 raise
             raise CorruptModelError(f"{tok_name}: cannot tokenize a test sentence: {_first_line(exc)}") from exc
+        if enc.ids == short.ids:  # e.g. a post-processor template without the text: every text is [CLS] [SEP]
+            raise CorruptModelError(f"{tok_name}: gives two different texts the same tokens {enc.ids[:8]}: the text "
+                                    "is lost")
         n = len(short.ids)
         batches = [([enc.ids], [enc.attention_mask], [enc.type_ids]),
                    ([short.ids, [top] + [0] * (n - 1)], [short.attention_mask, [1] + [0] * (n - 1)],

@@ -235,6 +235,16 @@ def test_a_tokenizer_that_panics_is_refused_at_load(tmp_path):
         load_tiny(tmp_path, tokenizer=tok)
 
 
+def test_a_tokenizer_that_drops_the_text_is_refused_at_load(tmp_path):
+    # a template without the text's place: every text became [CLS] [SEP], one vector for all, and the error
+    # blamed the model's weights (found by the campaign)
+    tok = tiny_tokenizer()
+    del tok["post_processor"]["single"][1]
+    with pytest.raises(CorruptModelError, match=r"tokenizer\.json: gives two different texts the same tokens "
+                                                r"\[2, 3\]: the text is lost"):
+        load_tiny(tmp_path, tokenizer=tok)
+
+
 def test_a_token_id_beyond_the_model_is_refused_at_load(tmp_path):
     # it loaded; then every text containing "zebra" failed inside onnxruntime's Gather
     tok = tiny_tokenizer(extra_vocab={"zebra": 5000})
