@@ -249,6 +249,8 @@ class ONNXBackend:
             if not _native_error(exc):
                 raise
             raise CorruptModelError(f"{tok_name}: cannot tokenize a test sentence: {_first_line(exc)}") from exc
+        if not enc.ids or not short.ids:
+            raise CorruptModelError(f"{tok_name}: gives no tokens at all for a test sentence")
         if enc.ids == short.ids:  # e.g. a post-processor template without the text: every text is [CLS] [SEP]
             raise CorruptModelError(f"{tok_name}: gives two different texts the same tokens {enc.ids[:8]}: the text "
                                     "is lost")

@@ -245,6 +245,16 @@ def test_a_tokenizer_that_drops_the_text_is_refused_at_load(tmp_path):
         load_tiny(tmp_path, tokenizer=tok)
 
 
+def test_a_tokenizer_that_gives_no_tokens_is_refused_at_load(tmp_path):
+    # no template, and a normalizer that erases the probe sentence (but not "hello"): a batch of no tokens, whose
+    # vector was the mean of nothing (NaN), and it loaded
+    tok = tiny_tokenizer()
+    tok["post_processor"] = None
+    tok["normalizer"] = {"type": "Replace", "pattern": {"Regex": "^Probe[\\s\\S]*"}, "content": ""}
+    with pytest.raises(CorruptModelError, match=r"tokenizer\.json: gives no tokens at all for a test sentence"):
+        load_tiny(tmp_path, tokenizer=tok)
+
+
 def test_a_token_id_beyond_the_model_is_refused_at_load(tmp_path):
     # it loaded; then every text containing "zebra" failed inside onnxruntime's Gather
     tok = tiny_tokenizer(extra_vocab={"zebra": 5000})
