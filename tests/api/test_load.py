@@ -135,11 +135,12 @@ def test_300_requests_three_models_one_fits(api_config):
             assert probe.stop() == 0
     probe_base = st["base"]
     est = {m: st["models"][m]["estimate"] for m in MODELS}
-    # between "the biggest model fits alone" and "the smallest pair fits": exactly one model at a time
+    # The biggest model fits alone, with room to spare but never next to another one: every switch to or from it
+    # evicts (smaller models may share what is left; the estimates decide which, so it is not asserted).
     one = st["base"] + max(est.values())
-    two = st["base"] + min(est[a] + est[b] for a in MODELS for b in MODELS if a != b)
-    assert two - one > 40 * 2**20, (est, st["base"])
-    budget = (one + two) // 2
+    room = 40 * 2**20
+    assert min(est.values()) > room + 8 * 2**20, (est, st["base"])
+    budget = one + room
 
     d = Daemon(root, api_config, "--budget", str(budget), "--max-queue", "16").start()
     try:
