@@ -160,7 +160,7 @@ def standin(model_files, tmp_path_factory):
         server.close()
 
 
-def run_stream(registry, settings, prompt: str, *, budget: str = "2GiB", **kw):
+def run_stream(registry, settings, prompt: str, *, budget: str = "8GiB", **kw):
     """One orchestrator.stream request on a fresh engine (closed afterwards):
     (answer, the streamed text, the events' types in order, the engine)."""
     import asyncio

@@ -33,7 +33,7 @@ def _setup(model_files, tmp_path, url, *, offline=False, min_logprob=-0.35, **cl
     return parse_registry(text, path), settings
 
 
-def _run(registry, settings, prompt, *, budget="2GiB", **kw):
+def _run(registry, settings, prompt, *, budget="8GiB", **kw):
     """(answer, streamed text, event types, the engine's cloud client or None) of one request."""
     answer, streamed, kinds, engine = run_stream(registry, settings, prompt, budget=budget, max_tokens=24, **kw)
     return answer, streamed, kinds, engine.cloud

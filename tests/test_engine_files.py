@@ -40,7 +40,7 @@ def test_a_file_replaced_between_two_loads_is_not_loaded(model_files, tmp_path, 
     registry, copy = _own_copy(model_files, tmp_path)
 
     async def go():
-        engine = Engine(registry, settings, budget="2GiB", spare=False, idle_ttl=0.01)
+        engine = Engine(registry, settings, budget="8GiB", spare=False, idle_ttl=0.01)
         try:
             await _one_token(engine)
             await asyncio.sleep(0.05)
@@ -73,7 +73,7 @@ def test_requests_for_one_model_share_one_preparation(model_files, tmp_path, set
     monkeypatch.setattr(engine_module, "ensure_model", slow_ensure)
 
     async def go():
-        engine = Engine(registry, settings, budget="2GiB", spare=False)
+        engine = Engine(registry, settings, budget="8GiB", spare=False)
         try:
             waiters = [asyncio.ensure_future(engine.prepare("smollm2-135m")) for _ in range(8)]
             await asyncio.sleep(0.3)

@@ -81,7 +81,7 @@ def test_planner_output_is_constrained_to_the_schema(model_files, tmp_path, sett
     registry = _registry(model_files, tmp_path)
 
     async def go():
-        engine = Engine(registry, settings, budget="2GiB", spare=False)
+        engine = Engine(registry, settings, budget="8GiB", spare=False)
         try:
             return await orchestrator.make_plan(engine, "Rewrite this politely and then classify its sentiment: "
                                                         "you are late again")
