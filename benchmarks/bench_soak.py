@@ -334,7 +334,7 @@ def _by_role(level: dict) -> dict[str, float]:
 
 
 def report(meta: dict, soak: Soak, base: dict, end: dict, st: dict, ok: dict[str, bool], warm_failed: dict,
-           tracebacks: list[str]) -> list[str]:
+           tracebacks: list[str], extra: list[dict]) -> list[str]:
     """The Markdown lines of soak.md."""
     mib = 2 ** 20
     by_outcome: Counter[str] = Counter()
@@ -373,6 +373,8 @@ def report(meta: dict, soak: Soak, base: dict, end: dict, st: dict, ok: dict[str
         f"Not a success during the warm-ups (retried; no faults injected): {warm_failed or 'none'}",
         *(["", "Tracebacks in the daemon's log (last lines of each):", "", "```", *tracebacks, "```"]
           if tracebacks else []),
+        *(["", "Worker processes that are no resident's (one is the spare): "
+           + ", ".join(f"pid {p['pid']} started {p['started']}, {p['pss_mib']} MiB" for p in extra)] if extra else []),
     ]
 
 
@@ -427,9 +429,10 @@ def soak_once(d: Daemon, args) -> tuple[dict, list[str]]:
     settle(d)
     end = idle_level(soak)
     final = d.status()
-    # every worker process is a resident model's or the spare (which status does not name: at most one)
-    extra = [p for p in end["processes"] if p["role"] == "worker"
-             and p["pid"] not in {r["pid"] for r in final["residents"]}][1:]
+    # every worker process is a resident model's or the spare (which status does not name): one more is a leak
+    others = [p for p in end["processes"] if p["role"] == "worker"
+              and p["pid"] not in {r["pid"] for r in final["residents"]}]
+    extra = others if len(others) > 1 else []
     tracebacks = _tracebacks(d.output())
     ok = checks(st, base, end, sum(n for (_, o), n in soak.outcomes.items() if o == "hang"), extra,
                 len(tracebacks), alive)
@@ -446,9 +449,9 @@ def soak_once(d: Daemon, args) -> tuple[dict, list[str]]:
             "leases_after_load": {"waiting": st["waiting"], "streams_open": st["streams_open"],
                                   "in_use": {r["model"]: r["in_use"] for r in st["residents"]}},
             "residents_at_end": [{k: r[k] for k in ("model", "pid", "pss", "uses")} for r in final["residents"]],
-            "extra_workers": extra, "scheduler_stats": final["stats"], "warm_up_failures": failed,
+            "non_resident_workers": others, "scheduler_stats": final["stats"], "warm_up_failures": failed,
             "tracebacks": tracebacks, "samples": soak.samples}
-    return data, report(meta, soak, base, end, final, ok, failed, tracebacks)
+    return data, report(meta, soak, base, end, final, ok, failed, tracebacks, extra)
 
 
 def main(argv: list[str] | None = None) -> int:
