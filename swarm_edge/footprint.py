@@ -198,6 +198,7 @@ def estimate(parts: dict[str, int], calibrated: int | None) -> Estimate:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    # a name per process and thread: the start-up warm-up and a first request may write the same file at once
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

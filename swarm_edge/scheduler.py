@@ -198,7 +198,7 @@ class Scheduler:
                     f"({base / MiB:,.0f} MiB taken by swarm-edge itself"
                     + (f", {pinned_other / MiB:,.0f} MiB by pinned models" if pinned_other else "") + ")",
                     needed=base + pinned_other + need, budget=self.budget)
-            if not await self._make_room(need, exclude=model_id, wait=True):
+            if not await self._make_room(need, exclude=model_id, wait=True) or model_id in self.residents:
                 continue  # the world changed while we waited (maybe someone loaded our model): look again
             r = Resident(model_id, reserved=need, pinned=model_id in self.pins, last_used=self._clock(), refs=1)
             self.residents[model_id] = r

@@ -371,3 +371,32 @@ async def test_worker_that_died_while_idle_stops_counting():
     wa.alive = False  # killed while idle (OOM killer, a user's kill -9)
     await h.use("c")  # needs room: the dead one is dropped first, b (alive) stays
     assert h.resident() == {"b", "c"} and h.s.stats.crashes == 1 and h.s.stats.evictions == 0
+
+
+@deadline
+async def test_two_requests_while_a_dead_worker_is_swept_load_once():
+    """Regression: the first request for an absent model awaited the sweep of a dead idle worker; a second request
+    listed the same model meanwhile, the first overwrote it and the model loaded twice, one worker leaked."""
+    h = Harness(budget=1000)
+    made = []
+
+    class SlowStop(FakeWorker):
+        async def stop(self):
+            await asyncio.sleep(0.05)  # a real stop joins the process in a thread: it yields
+            self.alive, self.stopped = False, True
+
+    real = h.s._spawn
+
+    async def spawn(model_id):
+        w = await real(model_id)
+        w.__class__ = SlowStop
+        made.append(w)
+        return w
+
+    h.s._spawn = spawn
+    await h.use("b")
+    h.s.residents["b"].worker.alive = False  # b's worker died while idle
+    await asyncio.gather(h.use("a", 0.01), h.use("a", 0.01))
+    listed = h.s.residents["a"].worker
+    assert h.spawned.count("a") == 1
+    assert [w for w in made if w.model_id == "a" and w.alive and w is not listed] == []

@@ -560,8 +560,9 @@ class Pool:
         """Give a worker process (the spare, or a new one) a model to load; return it once it is ready."""
         t0 = time.perf_counter()
         if self._refill is not None:
-            await self._refill
-            self._refill = None
+            # a failed refill (e.g. no descriptor left to fork with) must not fail every later load: fork anew below
+            refill, self._refill = self._refill, None
+            await asyncio.gather(refill, return_exceptions=True)
         spare, self._spare = self._spare, None
         if spare is not None and spare[0].is_alive():
             process, parent = spare
