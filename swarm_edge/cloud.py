@@ -36,6 +36,7 @@ from typing import Any
 
 from pydantic import ConfigDict
 
+from swarm_edge.config import is_loopback
 from swarm_edge.errors import CloudUnavailableError, ConfigError
 from swarm_edge.redact import Redactor
 from swarm_edge.registry import CloudSpec
@@ -85,16 +86,8 @@ def _host_of(url: str) -> str:
 
 
 def _loopback(hostport: str) -> bool:
-    """Whether host[:port] names this machine (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    host = hostport[1:].split("]", 1)[0] if hostport.startswith("[") else hostport.rsplit(":", 1)[0]
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Whether host[:port] names this machine."""
+    return is_loopback(hostport[1:].split("]", 1)[0] if hostport.startswith("[") else hostport.rsplit(":", 1)[0])
 
 
 def load_key(config: CloudConfig, env: dict[str, str]) -> str | None:

