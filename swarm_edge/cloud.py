@@ -372,17 +372,17 @@ class CloudClient:
                     res.retry_after = retry_after_seconds(response.headers.get("retry-after"))
                     raise _Retryable(msg)
                 raise CloudUnavailableError(self._scrub(msg))
-            restorer = redactor.restorer()
             ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype == "application/json" or ctype.endswith("+json"):
                 # several OpenAI-compatible proxies ignore `stream` and answer with one JSON completion
                 raw = await within(_read_capped(response, MAX_JSON_ANSWER), "reading the answer")
-                text = restorer.feed(_json_completion(raw, ctype, res, self.config.host)) + restorer.flush()
+                text = redactor.restore(_json_completion(raw, ctype, res, self.config.host))
                 res.ttft_s = round(self.clock() - t0, 4)
                 n = (res.usage or {}).get("completion_tokens")
                 res.tokens += n if isinstance(n, int) and n > 0 else 1
                 yield text
                 return
+            restorer = redactor.restorer()
             lines = response.aiter_lines().__aiter__()
             while True:
                 try:

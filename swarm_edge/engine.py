@@ -147,13 +147,15 @@ class Engine:
     def _key(self, spec: ModelSpec) -> str:
         return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch)
 
-    def estimate_detail(self, model_id: str, *, fetch: bool | None = None, wait: bool = True):
-        """The Estimate (bytes, formula or calibrated, parts) for a model."""
+    def estimate_detail(self, model_id: str, *, fetch: bool | None = None, wait: bool = True, walked: bool = False):
+        """The Estimate (bytes, formula or calibrated, parts) for a model. `walked`: its GGUF was structure-checked
+        by this engine already (prepared), so the facts come from memory, without touching the file."""
         spec = self.registry.get(model_id)
         files = self.files(model_id, fetch=fetch, wait=wait)
         if spec.format == "gguf":
+            sha = spec.file("model").sha256
             # one bounded walk checks the file and reads the formula's inputs (no GGUFReader); then one stat()
-            facts = self.store.checked_facts(spec.file("model").sha256, files["model"])
+            facts = self.store.facts(sha, files["model"]) if walked else self.store.checked_facts(sha, files["model"])
             parts = gguf_formula(facts, spec.n_ctx, spec.n_batch)
         else:
             parts = onnx_formula(spec.file("model").size, spec.file("tokenizer").size)
@@ -173,7 +175,7 @@ class Engine:
         # The scheduler asks on the event loop: only a prepared model's estimate is that cheap (facts cached).
         if model_id not in self._prepared:
             raise ModelFileError(f"{model_id} is not prepared yet (its files are not verified)")
-        return self.estimate(model_id)
+        return self.estimate_detail(model_id, walked=True).bytes  # no file I/O here: facts cached by _prepare
 
     def hint(self, upcoming: list[str]) -> None:
         """A plan's next models, in order: the scheduler may prefetch them; their files are prepared meanwhile."""
@@ -254,8 +256,8 @@ class Engine:
         return worker
 
     def _verify_for_load(self, spec: ModelSpec, files: dict[str, Path]) -> None:
-        # verified once, loaded many times: a `path:` file replaced since is hashed again before it is loaded,
-        # and a GGUF's structure is checked again if the file is not the one checked before (path, size, times)
+        # verified once, loaded many times: a `path:` file replaced since is hashed again before it is loaded; once
+        # its sha256 is proven again the bytes are the ones _prepare structure-checked, so no second walk
         try:
             recheck(self.settings, spec, files)
         except ModelFileError:
@@ -263,8 +265,6 @@ class Engine:
             self._prepared.discard(spec.id)
             self._files.pop(spec.id, None)
             raise
-        if spec.format == "gguf":
-            self.store.checked_facts(spec.file("model").sha256, files["model"])
 
     def _on_release(self, model_id: str, worker) -> None:
         spec = self.registry.get(model_id)

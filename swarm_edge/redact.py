@@ -125,7 +125,7 @@ def _rx(pattern: str, *needles: str, accept: Callable[[str], bool] | None = None
     re.IGNORECASE, which keeps the search from skipping ahead to the pattern's first letters.
     """
     compiled = re.compile(pattern)
-    folded = re.compile(pattern, re.IGNORECASE)  # for the rare text whose lower case has another length
+    folded = re.compile(pattern, re.IGNORECASE) if nocase else None  # for text whose lower case has another length
     group = "v" if "v" in compiled.groupindex else 0
 
     def find(text: str, low: str) -> Iterator[Span]:

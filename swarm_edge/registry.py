@@ -82,6 +82,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _path_text(value: str | None) -> str | None:
+    """A path from models.yaml: non-empty and without NUL (which the OS would cut it at), or None."""
+    if value is not None and (not value or "\0" in value):
+        raise ValueError("a path must be non-empty and contain no NUL character")
+    return value
+
+
 def _refused(value: str, problem: str | None) -> str:
     """`value` if `problem` is None, else the ValueError that names both (pydantic adds the key and line)."""
     if problem:
@@ -179,9 +186,7 @@ class Source(_Strict):
     @field_validator("path")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and (not value or "\0" in value):
-            raise ValueError("a path must be non-empty and contain no NUL character")
-        return value
+        return _path_text(value)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
@@ -343,9 +348,7 @@ class CloudSpec(_Strict):
     @field_validator("api_key_file")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and (not value or "\0" in value):
-            raise ValueError("a path must be non-empty and contain no NUL character")
-        return value
+        return _path_text(value)
 
 
 class RegistryFile(_Strict):

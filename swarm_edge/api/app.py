@@ -419,6 +419,11 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
+def ndjson_error(exc: Exception) -> bytes:
+    """The NDJSON line that ends an Ollama stream with an error."""
+    return _ndjson({"error": str(exc)})
+
+
 def _ndjson(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
@@ -687,10 +692,10 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
                     elif ev["type"] == "done":
                         yield _ndjson(final(ev["answer"], ""))
             except errors.SwarmEdgeError as exc:
-                yield _ndjson({"error": str(exc)})
+                yield ndjson_error(exc)
 
         return ClosingStream(body_iter(), events=events, metrics=metrics, deadline=until,
-                             error_chunk=lambda exc: _ndjson({"error": str(exc)}), media_type="application/x-ndjson")
+                             error_chunk=ndjson_error, media_type="application/x-ndjson")
 
     @app.post("/api/chat", responses=responses(OllamaAnswer, *GENERATION_STATUSES, stream=NDJSON))
     async def ollama_chat(body: OllamaChatRequest):

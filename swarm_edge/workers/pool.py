@@ -254,7 +254,6 @@ class Worker:
         # The stall watchdog of the request in flight (event loop only): whether one is watched, when it was sent,
         # when the worker was last heard from, its CPU seconds at the last look, the timer, and why the worker was
         # killed as hung, if it was.
-        self._watched = False
         self._sent_at = self._heard = 0.0
         self._cpu: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -393,7 +392,7 @@ class Worker:
 
     def _start_watch(self) -> None:
         """Watch the request just sent for progress (see STALL_FIRST_S) until `_disarm`."""
-        self._sent_at, self._cpu, self._watched = self._loop.time(), None, True
+        self._sent_at, self._cpu = self._loop.time(), None
         self._arm(self.stall[0])
 
     def _arm(self, delay: float) -> None:
@@ -402,7 +401,6 @@ class Worker:
         self._watchdog = self._loop.call_later(delay, self._watch)
 
     def _disarm(self) -> None:
-        self._watched = False
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -412,9 +410,7 @@ class Worker:
         compute is hung; it is killed (SIGKILL ends a stopped process too), so the reader raises WorkerCrashedError
         saying it stalled, the scheduler drops the worker and the next request loads the model afresh. Generations
         and embeddings are watched; loads have their own timeout (LOAD_TIMEOUT_S)."""
-        self._watchdog = None
-        if not self._watched or self._dead:
-            return  # an idle worker uses no CPU and sends nothing: only a request in flight is watched
+        self._watchdog = None  # only armed while a request is in flight (_disarm cancels it, also on death)
         window = self.stall[1] if self._heard > self._sent_at else self.stall[0]
         quiet = self._loop.time() - max(self._heard, self._sent_at)
         if quiet < window:  # heard from since the timer was set: wait for the rest of the new window
