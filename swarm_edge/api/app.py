@@ -614,7 +614,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
 
     @app.post("/v1/embeddings", responses=responses(Embeddings, *EMBEDDING_STATUSES))
     async def embeddings(body: EmbeddingRequest):
-        model, vectors, timings = await orchestrator.embed(engine, body.input, body.model)
+        model, vectors, timings = await _within(orchestrator.embed(engine, body.input, body.model), deadline(),
+                                                metrics)
         tokens = timings.pop("tokens", None) or 0
         data = []
         for i, vec in enumerate(vectors):
@@ -727,7 +728,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
 
     @app.post("/api/embed", responses=responses(OllamaEmbeddings, *EMBEDDING_STATUSES))
     async def ollama_embed(body: OllamaEmbedRequest):
-        model, vectors, timings = await orchestrator.embed(engine, body.input, _ollama_name(body.model))
+        model, vectors, timings = await _within(orchestrator.embed(engine, body.input, _ollama_name(body.model)),
+                                                deadline(), metrics)
         return {"model": model, "embeddings": vectors, "total_duration": _ns(timings["total_s"]),
                 "load_duration": _ns(timings["load_s"]), "prompt_eval_count": timings.get("tokens") or 0}
 

@@ -576,7 +576,7 @@ STATUS_DOCS = {
 }
 COMMON_STATUSES = (401, 403, 413, 500, 503)      # the Guard and the catch-all handler answer them on any path
 GENERATION_STATUSES = (400, 404, 500, 502, 503, 504, 507)
-EMBEDDING_STATUSES = (400, 404, 500, 503, 507)
+EMBEDDING_STATUSES = (400, 404, 500, 503, 504, 507)
 STREAM_ITEMS = {"text/event-stream": "CompletionChunk", "application/x-ndjson": "OllamaAnswer"}
 _REF = "#/components/schemas/"
 

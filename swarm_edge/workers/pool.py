@@ -445,8 +445,9 @@ class Worker:
         await self._settle()
         self.requests += 1
         self._send({"kind": "embed", "texts": texts})
-        self._start_watch()  # embeddings have no request deadline: a stopped worker would hold the request forever
+        self._start_watch()  # a stopped worker would hold the request (and the compute slot) forever
         vectors: list[list[float]] = []
+        answered = False
         try:
             while True:
                 msg = await self._next()
@@ -454,12 +455,21 @@ class Worker:
                     vectors += msg["vectors"]
                     self.last_embed_tokens = msg.get("tokens")
                 elif msg["kind"] == "end":
+                    answered = True
                     self.last_pss = msg.get("pss") or self.last_pss
                     return vectors
                 elif msg["kind"] == "error":
+                    answered = True
                     raise _error(msg)
         finally:
             self._disarm()
+            if not answered and self.alive:
+                # Abandoned mid-answer (the request's deadline, a caller cancelled): an embedding cannot be
+                # cancelled in the worker, and its late frames would be read as the next request's answer.
+                log.warning("embedding request to %s (pid %d) abandoned mid-answer; killing the worker",
+                            self.model_id, self.pid)
+                self.kill()
+                self._mark_dead()
 
     async def _cancel(self) -> None:
         """Stop the running generation and drain its remaining events; kill the worker if it will not stop."""

@@ -255,6 +255,32 @@ def test_a_stopped_embedding_worker_is_detected_and_frees_the_compute_slot(serve
 
 
 @pytest.mark.timeout(300)
+def test_embeddings_keep_the_request_deadline(serve):
+    """/v1/embeddings and /api/embed ignored --request-timeout: a stopped embedding worker held the request until
+    the stall watchdog, however short the deadline. Now the deadline answers 504, and the worker, whose late
+    vectors would be read as the next request's, is killed and loaded afresh."""
+    d = serve("--request-timeout", "3", env={"SWARM_EDGE_WORKER_STALL_S": "120,120"})  # the watchdog stays out
+    embed = {"model": "minilm-l6", "input": ["a cat", "a kitten"]}
+    assert d.http.post("/v1/embeddings", json=embed).status_code == 200
+    for path in ("/v1/embeddings", "/api/embed"):
+        proc = psutil.Process(_pid(d, "minilm-l6"))
+        try:
+            proc.suspend()  # SIGSTOP
+            t0 = time.monotonic()
+            r = client(d.socket, timeout=60).post(path, json=embed)
+            took = time.monotonic() - t0
+            err = r.json()["error"]  # OpenAI: {"message", "code", ...}; Ollama: the message alone
+            assert r.status_code == 504 and "--request-timeout" in (err["message"] if path[1] == "v" else err), r.text
+            assert 2.5 <= took < 30, took
+            assert _gone(proc.pid, 10)
+        finally:
+            _kill_quietly([proc])
+        again = d.http.post("/v1/embeddings", json=embed)
+        assert again.status_code == 200 and len(again.json()["data"]) == 2, again.text
+    assert "swarm_edge_request_deadlines_total 2" in d.http.get("/metrics").text
+
+
+@pytest.mark.timeout(300)
 def test_a_worker_that_computes_silently_is_not_taken_for_stalled(serve):
     """A long prompt on one thread takes longer than the (tiny) stall window to its first token: the worker is
     busy, not stuck, so it must be left to finish."""
