@@ -63,8 +63,8 @@ def _stamp_path(settings: Settings, model_id: str, name: str) -> Path:
     return settings.models_dir / model_id / f".{name}.verified.json"
 
 
-def _stat_key(path: Path) -> dict[str, int]:
-    st = path.stat()
+def _stat_key(path: Path, st: os.stat_result | None = None) -> dict[str, int]:
+    st = st or path.stat()
     # ctime too: new bytes written in place with the old mtime put back (os.utime) keep size, mtime and inode,
     # but nobody can set ctime back
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
@@ -91,10 +91,11 @@ def _write_stamp(settings: Settings, model_id: str, fspec: FileSpec, path: Path)
             raise
 
 
-def _stamp_valid(settings: Settings, model_id: str, fspec: FileSpec, path: Path) -> bool:
+def _stamp_valid(settings: Settings, model_id: str, fspec: FileSpec, path: Path,
+                 st: os.stat_result | None = None) -> bool:
     try:
         data = json.loads(_stamp_path(settings, model_id, fspec.name).read_text())
-        return data == {"path": str(path), "sha256": fspec.sha256, **_stat_key(path)}
+        return data == {"path": str(path), "sha256": fspec.sha256, **_stat_key(path, st)}
     except (OSError, ValueError):
         return False
 
@@ -106,17 +107,20 @@ def verify_file(settings: Settings, model_id: str, fspec: FileSpec, path: Path, 
     With `full=False` a valid stamp (same path, size, mtime and inode as when last hashed) skips the hash.
     """
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise ModelFileError(f"{model_id}: {path} does not exist; run `swarm-edge models fetch {model_id}`") from None
     except OSError as exc:
         raise ModelFileError(f"{model_id}: cannot read {path}: {exc}") from exc
-    if size != fspec.size:
-        raise ChecksumError(f"{model_id}: {path} is {size:,} bytes, models.yaml says {fspec.size:,} "
-                            f"({'truncated' if size < fspec.size else 'too long'}); refusing to use it")
-    if not full and _stamp_valid(settings, model_id, fspec, path):
+    if st.st_size != fspec.size:
+        raise ChecksumError(f"{model_id}: {path} is {st.st_size:,} bytes, models.yaml says {fspec.size:,} "
+                            f"({'truncated' if st.st_size < fspec.size else 'too long'}); refusing to use it")
+    if not full and _stamp_valid(settings, model_id, fspec, path, st):
         return
-    digest = sha256_file(path, progress)
+    try:
+        digest = sha256_file(path, progress)
+    except OSError as exc:  # EIO, EMFILE, a file swapped for a directory: the file's fault or the machine's, named
+        raise ModelFileError(f"{model_id}: cannot read {path}: {exc}") from exc
     if digest != fspec.sha256:
         raise ChecksumError(f"{model_id}: sha256 of {path} is {digest}, models.yaml says {fspec.sha256}; "
                             "refusing to use it")

@@ -119,6 +119,16 @@ def test_concurrent_verifications_of_one_file_all_succeed(tmp_path, settings):
     assert not [n for n in stamps if n.endswith(".tmp")]  # no temp stamp left behind
 
 
+def test_a_file_that_cannot_be_read_is_a_model_file_error(tmp_path, settings):
+    """Regression: an OSError while hashing (EIO, EMFILE, here a directory where the file was) escaped as a bare
+    OSError, which the daemon answered with HTTP 500 internal_error instead of naming the file."""
+    (tmp_path / "blob.bin").mkdir()  # a real OS error: stat works, open() raises IsADirectoryError
+    size = (tmp_path / "blob.bin").stat().st_size
+    fspec = registry_for(tmp_path, "          - path: blob.bin").get("blob").files[0].model_copy(update={"size": size})
+    with pytest.raises(ModelFileError, match="cannot read .*blob.bin"):
+        sources.verify_file(settings, "blob", fspec, tmp_path / "blob.bin")
+
+
 def test_local_path_wrong_sha_is_refused(tmp_path, settings):
     (tmp_path / "blob.bin").write_bytes(PAYLOAD[:-1] + b"\0")
     reg = registry_for(tmp_path, "          - path: blob.bin")
