@@ -158,8 +158,7 @@ class Scheduler:
     async def _after_use(self, r: Resident) -> None:
         worker = r.worker
         if worker is not None and not getattr(worker, "alive", True):
-            self.stats.crashes += 1
-            await self._drop(r)  # a dead worker holds no memory: free its budget, the next lease reloads
+            await self._drop_dead(r)  # a dead worker holds no memory: free its budget, the next lease reloads
             return
         if worker is not None and self._on_release:
             self._on_release(r.model_id, worker)
@@ -185,8 +184,7 @@ class Scheduler:
                 if getattr(r.worker, "alive", True):
                     return r
                 r.refs -= 1
-                self.stats.crashes += 1
-                await self._drop(r)
+                await self._drop_dead(r)
                 continue
             self._check_backoff(model_id)
             need = self._estimate(model_id)
@@ -279,8 +277,7 @@ class Scheduler:
         freed when nothing is evictable and return False, so the caller looks at the world again."""
         for r in [r for r in self.residents.values() if r.state == "ready" and r.refs == 0
                   and not getattr(r.worker, "alive", True)]:
-            self.stats.crashes += 1
-            await self._drop(r)  # died while idle: its memory is already back, stop counting it
+            await self._drop_dead(r)  # died while idle: its memory is already back, stop counting it
         while self.used() + need > self.budget:
             cands = self._candidates(exclude)
             if cands:
@@ -307,6 +304,14 @@ class Scheduler:
     async def _evict(self, r: Resident, *, ttl: bool = False) -> None:
         self.stats.evictions += 0 if ttl else 1
         self.stats.ttl_unloads += 1 if ttl else 0
+        await self._drop(r)
+
+    async def _drop_dead(self, r: Resident) -> None:
+        """Drop a resident whose worker died, counting the death once: several leases (and the sweep in
+        _make_room) may find the same dead worker, and only the first still finds it listed."""
+        if self.residents.get(r.model_id) is not r:
+            return  # dropped already by whoever found it first (its bytes count in _stopping until it is gone)
+        self.stats.crashes += 1
         await self._drop(r)
 
     async def _drop(self, r: Resident) -> None:

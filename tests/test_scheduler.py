@@ -236,6 +236,30 @@ async def test_error_in_body_releases_lease():
 
 
 @deadline
+async def test_a_death_seen_by_several_leases_counts_once():
+    """Regression: every lease that found the dead worker counted a crash (three leases, one death: 3). The
+    leases after the first wait for the compute slot, then find the worker dead, and take a new one."""
+    h = Harness()
+    held = asyncio.Event()
+    died = asyncio.Event()
+
+    async def lease() -> None:
+        async with h.s.lease("a"):
+            held.set()
+            await died.wait()
+
+    tasks = [asyncio.create_task(lease()) for _ in range(3)]
+    await held.wait()
+    await asyncio.sleep(0.01)
+    assert h.s.residents["a"].refs == 3
+    h.s.residents["a"].worker.alive = False  # the worker process died while three requests used it
+    died.set()
+    await asyncio.gather(*tasks)
+    assert h.s.stats.crashes == 1, h.s.stats
+    assert h.spawned == ["a", "a"]  # one reload serves the two requests that waited
+
+
+@deadline
 async def test_crashed_worker_frees_budget_and_reloads():
     h = Harness()
     async with h.s.lease("a") as w:
