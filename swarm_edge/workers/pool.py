@@ -232,6 +232,18 @@ def _stopped_or_idle(pid: int, cpu_before: float | None) -> tuple[str | None, fl
     return None, cpu
 
 
+def _usable(spare: tuple[Any, Any]) -> bool:
+    """Whether the spare can take a load: alive and not stopped (a SIGSTOPped spare would hold the load for
+    LOAD_TIMEOUT_S). One that cannot is killed, and the load forks a new one."""
+    process, parent = spare
+    if process.is_alive() and _stopped_or_idle(process.pid, None)[0] is None:
+        return True
+    log.warning("the spare worker (pid %s) is dead or stopped; forking a new one", process.pid)
+    process.kill()
+    parent.close()
+    return False
+
+
 class Worker:
     """The daemon's handle on one worker process. One request at a time (the scheduler guarantees it)."""
 
@@ -570,7 +582,7 @@ class Pool:
             refill, self._refill = self._refill, None
             await asyncio.gather(refill, return_exceptions=True)
         spare, self._spare = self._spare, None
-        if spare is not None and spare[0].is_alive():
+        if spare is not None and _usable(spare):
             process, parent = spare
         else:
             process, parent = await asyncio.to_thread(self._fork)

@@ -74,6 +74,29 @@ def test_sigkilled_worker_fails_only_its_request_then_reloads(test_registry, set
     assert events[-1]["type"] == "done" and new_pid != pid
 
 
+def test_a_stopped_spare_is_replaced_not_waited_for(test_registry, settings):
+    """Regression: a SIGSTOPped spare worker took the next load, which then waited LOAD_TIMEOUT_S (300 s)."""
+    async def main():
+        engine = Engine(test_registry, settings, budget="4GiB")
+        await engine.start()
+        try:
+            await engine.pool.prepare_spare()
+            spare = engine.pool.spare_pid()
+            os.kill(spare, signal.SIGSTOP)
+            t0 = time.monotonic()
+            events = await asyncio.wait_for(collect(engine, "smollm2-135m"), 60)
+            took = time.monotonic() - t0
+            pid = engine.scheduler.residents["smollm2-135m"].worker.pid
+            return events, spare, pid, took
+        finally:
+            await engine.close()
+
+    events, spare, pid, took = run(main(), timeout=180)
+    assert events[-1]["type"] == "done" and pid != spare, (spare, pid)
+    assert not psutil.pid_exists(spare) or psutil.Process(spare).status() == psutil.STATUS_ZOMBIE
+    print(f"\nload with a stopped spare: {took:.1f} s")
+
+
 def test_client_gone_mid_stream_cancels_and_keeps_worker(test_registry, settings):
     async def main():
         engine = Engine(test_registry, settings, budget="4GiB")
