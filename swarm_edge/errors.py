@@ -67,7 +67,8 @@ class ChecksumError(ModelFileError):
 
 
 class CorruptModelError(ModelFileError):
-    """A model file failed its structure check before any native code touched it."""
+    """A model file failed its structure check before any native code touched it: the GGUF walk
+    (workers/gguf_check.py), or the ONNX graph and tokenizer.json checks and the load probe (workers/onnx.py)."""
 
 
 class FetchError(SwarmEdgeError):

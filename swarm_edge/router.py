@@ -17,6 +17,7 @@ part of the daemon's measured base).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 from swarm_edge.errors import ConfigError, SwarmEdgeError
 from swarm_edge.registry import Registry
+
+log = logging.getLogger("swarm_edge.router")
 
 
 @dataclass(frozen=True)
@@ -298,8 +301,14 @@ class Router:
     def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
         """Route `text` (blocking: 3-4 ms of embedding; call it from a thread in async code)."""
         semantic = self._get()
+        failed = self._failed
         if semantic is not None:
-            return semantic.route(text, resident)
+            try:
+                return semantic.route(text, resident)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors: one prompt must not fail a request
+                log.warning("semantic routing failed on one prompt (%s: %s); keyword rules for it",
+                            type(exc).__name__, exc)
+                failed = f"semantic routing failed on this prompt ({type(exc).__name__}); keyword rules"
         r = self.keywords.route(text)
         return Route(task=r.task, model=r.model, confidence=r.confidence,
-                     reason=f"{r.reason} ({self._failed})" if self._failed else r.reason, scores=r.scores)
+                     reason=f"{r.reason} ({failed})" if failed else r.reason, scores=r.scores)

@@ -164,3 +164,25 @@ def test_without_the_embedder_the_rules_decide_and_say_why():
     r = router.route("Translate into French: good night")
     assert r.task == "translate" and "keyword rules only" in r.reason and "not fetched" in r.reason
     assert router.kind == "keywords" and router.unavailable
+
+
+class _FailsOn(_FixedBackend):
+    """FAKE embedder (pure routing logic) that raises as onnxruntime does on one input."""
+
+    def embed_with_prefix(self, text, n):
+        if "boom" in text:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code")
+        return super().embed_with_prefix(text, n)
+
+
+def test_an_embedder_error_on_one_prompt_routes_it_by_the_rules():
+    """Regression: an onnxruntime error on one prompt escaped Router.route (HTTP 500); the rules route that
+    prompt, say why, and the next prompt is routed semantically again."""
+    registry = load_registry(DEFAULT_CONFIG)
+    router = Router(registry)
+    router._semantic = SemanticRouter(registry, _FailsOn({"*": [1.0] * 8}))  # as if loaded by _get
+    r = router.route("boom: translate into French: good night")
+    assert r.task == "translate" and "semantic routing failed on this prompt (RuntimeError)" in r.reason
+    assert router.kind == "semantic" and router.unavailable is None
+    ok = router.route("Translate into French: good night")
+    assert "semantic routing failed" not in ok.reason
