@@ -5,15 +5,14 @@ contains  every group in `expect` has one of its alternatives in the answer (cas
 summary   as contains, and the answer is shorter than the text it summarises
 label     `answer` occurs as a word and no other of `options` does (so "informal" is not "formal")
 python    the first code block (or the whole answer) defines what `test` calls and the asserts pass, run
-          by a separate `python -I` in a temporary directory with a 10 s limit
+          sandboxed (sandbox.py: no network, CPU, memory and file limits, 10 s)
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import tempfile
+
+from sandbox import run_untrusted
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _FENCE = re.compile(r"```(?:[a-zA-Z0-9_+-]*)\n(.*?)```", re.S)
@@ -49,17 +48,8 @@ def code_of(text: str) -> str:
 
 
 def run_python(code: str, test: str, timeout: float = 10.0) -> tuple[bool, str]:
-    """Run `code` then `test` in a fresh isolated interpreter; (passed, why not)."""
-    with tempfile.TemporaryDirectory(prefix="swarm-suite-") as tmp:
-        try:
-            proc = subprocess.run([sys.executable, "-I", "-c", code + "\n\n" + test], cwd=tmp, capture_output=True,
-                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return False, f"timed out after {timeout:.0f} s"
-    if proc.returncode == 0:
-        return True, ""
-    err = proc.stderr.strip().splitlines()
-    return False, err[-1] if err else f"exit code {proc.returncode}"
+    """Run `code` then `test` sandboxed (sandbox.py: no network, CPU/memory/file limits); (passed, why not)."""
+    return run_untrusted(code + "\n\n" + test, timeout)
 
 
 def check(item: dict, answer: str) -> tuple[bool, str]:
