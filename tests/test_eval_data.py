@@ -14,7 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import evalsets  # noqa: E402
-from task_checks import check, run_python  # noqa: E402
+
+from swarm_edge.checks import check, run_python  # noqa: E402
 
 TASKS = {"chat", "summarize", "extract", "classify", "translate", "code", "math", "rewrite"}
 

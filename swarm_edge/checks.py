@@ -1,18 +1,18 @@
-"""Checkers for the mixed task suite (benchmarks/data/task_suite.jsonl): is an answer right?
+"""Checks that decide whether an answer is right, for evaluation sets and `swarm-edge tune` examples:
 
 number    the last number in the answer equals `answer` (commas and a trailing ".0" ignored)
 contains  every group in `expect` has one of its alternatives in the answer (case-insensitive)
 summary   as contains, and the answer is shorter than the text it summarises
 label     `answer` occurs as a word and no other of `options` does (so "informal" is not "formal")
 python    the first code block (or the whole answer) defines what `test` calls and the asserts pass, run
-          sandboxed (sandbox.py: no network, CPU, memory and file limits, 10 s)
+          sandboxed (swarm_edge/sandbox.py: no network, CPU, memory and file limits, 10 s)
 """
 
 from __future__ import annotations
 
 import re
 
-from sandbox import run_untrusted
+from swarm_edge.sandbox import run_untrusted
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _FENCE = re.compile(r"```(?:[a-zA-Z0-9_+-]*)\n(.*?)```", re.S)
