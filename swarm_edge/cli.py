@@ -430,6 +430,73 @@ def route(
 
 
 @app.command()
+def tune(
+    examples: Path = typer.Option(..., "--examples", "-e", help="JSONL of labelled requests: prompt, task, check "
+                                  "and the check's fields (number: answer; contains/summary: expect; label: answer, "
+                                  "options; python: test), optionally id. See swarm_edge/checks.py."),
+    write: Optional[Path] = typer.Option(None, "--write", "-w", help="Write models.yaml with the routes decided "
+                                         "here to this path (checked by loading it first; comments are not kept; "
+                                         "write it next to the original so relative `path:` sources still resolve)."),
+    models: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Measure only these models (repeat); "
+                                               "default: every model that generates text."),
+    epsilon: int = typer.Option(1, min=0, help="A route may be this many dev examples below the best option "
+                                "if it is faster."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help="Cap every answer (default: each model's max_tokens)."),
+    budget: Optional[str] = BudgetOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure every model on every task of your examples, then choose each task's route by evidence.
+
+    The examples are split into dev and test by a fixed hash of each one's id before anything runs; the
+    routes are chosen on dev only, and both splits are reported (test shows what to expect on requests
+    the choice never saw). Per task: a model that is no more accurate than a faster one gets no route;
+    the route is the fastest option (a model alone, or a cascade with its log-prob threshold fitted on dev;
+    with or without the route's system prompt or tool) within --epsilon examples of the best. Answers are
+    cached in SWARM_EDGE_HOME/cache/tune.jsonl: an interrupted run resumes, a re-run is instant.
+    Loads are not counted in latency. Never downloads: fetch the models first.
+    """
+    from swarm_edge import tune as tuning
+    from swarm_edge.engine import Engine
+
+    try:
+        settings, registry = _setup(config)
+        tasks = list(registry.routes)
+        exs = tuning.load_examples(examples, tasks)
+        chosen = models or [m.id for m in registry if m.kind in ("chat", "completion")]
+        for m in chosen:
+            if registry.get(m).kind not in ("chat", "completion"):
+                raise SwarmEdgeError(f"{m} does not generate text (kind {registry.get(m).kind})")
+        n_dev = sum(tuning.split_of(e) == "dev" for e in exs)
+        typer.echo(f"{len(exs)} examples: {n_dev} dev, {len(exs) - n_dev} test; models: {', '.join(chosen)}",
+                   err=True)
+        cache = tuning.Cache(settings.home / "cache" / "tune.jsonl")
+        total = sum(len(tuning.variants(registry.routes[e["task"]])) for e in exs) * len(chosen)
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="measuring", unit="answer", file=sys.stderr, disable=None, dynamic_ncols=True)
+        engine = Engine(registry, settings, budget=budget, spare=False, fetch=False)
+        records = tuning.run_measure(engine, exs, chosen, cache=cache, max_tokens=max_tokens,
+                                     on_record=lambda r: bar.update(1))
+        bar.close()
+        decisions = {t: tuning.decide(records, t, chosen, epsilon=epsilon)
+                     for t in tasks if any(r["task"] == t for r in records)}
+        lines, summary = tuning.report(decisions, records, chosen)
+        if write:
+            tuning.write_config(settings.config_path, write, decisions, registry)
+    except SwarmEdgeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(summary, ensure_ascii=False, indent=1))
+    else:
+        typer.echo("\n".join(lines))
+        for d in decisions.values():
+            typer.echo(f"{d.task}: {d.why}" + "".join(f"\n  no route: {k}: {v}" for k, v in d.dominated.items()))
+    if write:
+        typer.echo(f"wrote {write}", err=True)
+
+
+@app.command()
 def status(as_json: bool = JsonOpt, budget: Optional[str] = BudgetOpt, config: Optional[Path] = ConfigOpt,
            local: bool = LocalOpt, socket: Optional[Path] = SocketOpt) -> None:
     """Budget, resident models (PSS each), queue, loads/evictions, and each model's memory estimate.

@@ -260,7 +260,8 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
             last = i == len(order) - 1
             call = await _quiet(engine, spec, _request(spec, [{"role": "system", "content": CALC_SYSTEM},
                                                               *CALC_EXAMPLES, *messages],
-                                                       {**common, "max_tokens": 64}, logprobs=not last),
+                                                       {**common, "max_tokens": 64},
+                                                       logprobs=not last or bool(common.get("logprobs"))),
                                 fetch=fetch, progress_factory=progress_factory)
             expr = calc.expression_in(call.text)
             try:  # bounded and cheap (calc.py: < 1 ms worst case measured), so it runs on the loop
@@ -585,7 +586,8 @@ async def stream(engine: Engine, *, allow_cloud: bool = True, **kwargs) -> Async
     """Answer chat `messages` (or a plain `prompt`): yields start, token..., done (with the Answer).
 
     Keyword arguments: messages | prompt, model_id (a model id, "auto", "cloud" or "pipeline:NAME"),
-    max_tokens, temperature, top_p, stop, seed, cache_prompt, progress_factory, fetch, decompose. `allow_cloud=False`
+    max_tokens, temperature, top_p, stop, seed, cache_prompt, progress_factory, fetch, decompose, task (answer as
+    this task's route: no routing, no plan), logprobs (every call measures its mean token log-prob). `allow_cloud=False`
     keeps this request on the device whatever the configuration says.
     """
     esc = _Escalation(engine, allow_cloud)
@@ -601,12 +603,15 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
                   prompt: str | None = None, model_id: str | None = None, max_tokens: int | None = None,
                   temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
                   cache_prompt: bool = True, progress_factory=None, fetch: bool | None = None,
-                  decompose: bool = True) -> AsyncIterator[dict[str, Any]]:
+                  decompose: bool = True, task: str | None = None,
+                  logprobs: bool = False) -> AsyncIterator[dict[str, Any]]:
     t0 = time.perf_counter()
     if (messages is None) == (prompt is None):
         raise ValueError("stream() needs exactly one of messages or prompt")
     common = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop or []), seed=seed,
                   cache_prompt=cache_prompt)
+    if logprobs:  # every call measures its mean token log-prob (swarm-edge tune reads it from the steps)
+        common["logprobs"] = True
     kw = dict(fetch=fetch, progress_factory=progress_factory)
     text = prompt if prompt is not None else _last_user_text(messages)
     registry = engine.registry
@@ -639,6 +644,13 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
         if forced and esc.allowed:  # nothing to decide: no routing on the way to the first token
             top = Route(task="explicit", model=esc.target, target="cloud", confidence=1.0,
                         reason="model chosen by the caller")
+        elif task is not None:  # the caller names the task: its route answers, unrouted and unsplit
+            if task not in registry.routes:
+                raise UnknownModelError(f"unknown task {task!r}; tasks in {registry.path}: "
+                                        + ", ".join(sorted(registry.routes)))
+            top = Route(task=task, model=registry.routes[task].models[0], confidence=1.0,
+                        reason="task chosen by the caller")
+            decompose = False
         else:
             top = await route_async(engine, text)
         t_route = time.perf_counter() - t0

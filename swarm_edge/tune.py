@@ -1,0 +1,432 @@
+"""swarm-edge tune: measure every model on every task of labelled examples, then write the route table by rule.
+
+Examples are JSONL, one request per line: {"prompt", "task", "check", ...the check's fields (checks.py)},
+optionally "id". They are split into dev and test by a fixed hash of the id (of the prompt when there is none)
+*before* anything is measured; decisions read dev only, test is reported beside it.
+
+Measuring: for each task, each generation model and each variant of the task's route (no system prompt; the
+route's system prompt; the calculator tool where the route has one), every example is answered as that task
+(routing bypassed), greedy, each prompt evaluated afresh, with the mean token log-prob recorded. Results are
+cached per (model file, variant, prompt, settings), so a re-run with another rule costs nothing.
+
+The rule, per task (decide()), on dev only; latency excludes model loads:
+1. Options are asked one way each (a variant: plain, the route's system prompt, its tool), as models.yaml
+   can only say it per route.
+2. A model right on no more dev examples than another asked the same way that is as fast or faster is
+   dominated: it gets no option (so no route) for the task.
+3. Options: each remaining model alone, and each cascade faster -> slower model with the threshold on the
+   first model's mean token log-prob (an answer that repeats its input, or a calculator try with no
+   expression, is never kept) that maximises dev accuracy, the lower mean latency breaking ties.
+4. The route is the fastest option whose dev accuracy is within `epsilon` examples of the best option's;
+   ties go to the plain request (a system prompt or tool stays only where it measurably helps), then to
+   fewer models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from swarm_edge import checks
+from swarm_edge.errors import ConfigError
+
+SALT = "swarm-edge/eval-split/v1:"   # the same split as benchmarks/evalsets.py
+METHOD = "tune-v1"                    # part of the cache key: change it when what is measured changes
+CHECK_FIELDS = {"number": ("answer",), "contains": ("expect",), "summary": ("expect",),
+                "label": ("answer", "options"), "python": ("test",)}
+
+
+# ---------------------------------------------------------------- examples
+
+
+def example_id(ex: dict) -> str:
+    return str(ex.get("id") or "p-" + hashlib.sha256(ex["prompt"].encode()).hexdigest()[:16])
+
+
+def split_of(ex: dict) -> str:
+    """"dev" or "test": a fixed hash of the example's id, decided before anything is measured."""
+    return "test" if hashlib.sha256((SALT + example_id(ex)).encode()).digest()[0] % 2 else "dev"
+
+
+def load_examples(path: Path, tasks: list[str]) -> list[dict]:
+    """Labelled examples from a JSONL file; ConfigError naming the line for anything unusable."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the examples ({exc})") from None
+    out, seen = [], set()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            ex = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: not JSON ({exc})") from None
+        if not isinstance(ex, dict) or not isinstance(ex.get("prompt"), str) or not ex["prompt"].strip():
+            raise ConfigError(f"{where}: an example is an object with a non-empty \"prompt\"")
+        if ex.get("task") not in tasks:
+            raise ConfigError(f"{where}: \"task\" must be one of the routes' tasks: {', '.join(tasks)}")
+        kind = ex.get("check")
+        if kind not in CHECK_FIELDS:
+            raise ConfigError(f"{where}: \"check\" must be one of {', '.join(CHECK_FIELDS)}")
+        missing = [f for f in CHECK_FIELDS[kind] if f not in ex]
+        if missing:
+            raise ConfigError(f"{where}: a {kind} check needs {', '.join(missing)}")
+        if kind == "label" and ex["answer"] not in ex["options"]:
+            raise ConfigError(f"{where}: the label answer is not one of the options")
+        eid = example_id(ex)
+        if eid in seen:
+            raise ConfigError(f"{where}: duplicate id {eid!r}")
+        seen.add(eid)
+        out.append(ex)
+    if not out:
+        raise ConfigError(f"{path}: no examples")
+    return out
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a task's route asks a model: with or without its system prompt, with or without its tool."""
+
+    system: str = ""
+    tool: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.tool or ("system" if self.system else "plain")
+
+
+def variants(route) -> list[Variant]:
+    out = [Variant()]
+    if route.system:
+        out.append(Variant(system=route.system))
+    if route.tool:
+        out.append(Variant(tool=route.tool))
+    return out
+
+
+class Cache:
+    """Measured answers, one JSON line each, keyed by what determines them."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, dict] = {}
+        if path is not None and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.data[rec["key"]] = rec
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a kill: measured again
+
+    def get(self, key: str) -> dict | None:
+        return self.data.get(key)
+
+    def put(self, rec: dict) -> None:
+        self.data[rec["key"]] = rec
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def _key(model_sha: str, task: str, variant: Variant, prompt: str, max_tokens: int | None, threads: int) -> str:
+    blob = json.dumps([METHOD, model_sha, task, variant.system, variant.tool, prompt, max_tokens, threads])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+async def measure(engine, examples: list[dict], models: list[str], *, cache: Cache, max_tokens: int | None = None,
+                  on_record: Callable[[dict], None] | None = None) -> list[dict]:
+    """Answer every example with every model and variant of its task's route (see the module docstring)."""
+    from swarm_edge import orchestrator
+
+    registry = engine.registry
+    original = dict(registry.routes)
+    records = []
+    try:
+        for task in sorted({ex["task"] for ex in examples}, key=list(registry.routes).index):
+            route = original[task]
+            for model in models:
+                sha = registry.get(model).file("model").sha256
+                for var in variants(route):
+                    registry.routes[task] = route.model_copy(update={"models": [model], "strategy": "single",
+                                                                     "system": var.system, "tool": var.tool})
+                    for ex in (e for e in examples if e["task"] == task):
+                        key = _key(sha, task, var, ex["prompt"], max_tokens, engine.settings.threads)
+                        rec = cache.get(key)
+                        if rec is None:
+                            rec = await _answer(orchestrator, engine, ex, task, max_tokens)
+                            rec.update(key=key, model=model, variant=var.name)
+                            cache.put(rec)
+                        rec = {**rec, "id": example_id(ex), "task": task, "split": split_of(ex), "model": model,
+                               "variant": var.name}
+                        rec["ok"], rec["note"] = checks.check(ex, rec["text"])  # the check may improve: re-run
+                        records.append(rec)
+                        if on_record:
+                            on_record(rec)
+    finally:
+        registry.routes.clear()
+        registry.routes.update(original)
+    return records
+
+
+async def _answer(orchestrator, engine, ex: dict, task: str, max_tokens: int | None) -> dict:
+    messages = [{"role": "user", "content": ex["prompt"]}]
+    t0 = time.perf_counter()
+    try:
+        answer = await orchestrator.ask_async(ex["prompt"], engine, task=task, logprobs=True, cache_prompt=False,
+                                              decompose=False, allow_cloud=False, max_tokens=max_tokens)
+    except Exception as exc:  # noqa: BLE001 - a failed answer is a wrong one; the record says why
+        return {"text": "", "error": f"{type(exc).__name__}: {exc}", "latency_s": time.perf_counter() - t0,
+                "sure": None, "echo": False, "tokens": 0, "wrote_expression": None}
+    latency = time.perf_counter() - t0 - ((answer.timings or {}).get("load_s") or 0.0)  # loads are not the task's
+    last = answer.steps[-1] if answer.steps else {}
+    decisive = answer.steps[0] if answer.steps else {}
+    return {"text": answer.text, "error": None, "latency_s": round(latency, 4),
+            "sure": decisive.get("mean_logprob"), "echo": orchestrator._echoes(answer.text, messages),
+            "tokens": sum(s.get("tokens", 0) for s in answer.steps),
+            "wrote_expression": decisive.get("expression") is not None if "expression" in decisive else None,
+            "final_sure": last.get("mean_logprob")}
+
+
+# ---------------------------------------------------------------- deciding
+
+
+@dataclass
+class Option:
+    """One way to serve a task: a model alone, or a cascade cheap -> final, asked one way (variant)."""
+
+    models: list[str]
+    variant: str
+    strategy: str = "single"
+    min_logprob: float | None = None
+    correct: int = 0
+    n: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    def label(self) -> str:
+        how = f"cascade at mean log-prob {self.min_logprob:.3f}" if self.strategy == "cascade" else "alone"
+        return f"{' -> '.join(self.models)} ({self.variant}, {how})"
+
+
+@dataclass
+class Decision:
+    task: str
+    chosen: Option
+    options: list[Option] = field(default_factory=list)
+    dominated: dict[str, str] = field(default_factory=dict)
+    why: str = ""
+
+
+def _by(records: list[dict], split: str) -> dict[tuple[str, str], dict[str, dict]]:
+    """(model, variant) -> {example id: record} for one split."""
+    out: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in records:
+        if r["split"] == split:
+            out.setdefault((r["model"], r["variant"]), {})[r["id"]] = r
+    return out
+
+
+def _accepted(r: dict, threshold: float) -> bool:
+    """Whether a cascade keeps the cheap model's answer (what orchestrator._solve does)."""
+    if r.get("echo") or r.get("wrote_expression") is False:
+        return False
+    return r.get("sure") is None or r["sure"] >= threshold
+
+
+def simulate(option: Option, table: dict[tuple[str, str], dict[str, dict]], ids: list[str]) -> tuple[int, float]:
+    """(correct, mean latency) of an option on the examples `ids`, from the models' measured answers."""
+    correct, total = 0, 0.0
+    first = table[(option.models[0], option.variant)]
+    final = table[(option.models[-1], option.variant)]
+    for i in ids:
+        total += first[i]["latency_s"]
+        if option.strategy == "single" or _accepted(first[i], option.min_logprob):
+            correct += bool(first[i]["ok"])
+        else:
+            correct += bool(final[i]["ok"])
+            total += final[i]["latency_s"]
+    return correct, total / max(1, len(ids))
+
+
+def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 1) -> Decision:
+    """The route for `task` by the rule in the module docstring, from dev records only."""
+    table = _by([r for r in records if r["task"] == task], "dev")
+    ids = sorted({i for recs in table.values() for i in recs})
+    if not ids:
+        raise ConfigError(f"no dev examples for task {task!r}")
+    order = ["plain", "system", "calculator"]
+    options: list[Option] = []
+    dominated: dict[str, str] = {}
+    for v in sorted({v for _, v in table}, key=lambda v: order.index(v) if v in order else len(order)):
+        single = {}
+        for m in models:
+            if (m, v) in table:
+                o = Option([m], v, n=len(ids))
+                o.correct, o.latency_s = simulate(o, table, ids)
+                single[m] = o
+        for m, o in single.items():  # rule 2: worse and no faster than another model, asked the same way
+            for other, q in single.items():
+                if other != m and q.correct >= o.correct and q.latency_s <= o.latency_s:
+                    dominated[f"{m} ({v})"] = (f"{other} is right on {q.correct}/{len(ids)} at {q.latency_s:.2f} s, "
+                                               f"{m} on {o.correct} at {o.latency_s:.2f} s")
+                    break
+        alive = sorted((m for m in single if f"{m} ({v})" not in dominated), key=lambda m: single[m].latency_s)
+        options += [single[m] for m in alive]
+        for i, cheap in enumerate(alive):  # rule 3: cascades, a faster model first and a more accurate one after
+            for final in alive[i + 1:]:
+                sures = sorted({r["sure"] for r in table[(cheap, v)].values() if r.get("sure") is not None})
+                best = None
+                for t in sures:
+                    c = Option([cheap, final], v, "cascade", t, n=len(ids))
+                    c.correct, c.latency_s = simulate(c, table, ids)
+                    if best is None or (c.correct, -c.latency_s) > (best.correct, -best.latency_s):
+                        best = c
+                if best is not None:
+                    options.append(best)
+    top = max(o.correct for o in options)
+    # rule 4; ties: the plain request, then fewer models
+    chosen = min((o for o in options if o.correct >= top - epsilon),
+                 key=lambda o: (round(o.latency_s, 3), o.variant != "plain", len(o.models)))
+    why = (f"the fastest option within {epsilon} dev example(s) of the best ({top}/{len(ids)}): "
+           f"{chosen.label()}, {chosen.correct}/{len(ids)} at {chosen.latency_s:.2f} s")
+    return Decision(task, chosen, options, dominated, why)
+
+
+def evaluate(decision: Decision, records: list[dict], split: str) -> tuple[int, int, float]:
+    """(correct, n, mean latency) of a decided route on a split, simulated from the measured answers."""
+    table = _by([r for r in records if r["task"] == decision.task], split)
+    ids = sorted({i for recs in table.values() for i in recs})
+    correct, lat = simulate(decision.chosen, table, ids)
+    return correct, len(ids), lat
+
+
+def alone(records: list[dict], task: str, model: str, split: str) -> tuple[int, int, float]:
+    """A model alone on a task, plain request (what a one-model runtime gives)."""
+    recs = [r for r in records if r["task"] == task and r["model"] == model and r["variant"] == "plain"
+            and r["split"] == split]
+    return sum(bool(r["ok"]) for r in recs), len(recs), statistics.fmean(r["latency_s"] for r in recs) if recs else 0.0
+
+
+def route_update(decision: Decision, route) -> dict[str, Any]:
+    """The models.yaml fields of a route that the decision sets."""
+    o = decision.chosen
+    upd: dict[str, Any] = {"models": list(o.models), "strategy": o.strategy,
+                           "system": route.system if o.variant == "system" else "",
+                           "tool": route.tool if o.variant == route.tool else None}
+    if o.strategy == "cascade":
+        upd["min_logprob"] = round(float(o.min_logprob), 4)
+    return upd
+
+
+def to_json(d: Decision) -> dict:
+    return {"task": d.task, "chosen": asdict(d.chosen), "why": d.why, "dominated": d.dominated,
+            "options": [asdict(o) for o in d.options]}
+
+
+def run_measure(engine, examples, models, **kw) -> list[dict]:
+    """measure() from synchronous code."""
+    async def main():
+        await engine.start()
+        try:
+            return await measure(engine, examples, models, **kw)
+        finally:
+            await engine.close()
+    return asyncio.run(main())
+
+
+# ---------------------------------------------------------------- the command
+
+
+def report(decisions: dict[str, Decision], records: list[dict], models: list[str]) -> tuple[list[str], dict]:
+    """Markdown lines and a JSON summary: each task's route with its dev and test figures, and each model alone."""
+    lines = ["| task | route | dev | test | test latency s | " + " | ".join(f"{m} alone dev / test" for m in models)
+             + " |", "|---" * (5 + len(models)) + "|"]
+    summary: dict[str, Any] = {"tasks": {}, "totals": {}}
+    totals: dict[str, list[float]] = {}
+    for task, d in decisions.items():
+        dev_c, dev_n, _ = evaluate(d, records, "dev")
+        test_c, test_n, test_lat = evaluate(d, records, "test")
+        cells = []
+        row = {"route": to_json(d), "dev": [dev_c, dev_n], "test": [test_c, test_n], "test_latency_s": test_lat}
+        for m in models:
+            dc, dn, _ = alone(records, task, m, "dev")
+            tc, tn, tl = alone(records, task, m, "test")
+            cells.append(f"{dc}/{dn} / {tc}/{tn}")
+            row[m] = {"dev": [dc, dn], "test": [tc, tn], "test_latency_s": tl}
+            for key, c, n, lat in ((f"{m}:dev", dc, dn, 0.0), (f"{m}:test", tc, tn, tl * tn)):
+                acc = totals.setdefault(key, [0, 0, 0.0])
+                acc[0] += c
+                acc[1] += n
+                acc[2] += lat
+        for key, c, n, lat in (("routes:dev", dev_c, dev_n, 0.0), ("routes:test", test_c, test_n, test_lat * test_n)):
+            acc = totals.setdefault(key, [0, 0, 0.0])
+            acc[0] += c
+            acc[1] += n
+            acc[2] += lat
+        summary["tasks"][task] = row
+        lines.append(f"| {task} | {d.chosen.label()} | {dev_c}/{dev_n} | {test_c}/{test_n} | {test_lat:.2f} | "
+                     + " | ".join(cells) + " |")
+    for key, (c, n, lat) in totals.items():
+        test = key.endswith(":test")
+        summary["totals"][key] = {"correct": c, "n": n, "accuracy": round(c / n, 4) if n else None,
+                                  "mean_latency_s": round(lat / n, 3) if n and test else None}
+    t = summary["totals"]
+
+    def frac(key: str) -> str:
+        return f"{t[key]['correct']}/{t[key]['n']}"
+
+    lines.append(f"| **all** | (the task given: routing not included) | {frac('routes:dev')} | {frac('routes:test')} "
+                 f"| {t['routes:test']['mean_latency_s']:.2f} | "
+                 + " | ".join(f"{frac(m + ':dev')} / {frac(m + ':test')}" for m in models) + " |")
+    return lines, summary
+
+
+def write_config(source: Path, target: Path, decisions: dict[str, Decision], registry) -> None:
+    """A copy of models.yaml with each decided route's models, strategy, threshold, system prompt and tool,
+    checked by loading it before it replaces `target` (comments are not kept: YAML is rewritten)."""
+    import os
+    import tempfile
+
+    import yaml
+
+    from swarm_edge.registry import load_registry
+
+    doc = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    for task, d in decisions.items():
+        upd = route_update(d, registry.routes[task])
+        entry = doc["routes"][task]
+        for k, v in upd.items():
+            if v in ("", None):
+                entry.pop(k, None)
+            else:
+                entry[k] = v
+        if upd["strategy"] == "single":
+            entry.pop("min_logprob", None)
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"# written by `swarm-edge tune` from {source}; the rule: swarm_edge/tune.py\n")
+            yaml.safe_dump(doc, f, sort_keys=False, allow_unicode=True, width=120)
+        load_registry(Path(tmp))  # refuse to write a file that does not load
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
