@@ -4,10 +4,12 @@ route  swarm_edge.router.Router.route(text): keyword rules, one minilm forward p
        instruction head and over the whole prompt, similarity to the task centroids, softmax, model choice
 bare   the same ONNX file and tokenizer straight through onnxruntime + tokenizers (no swarm-edge code):
        encode, run, mean-pool, normalise one text; same session options as swarm-edge's backend
-Same texts (every prompt of tests/data/route_dev.jsonl and route_heldout.jsonl), same thread count (1),
-alternating route/bare per text, `--reps` passes; p50 and p90 of each, and p50 route / p50 bare.
-Also: accuracy and confusion on both labelled sets, expected calibration error, and the softmax
-temperature that minimises the dev set's log-loss (what models.yaml's router.temperature should be).
+Same texts (the single-task requests of the evaluation sets, benchmarks/evalsets.py: tasks + single, both
+splits), same thread count (1), alternating route/bare per text, `--reps` passes; p50 and p90 of each, and
+p50 route / p50 bare.
+Quality: accuracy, expected calibration error (10 bins) and confusion on the dev split (its prompts are among
+the head's training examples: not an estimate) and on the frozen test split (never trained or tuned on: the
+estimate; its sha256 is printed), and how often an unsure route (confidence < min_confidence) was wrong.
 
 Rerun:  .venv/bin/python benchmarks/bench_router.py [--reps 5]
 Writes: benchmarks/results/router.json and benchmarks/results/router.md
@@ -16,20 +18,17 @@ Writes: benchmarks/results/router.json and benchmarks/results/router.md
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
+import evalsets
 import numpy as np
 from results_io import fetched_models, write_results
 
 from swarm_edge.config import DEFAULT_CONFIG, Settings
 from swarm_edge.registry import load_registry
 from swarm_edge.router import Router
-
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
 
 def bare_embedder(files: dict, max_length: int):
@@ -77,8 +76,9 @@ def main() -> None:
     if router.warm():
         raise SystemExit(router.warm())
     bare = bare_embedder(files, spec.embedding.max_length)
-    sets = {name: [json.loads(x) for x in (DATA / f"route_{name}.jsonl").read_text().splitlines() if x.strip()]
-            for name in ("dev", "heldout")}
+    announce = evalsets.announce("dev and test")
+    sets = {split: [{"prompt": i["prompt"], "task": i["task"]} for name in ("tasks", "single")
+                    for i in evalsets.load(name, split)] for split in ("dev", "test")}
     texts = [r["prompt"] for rows in sets.values() for r in rows]
     for t in texts[:20]:  # warm both paths
         router.route(t)
@@ -96,6 +96,7 @@ def main() -> None:
     ratio = statistics.median(t_route) / statistics.median(t_bare)
 
     quality = {}
+    floor = registry.router.min_confidence
     for name, rows in sets.items():
         routes = [router.route(r["prompt"]) for r in rows]
         confusion = defaultdict(Counter)
@@ -105,26 +106,15 @@ def main() -> None:
         right = np.array([r.task == row["task"] for r, row in zip(routes, rows, strict=True)])
         ece = float(sum(abs(conf[m].mean() - right[m].mean()) * m.mean()
                         for lo in np.arange(0, 1, 0.1) if (m := (conf > lo) & (conf <= lo + 0.1)).any()))
+        unsure = conf < floor
         quality[name] = {"n": len(rows), "accuracy": round(float(right.mean()), 4), "ece": round(ece, 4),
+                         "unsure": int(unsure.sum()), "unsure_wrong": int((unsure & ~right).sum()),
+                         "sure_wrong": int((~unsure & ~right).sum()),
                          "confusion": {t: dict(c) for t, c in confusion.items()},
                          "errors": [{"prompt": row["prompt"], "task": row["task"], "routed": r.task,
                                      "confidence": r.confidence}
                                     for r, row in zip(routes, rows, strict=True) if r.task != row["task"]]}
-    # the temperature that minimises the dev set's log-loss, from the raw scores (confidence = softmax(raw / T))
     sem = router._get()
-    tasks = sem.tasks
-    t_now = registry.router.temperature
-    logits = np.array([[np.log(max(r.scores[t], 1e-12)) * t_now for t in tasks]
-                       for r in (router.route(x["prompt"]) for x in sets["dev"])])
-    y = np.array([tasks.index(x["task"]) for x in sets["dev"]])
-
-    def log_loss(temperature: float) -> float:
-        z = logits / temperature
-        z = z - z.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return float(-logp[np.arange(len(y)), y].mean())
-
-    best_t = min(np.linspace(0.005, 0.1, 39), key=log_loss)
 
     ms = 1000
     lines = ["# Router latency and accuracy (one run; rerun: .venv/bin/python benchmarks/bench_router.py)", "",
@@ -135,17 +125,21 @@ def main() -> None:
              f"| bare minilm-l6 embedding (onnxruntime + tokenizers) | {statistics.median(t_bare) * ms:.2f} "
              f"| {pct(t_bare, 0.9) * ms:.2f} |", "",
              f"**p50 route / p50 bare embedding = {ratio:.3f}** (bar: <= 1.2)", "",
-             "| set | prompts | accuracy | ECE |", "|---|---|---|---|"]
+             f"Quality: {announce}; the head's examples: {len(sem.examples)} (dev's prompts among them), "
+             f"softmax temperature {sem.head.temperature:.3f} (fitted on held-out examples).", "",
+             "| split | prompts | accuracy | ECE | unsure (conf < " + f"{floor}) | of them wrong | wrong but sure |",
+             "|---|---|---|---|---|---|---|"]
     for name, q in quality.items():
-        lines.append(f"| {name} | {q['n']} | {q['accuracy']:.3f} | {q['ece']:.3f} |")
-    lines += ["", f"softmax temperature: configured {t_now}, dev-set log-loss optimum {best_t:.4f}", "",
-              "Confusion on the dev set (true -> predicted):", ""]
-    for t, c in quality["dev"]["confusion"].items():
+        lines.append(f"| {name}{' (in training)' if name == 'dev' else ''} | {q['n']} | {q['accuracy']:.3f} "
+                     f"| {q['ece']:.3f} | {q['unsure']} | {q['unsure_wrong']} | {q['sure_wrong']} |")
+    lines += ["", "Confusion on the test split (true -> predicted):", ""]
+    for t, c in quality["test"]["confusion"].items():
         lines.append(f"- {t}: {dict(c)}")
     write_results("router", {"reps": args.reps, "texts": len(texts), "p50_route_ms": statistics.median(t_route) * ms,
                              "p50_bare_ms": statistics.median(t_bare) * ms, "p90_route_ms": pct(t_route, 0.9) * ms,
                              "p90_bare_ms": pct(t_bare, 0.9) * ms, "ratio_p50": ratio, "quality": quality,
-                             "temperature": {"configured": t_now, "dev_optimum": float(best_t)}}, lines)
+                             "split": announce, "examples": len(sem.examples),
+                             "temperature": sem.head.temperature}, lines)
 
 
 if __name__ == "__main__":

@@ -442,6 +442,9 @@ def tune(
     epsilon: int = typer.Option(1, min=0, help="A route may be this many dev examples below the best option "
                                 "if it is faster."),
     max_tokens: Optional[int] = typer.Option(None, min=1, help="Cap every answer (default: each model's max_tokens)."),
+    dev_only: bool = typer.Option(False, "--dev-only", help="Measure the dev split only (about half the time); "
+                                  "the test split is measured by a later run without this flag (cached answers "
+                                  "are reused)."),
     budget: Optional[str] = BudgetOpt,
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,
@@ -468,13 +471,18 @@ def tune(
             if registry.get(m).kind not in ("chat", "completion"):
                 raise SwarmEdgeError(f"{m} does not generate text (kind {registry.get(m).kind})")
         n_dev = sum(tuning.split_of(e) == "dev" for e in exs)
-        typer.echo(f"{len(exs)} examples: {n_dev} dev, {len(exs) - n_dev} test; models: {', '.join(chosen)}",
-                   err=True)
+        typer.echo(f"{len(exs)} examples: {n_dev} dev, {len(exs) - n_dev} test{' (not measured)' if dev_only else ''};"
+                   f" models: {', '.join(chosen)}", err=True)
+        if dev_only:
+            exs = [e for e in exs if tuning.split_of(e) == "dev"]
         cache = tuning.Cache(settings.home / "cache" / "tune.jsonl")
-        total = sum(len(tuning.variants(registry.routes[e["task"]])) for e in exs) * len(chosen)
+        total = sum(len([v for v in tuning.variants(registry.routes[e["task"]])
+                         if not (v.system and registry.get(m).kind == "completion")]) for e in exs for m in chosen)
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="measuring", unit="answer", file=sys.stderr, disable=None, dynamic_ncols=True)
+        # a bar on a terminal; elsewhere (CI logs, nohup) tqdm's plain line every 30 s
+        bar = tqdm(total=total, desc="measuring", unit="answer", file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
         engine = Engine(registry, settings, budget=budget, spare=False, fetch=False)
         records = tuning.run_measure(engine, exs, chosen, cache=cache, max_tokens=max_tokens,
                                      on_record=lambda r: bar.update(1))

@@ -319,11 +319,17 @@ class RouterSpec(_Strict):
     """How requests are routed and planned."""
 
     embedder: str | None = None        # embedding model for semantic routing (runs in the daemon); None: rules only
-    temperature: float = Field(default=0.025, gt=0)   # softmax temperature that turns scores into confidence
-    keyword_weight: float = Field(default=0.2, ge=0)  # weight of the keyword rules next to similarity
+    # softmax temperature of the trained head: None = fitted on held-out examples (route_head.py)
+    temperature: float | None = Field(default=None, gt=0)
+    keyword_weight: float = Field(default=0.2, ge=0)  # scale of the keyword-rule features next to the embeddings
     min_confidence: float = Field(default=0.5, ge=0, le=1)  # under this a route is "unsure"
     prefer_resident_within: float = Field(default=0.1, ge=0, le=1)  # confidence gap a resident model may close
     planner: str | None = None          # chat model that splits compound requests (JSON-schema output)
+    # more examples for the head: JSONL of {"prompt", "task"}, besides the routes' own; a path relative to
+    # models.yaml, or builtin:NAME for one shipped in the package (swarm_edge/data/NAME)
+    examples_file: str | None = Field(default=None, min_length=1, max_length=4096)
+    # who answers an unsure route (confidence < min_confidence): a generalist, not a specialist; None: the winner's
+    unsure_model: str | None = None
 
 
 class CloudSpec(_Strict):
@@ -625,7 +631,7 @@ def _check_references(parsed: RegistryFile, root: yaml.Node, file: str) -> None:
         for j, step in enumerate(pipe.steps):
             if step not in parsed.routes:
                 fail(f"pipeline {name!r} step {step!r} is not a task with a route", ("pipelines", name, "steps", j))
-    for key, want in (("embedder", "embedding"), ("planner", "chat")):
+    for key, want in (("embedder", "embedding"), ("planner", "chat"), ("unsure_model", "chat")):
         mid = getattr(parsed.router, key)
         if mid is None:
             continue

@@ -1,14 +1,14 @@
 """Routing: which task a prompt is and which model serves it.
 
-Two stages, both driven by the routes in models.yaml:
+Two stages, both driven by models.yaml:
 - rules: each task's keywords, matched (word boundaries) in the prompt's instruction head, give a keyword
   share per task. Alone they are the fallback when no embedding model is configured or available.
-- similarity: the router's embedding model (minilm-l6) embeds the prompt once; the vector pooled over the
-  instruction head and the one pooled over the whole prompt are compared with each task's example
-  centroids (embedded once, cached by a hash of the model and the examples).
-Score = 0.7 x head similarity + 0.3 x whole similarity + keyword_weight x keyword share; a softmax with a
-temperature fitted on tests/data/route_dev.jsonl turns scores into calibrated per-task probabilities, and
-the winner's probability is the route's confidence.
+- a trained head (route_head.py): multinomial logistic regression over the prompt's features - the router's
+  embedding model (minilm-l6) pooled over the instruction head and over the whole prompt (one forward pass),
+  the keyword shares, and hashed first words - fit on every route's examples and router.examples_file, with
+  a softmax temperature fitted on held-out examples, so that confidence means what it says. Trained once
+  per set of examples (cached by their hash with the embedding model).
+An unsure route (confidence < min_confidence) goes to router.unsure_model, a generalist, when one is named.
 
 The embedding model runs in this process (the daemon), not in a worker: a route is one 3-4 ms forward pass
 with no IPC and no lease, and routing never competes with generation models for the budget (its memory is
@@ -107,7 +107,7 @@ class KeywordRouter:
 # ---------------------------------------------------------------- semantic routing
 
 _HEAD = re.compile(r"^(.{8,160}?)[:\n]", re.S)
-METHOD = "head0.7-whole0.3-v1"  # part of the centroid cache key: change it when the pooling changes
+METHOD = "head-lr-v1"  # part of the head's cache key: change it when the features or the fit change
 
 
 def instruction_head(text: str) -> str:
@@ -120,14 +120,43 @@ def instruction_head(text: str) -> str:
     return m.group(1) if m else text.strip()
 
 
+def router_examples(registry: Registry) -> list[tuple[str, str]]:
+    """(prompt, task) pairs the head learns from: each route's `examples`, then router.examples_file."""
+    import json
+    from pathlib import Path
+
+    pairs = [(e, task) for task, r in registry.routes.items() for e in r.examples]
+    name = registry.router.examples_file
+    if name:
+        from swarm_edge.config import PACKAGE_DIR
+
+        # builtin:NAME is shipped in the package (swarm_edge/data/); any other path is relative to models.yaml
+        path = (PACKAGE_DIR / "data" / name[len("builtin:"):] if name.startswith("builtin:")
+                else (registry.base_dir / Path(name).expanduser())).resolve()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{registry.path}: router examples_file {path}: cannot read ({exc})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                prompt, task = item["prompt"], item["task"]
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError(f"{path}:{n}: a router example is {{\"prompt\": ..., \"task\": ...}}") from None
+            if task not in registry.routes or not isinstance(prompt, str) or not prompt.strip():
+                raise ConfigError(f"{path}:{n}: task {task!r} has no route (or the prompt is empty)")
+            pairs.append((prompt, task))
+    return pairs
+
+
 class SemanticRouter:
-    """Rules + similarity to each task's examples, calibrated into per-task probabilities (module docstring).
+    """A trained head over the prompt's features, calibrated into per-task probabilities (module docstring).
 
     `backend` is an in-process ONNXBackend (it needs `embed_with_prefix`). Thread-safe after construction:
     onnxruntime sessions may be run from several threads.
     """
-
-    HEAD_W, WHOLE_W = 0.7, 0.3
 
     def __init__(self, registry: Registry, backend, *, embedder_sha: str = "", cache_dir=None) -> None:
         import numpy as np
@@ -137,55 +166,68 @@ class SemanticRouter:
         self.spec = registry.router
         self.backend = backend
         self.keywords = KeywordRouter(registry)
-        self.tasks = [t for t, r in registry.routes.items() if r.examples]
-        if not self.tasks:
-            raise ConfigError(f"{registry.path}: semantic routing needs `examples` under at least one route")
+        self.examples = router_examples(registry)
+        self.tasks = [t for t in registry.routes if any(task == t for _, task in self.examples)]
+        if len(self.tasks) < 2:
+            raise ConfigError(f"{registry.path}: semantic routing needs examples of at least two tasks")
         self.embedder_sha, self.cache_dir = embedder_sha, cache_dir
-        self.head_centroids, self.whole_centroids = self._centroids()
+        self.head = self._head()
 
     def examples_key(self) -> str:
-        """Hash of the embedding model, the pooling method and every task's examples: the centroid cache key."""
+        """Hash of the embedding model, the method, the feature scale and every example: the head's cache key."""
         import hashlib
         import json
 
-        blob = json.dumps({"embedder": self.embedder_sha, "method": METHOD,
-                           "examples": {t: self.registry.routes[t].examples for t in self.tasks}}, sort_keys=True)
+        blob = json.dumps({"embedder": self.embedder_sha, "method": METHOD, "tasks": self.tasks,
+                           "keyword_weight": self.spec.keyword_weight, "examples": self.examples,
+                           "keywords": {t: self.registry.routes[t].keywords for t in self.tasks}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
-    def _centroids(self):
-        """Per task, the normalised mean of its examples' head vectors and of their whole vectors (cached)."""
-        import json
-        from pathlib import Path
+    def features(self, text: str, head: str | None = None):
+        """The head's input: the instruction head's and the whole prompt's embeddings, the keyword shares and the
+        hashed first words."""
+        from swarm_edge.route_head import bag_of_words
 
         np = self._np
-        cache = Path(self.cache_dir) / f"router-{self.examples_key()}.json" if self.cache_dir else None
+        text = text.strip() or " "
+        head = head if head is not None else instruction_head(text)
+        h, w = self.backend.embed_with_prefix(text, len(head))
+        shares = self.keywords.shares(head)
+        kw = np.array([shares.get(t, 0.0) for t in self.tasks], dtype=np.float32) * self.spec.keyword_weight
+        return np.concatenate([h, w, kw, bag_of_words(text)]).astype(np.float32)
+
+    def _head(self):
+        """The trained head, from the cache when the examples are unchanged (training embeds every example)."""
+        from pathlib import Path
+
+        from swarm_edge import route_head
+
+        np = self._np
+        cache = Path(self.cache_dir) / f"router-{self.examples_key()}.npz" if self.cache_dir else None
         if cache is not None:
             try:
-                data = json.loads(cache.read_text())
-                if data.get("tasks") == self.tasks:
-                    return (np.asarray(data["head"], dtype=np.float32), np.asarray(data["whole"], dtype=np.float32))
+                with np.load(cache) as data:
+                    return route_head.Head(data["W"], data["b"], float(data["temperature"]))
             except (OSError, ValueError, KeyError):
-                pass  # missing or unreadable: recompute and rewrite it
-        heads, wholes = [], []
-        for task in self.tasks:
-            pairs = [self._vectors(e) for e in self.registry.routes[task].examples]
-            heads.append(_unit(np.mean([h for h, _ in pairs], axis=0)))
-            wholes.append(_unit(np.mean([w for _, w in pairs], axis=0)))
-        head, whole = np.asarray(heads, dtype=np.float32), np.asarray(wholes, dtype=np.float32)
+                pass  # missing or unreadable: train and rewrite it
+        X = np.stack([self.features(text) for text, _ in self.examples])
+        y = np.array([self.tasks.index(task) for _, task in self.examples])
+        head = route_head.train(X, y, len(self.tasks), [text for text, _ in self.examples])
+        if self.spec.temperature is not None:
+            head.temperature = float(self.spec.temperature)
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-                tmp.write_text(json.dumps({"tasks": self.tasks, "head": head.tolist(), "whole": whole.tolist()}))
+                tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+                np.savez(tmp, W=head.W, b=head.b, temperature=np.float32(head.temperature))
                 tmp.replace(cache)
             except OSError:
-                pass  # a read-only home only costs the next start 0.4 s of embedding
-        return head, whole
+                pass  # a read-only home only costs the next start the training again
+        return head
 
-    def _vectors(self, text: str, head: str | None = None):
-        """(head vector, whole vector) of one forward pass; `head` when the caller already has it."""
-        text = text.strip() or " "
-        return self.backend.embed_with_prefix(text, len(head if head is not None else instruction_head(text)))
+    def probabilities(self, text: str):
+        """Calibrated per-task probabilities (in self.tasks order) for `text`."""
+        return self.head.probs(self.features(text))
 
     def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
         """The calibrated task probabilities for `text`, the winning task and the model to run it.
@@ -193,23 +235,17 @@ class SemanticRouter:
         `resident`: models loaded right now. When the winner's first-choice model is not resident and a
         resident model that the winning route also lists is the first choice of a task within
         `prefer_resident_within` of the winner, that model answers instead (no swap for a coin flip).
+        An unsure route (confidence < min_confidence) goes to router.unsure_model when one is named.
         """
         np = self._np
         head = instruction_head(text)
-        head_vec, whole_vec = self._vectors(text, head)
-        sim = self.HEAD_W * (self.head_centroids @ head_vec) + self.WHOLE_W * (self.whole_centroids @ whole_vec)
-        shares = self.keywords.shares(head)
-        kw = np.array([shares.get(t, 0.0) for t in self.tasks], dtype=np.float32)
-        raw = sim + self.spec.keyword_weight * kw
-        z = raw / self.spec.temperature
-        p = np.exp(z - z.max())
-        p /= p.sum()
+        p = self.head.probs(self.features(text, head))
         order = np.argsort(-p)
         best = self.tasks[order[0]]
         conf = float(p[order[0]])
         model = self.keywords.model_for(best)
-        why = [f"closest to the {best!r} examples"]
-        hits = [t for t in self.tasks if shares.get(t)]
+        why = [f"the trained head says {best!r}"]
+        hits = [t for t in self.tasks if self.keywords.shares(head).get(t)]
         if hits:
             why.append("keywords for " + ", ".join(hits))
         if resident and model not in resident:
@@ -227,14 +263,11 @@ class SemanticRouter:
             runner = self.tasks[order[1]] if len(order) > 1 else None
             why.append(f"unsure: confidence {conf:.2f} < {self.spec.min_confidence}"
                        + (f", runner-up {runner!r} {float(p[order[1]]):.2f}" if runner else ""))
+            if self.spec.unsure_model and self.spec.unsure_model != model:
+                model = self.spec.unsure_model
+                why.append(f"answered by the generalist {model}")
         return Route(task=best, model=model, confidence=round(conf, 3), reason="; ".join(why),
                      scores={t: round(float(p[i]), 4) for i, t in enumerate(self.tasks)})
-
-
-def _unit(v):
-    import numpy as np
-
-    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 class Router:
@@ -275,17 +308,21 @@ class Router:
         return self._failed
 
     def warm(self) -> str | None:
-        """Load the embedding model and centroids now; returns why semantic routing is off, or None."""
+        """Load the embedding model and the trained head now; returns why semantic routing is off, or None."""
         self._get()
         return self._failed
 
-    def _get(self) -> SemanticRouter | None:
+    def _get(self, wait: bool = True) -> SemanticRouter | None:
+        """The semantic router, built on first use. `wait=False`: None while another thread builds it (the
+        first start with new examples trains the head: seconds), so requests meanwhile use the rules."""
         if self._semantic is not None or self._failed is not None:
             return self._semantic
         embedder = self.registry.router.embedder
         if not embedder or self._files is None:
             return None  # rules only, as configured
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
             if self._semantic is None and self._failed is None:
                 try:
                     from swarm_edge.workers import open_backend
@@ -296,12 +333,16 @@ class Router:
                                                     cache_dir=self.cache_dir)
                 except SwarmEdgeError as exc:
                     self._failed = f"semantic router unavailable ({exc}); keyword rules only"
+        finally:
+            self._lock.release()
         return self._semantic
 
     def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
         """Route `text` (blocking: 3-4 ms of embedding; call it from a thread in async code)."""
-        semantic = self._get()
+        semantic = self._get(wait=False)
         failed = self._failed
+        if semantic is None and failed is None and self.will_load:
+            failed = "the semantic router is still being built (its head trains once per set of examples)"
         if semantic is not None:
             try:
                 return semantic.route(text, resident)

@@ -160,6 +160,9 @@ async def measure(engine, examples: list[dict], models: list[str], *, cache: Cac
             for model in models:
                 sha = registry.get(model).file("model").sha256
                 for var in variants(route):
+                    if var.system and registry.get(model).kind == "completion":
+                        continue  # a completion model drops system prompts: the same request as plain
+
                     registry.routes[task] = route.model_copy(update={"models": [model], "strategy": "single",
                                                                      "system": var.system, "tool": var.tool})
                     for ex in (e for e in examples if e["task"] == task):
@@ -380,7 +383,8 @@ def report(decisions: dict[str, Decision], records: list[dict], models: list[str
             acc[1] += n
             acc[2] += lat
         summary["tasks"][task] = row
-        lines.append(f"| {task} | {d.chosen.label()} | {dev_c}/{dev_n} | {test_c}/{test_n} | {test_lat:.2f} | "
+        lines.append(f"| {task} | {d.chosen.label()} | {dev_c}/{dev_n} | {test_c}/{test_n} | "
+                     f"{f'{test_lat:.2f}' if test_n else '-'} | "
                      + " | ".join(cells) + " |")
     for key, (c, n, lat) in totals.items():
         test = key.endswith(":test")
@@ -391,8 +395,9 @@ def report(decisions: dict[str, Decision], records: list[dict], models: list[str
     def frac(key: str) -> str:
         return f"{t[key]['correct']}/{t[key]['n']}"
 
+    lat = t["routes:test"]["mean_latency_s"]
     lines.append(f"| **all** | (the task given: routing not included) | {frac('routes:dev')} | {frac('routes:test')} "
-                 f"| {t['routes:test']['mean_latency_s']:.2f} | "
+                 f"| {'-' if lat is None else f'{lat:.2f}'} | "
                  + " | ".join(f"{frac(m + ':dev')} / {frac(m + ':test')}" for m in models) + " |")
     return lines, summary
 
