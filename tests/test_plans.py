@@ -115,7 +115,7 @@ def test_single_request_skips_the_planner(model_files, tmp_path, settings):
     registry = _registry(model_files, tmp_path)
     answer, _, _, _ = _run(registry, settings, "Hi! How are you today?")
     assert answer.plan == "single" and [s["role"] for s in answer.steps] == ["answer"]
-    assert answer.route.task == "chat" and answer.route.reason.startswith("closest to the 'chat' examples")
+    assert answer.route.task == "chat" and answer.route.reason.startswith("the trained head says 'chat'")
 
 
 def test_calculator_answer_is_computed_not_generated(model_files, tmp_path, settings):

@@ -49,7 +49,7 @@ def test_swarm_route_explains_without_generating(swarm_daemon):
     assert r.status_code == 200
     route = r.json()
     assert route["task"] == "rewrite" and route["model"] == "smollm2-135m" and route["target"] == "local"
-    assert route["reason"].startswith("closest to the 'rewrite' examples")
+    assert route["reason"].startswith("the trained head says 'rewrite'")
     assert abs(sum(route["scores"].values()) - 1) < 1e-3 and route["confidence"] == max(route["scores"].values())
     assert http.get("/swarm/status").json()["residents"] == []  # routing loaded no generation model
     bad = http.post("/swarm/route", json={"text": "hi"})
@@ -92,7 +92,7 @@ def test_route_command_through_the_daemon_and_in_process(swarm_daemon, swarm_con
         assert out.returncode == 0, out.stderr
         lines = [json.loads(x) for x in out.stdout.splitlines()]
         assert [r["task"] for r in lines] == ["chat", "math", "rewrite"]
-        assert all(r["reason"].startswith("closest to the") for r in lines)
+        assert all(r["reason"].startswith("the trained head says") for r in lines)
     one = _run(["route", REWRITE], swarm_daemon)
     assert one.returncode == 0 and one.stdout.startswith("task rewrite -> smollm2-135m (local), confidence")
 
