@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from swarm_edge import calc
+from swarm_edge import calc, selfcheck
 from swarm_edge.cloud import CloudResult
 from swarm_edge.config import Settings
 from swarm_edge.engine import Engine
@@ -303,9 +303,12 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
                             fetch=fetch, progress_factory=progress_factory)
         sure = call.done.get("mean_logprob")
         echo = _echoes(call.text, messages)  # self-check: a rewrite or translation that copies its input
-        keep = (sure is None or sure >= threshold) and not echo  # nothing generated: nothing to be unsure of
+        request = _last_user_text(messages)
+        flags = selfcheck.problems(task, request, _material(request), call.text)  # checks per task
+        # nothing generated: nothing to be unsure of
+        keep = (sure is None or sure >= threshold) and not echo and not flags
         steps.append(call.step(task, role, route.confidence, accepted=keep, threshold=threshold,
-                               **({"echo": True} if echo else {})))
+                               **({"echo": True} if echo else {}), **({"checks": flags} if flags else {})))
         return call, keep
 
     for mid in tries:

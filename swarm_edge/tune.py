@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from swarm_edge import checks
+from swarm_edge import checks, selfcheck
 from swarm_edge.errors import ConfigError
 
 SALT = "swarm-edge/eval-split/v1:"   # the same split as benchmarks/evalsets.py
@@ -175,6 +175,9 @@ async def measure(engine, examples: list[dict], models: list[str], *, cache: Cac
                         rec = {**rec, "id": example_id(ex), "task": task, "split": split_of(ex), "model": model,
                                "variant": var.name}
                         rec["ok"], rec["note"] = checks.check(ex, rec["text"])  # the check may improve: re-run
+                        # what a cascade's self-checks say of this answer (selfcheck.py; recomputed, not cached)
+                        rec["flags"] = selfcheck.problems(task, ex["prompt"], orchestrator._material(ex["prompt"]),
+                                                          rec["text"])
                         records.append(rec)
                         if on_record:
                             on_record(rec)
@@ -247,7 +250,7 @@ def _by(records: list[dict], split: str) -> dict[tuple[str, str], dict[str, dict
 
 def _accepted(r: dict, threshold: float) -> bool:
     """Whether a cascade keeps the cheap model's answer (what orchestrator._solve does)."""
-    if r.get("echo") or r.get("wrote_expression") is False:
+    if r.get("echo") or r.get("flags") or r.get("wrote_expression") is False:
         return False
     return r.get("sure") is None or r["sure"] >= threshold
 
@@ -326,6 +329,22 @@ def alone(records: list[dict], task: str, model: str, split: str) -> tuple[int, 
     return sum(bool(r["ok"]) for r in recs), len(recs), statistics.fmean(r["latency_s"] for r in recs) if recs else 0.0
 
 
+def check_quality(records: list[dict], task: str, split: str = "dev") -> dict[str, dict]:
+    """Per model (plain request): how the self-checks did - flagged, precision (flagged answers that were wrong)
+    and recall (wrong answers that were flagged)."""
+    out = {}
+    for model in sorted({r["model"] for r in records if r["task"] == task}):
+        recs = [r for r in records if r["task"] == task and r["model"] == model and r["split"] == split
+                and r["variant"] == "plain"]
+        flagged = [r for r in recs if r.get("flags")]
+        wrong = [r for r in recs if not r["ok"]]
+        hit = sum(1 for r in flagged if not r["ok"])
+        out[model] = {"answers": len(recs), "flagged": len(flagged), "wrong": len(wrong),
+                      "precision": round(hit / len(flagged), 3) if flagged else None,
+                      "recall": round(hit / len(wrong), 3) if wrong else None}
+    return out
+
+
 def route_update(decision: Decision, route) -> dict[str, Any]:
     """The models.yaml fields of a route that the decision sets."""
     o = decision.chosen
@@ -382,6 +401,7 @@ def report(decisions: dict[str, Decision], records: list[dict], models: list[str
             acc[0] += c
             acc[1] += n
             acc[2] += lat
+        row["checks"] = check_quality(records, task)
         summary["tasks"][task] = row
         lines.append(f"| {task} | {d.chosen.label()} | {dev_c}/{dev_n} | {test_c}/{test_n} | "
                      f"{f'{test_lat:.2f}' if test_n else '-'} | "
@@ -399,6 +419,15 @@ def report(decisions: dict[str, Decision], records: list[dict], models: list[str
     lines.append(f"| **all** | (the task given: routing not included) | {frac('routes:dev')} | {frac('routes:test')} "
                  f"| {'-' if lat is None else f'{lat:.2f}'} | "
                  + " | ".join(f"{frac(m + ':dev')} / {frac(m + ':test')}" for m in models) + " |")
+    lines += ["", "Self-checks (selfcheck.py) on the dev answers, plain request: flagged, precision (flagged and "
+              "wrong / flagged), recall (flagged and wrong / wrong):", "",
+              "| task | " + " | ".join(models) + " |", "|---" * (1 + len(models)) + "|"]
+    for task, row in summary["tasks"].items():
+        cells = []
+        for m in models:
+            q = row["checks"].get(m)
+            cells.append("-" if not q else f"{q['flagged']}/{q['answers']}, p {q['precision']}, r {q['recall']}")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return lines, summary
 
 
