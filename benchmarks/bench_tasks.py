@@ -1,8 +1,10 @@
-"""The mixed task suite: accuracy, mean latency and peak memory of the swarm (`auto`) vs each model alone.
+"""The task suite: accuracy, mean latency and peak memory of the swarm (`auto`) vs each model alone.
 
-65 items with checkable answers (benchmarks/data/task_suite.jsonl; checkers in swarm_edge/checks.py): math with
-numeric answers, extraction with exact fields, classification labels, Python functions that must pass
-asserts, translations and summaries that must contain given words, rewrites.
+The evaluation sets' single-task requests (benchmarks/evalsets.py, `tasks`: 365 items, >= 42 per task, written
+by someone who never saw the router or the prompts), the dev or the frozen test split (its sha256 printed);
+checks in swarm_edge/checks.py: numbers, words that must appear, labels, Python that must pass its tests
+(sandboxed). `--suite legacy` runs the project's older 65-item suite (benchmarks/data/task_suite.jsonl), written
+alongside the system: it flatters it.
 
 Configurations, each run in its own fresh process, one after the other in one run:
   auto                the default swarm: router + task prompts + cascades (0.5B, then 1.5B when unsure)
@@ -15,8 +17,8 @@ greedy. Peak memory = the highest PSS of the configuration's process tree (the e
 workers, the in-process router), sampled from outside every 0.25 s. Model loads happen on first use and are
 part of the latency; their total is reported too.
 
-Rerun:  .venv/bin/python benchmarks/bench_tasks.py [--configs auto qwen2.5-coder-1.5b ...] [--limit N]
-Writes: benchmarks/results/tasks.json and benchmarks/results/tasks.md
+Rerun:  .venv/bin/python benchmarks/bench_tasks.py --split test [--configs auto qwen2.5-coder-1.5b ...] [--limit N]
+Writes: benchmarks/results/tasks-SPLIT.json and .md (legacy: tasks.json and tasks.md)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import threading
 import time
 from pathlib import Path
 
+import evalsets
 from results_io import write_results
 
 from swarm_edge.checks import check
@@ -44,8 +47,11 @@ DEFAULT_CONFIGS = ["auto", "auto-small", "1.5b-routed", "qwen2.5-coder-1.5b", "q
                    "smollm2-135m", "gemma3-270m"]
 
 
-def load_suite(limit: int | None = None) -> list[dict]:
-    items = [json.loads(line) for line in SUITE.read_text().splitlines() if line.strip()]
+def load_suite(limit: int | None = None, split: str | None = None) -> list[dict]:
+    if split is None:  # the legacy suite
+        items = [json.loads(line) for line in SUITE.read_text().splitlines() if line.strip()]
+    else:
+        items = evalsets.load("tasks", split)
     return items[:limit] if limit else items
 
 
@@ -123,13 +129,14 @@ def tree_pss(pid: int) -> int:
     return total
 
 
-def measure(config: str, limit: int | None, budget: str) -> dict:
+def measure(config: str, limit: int | None, budget: str, split: str | None) -> dict:
     """Run one configuration in a child process and sample its tree's PSS from here."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out_path = f.name
     cmd = [sys.executable, __file__, "--child", config, "--out", out_path, "--budget", budget]
     if limit:
         cmd += ["--limit", str(limit)]
+    cmd += ["--split", split] if split else ["--suite", "legacy"]
     proc = subprocess.Popen(cmd)
     peak = 0
     done = threading.Event()
@@ -171,18 +178,27 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     ap.add_argument("--limit", type=int, default=None, help="only the first N items (a quick look)")
     ap.add_argument("--budget", default="6GiB")
+    ap.add_argument("--split", choices=["dev", "test"], help="the evaluation sets' split (unless --suite legacy)")
+    ap.add_argument("--suite", choices=["eval", "legacy"], default="eval")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    items = load_suite(args.limit)
+    if args.suite == "eval" and not args.split:
+        ap.error("--split dev or --split test (or --suite legacy)")
+    split = args.split if args.suite == "eval" else None
+    items = load_suite(args.limit, split)
     if args.child:
         Path(args.out).write_text(json.dumps(asyncio.run(run_config(args.child, items, args.budget))))
         return
-    results = [measure(c, args.limit, args.budget) for c in args.configs]
+    announce = evalsets.announce(split) if split else "legacy suite (written alongside the system)"
+    print(announce, file=sys.stderr)
+    results = [measure(c, args.limit, args.budget, split) for c in args.configs]
     mib = 1024 * 1024
     ref = next((r for r in results if r["config"] == BIG), None)
-    lines = [f"# Mixed task suite: {len(items)} items, greedy, 2 threads ({platform.machine()}, "
-             f"{os.cpu_count()} cores); rerun: .venv/bin/python benchmarks/bench_tasks.py", "",
+    rerun = "--suite legacy" if split is None else f"--split {split}"
+    lines = [f"# Task suite: {len(items)} items, greedy, 2 threads ({platform.machine()}, "
+             f"{os.cpu_count()} cores); rerun: .venv/bin/python benchmarks/bench_tasks.py {rerun}", "",
+             f"{announce}.", "",
              "| config | accuracy | mean latency s | vs 1.5B | without loads s | peak PSS MiB | vs 1.5B "
              "| used 1.5B | escalated | per task |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -193,8 +209,9 @@ def main() -> None:
         lines.append(f"| {r['config']} | {r['correct']}/{r['items']} = {r['accuracy']:.3f} | {r['mean_latency_s']:.2f} "
                      f"| {lat} | {r['mean_latency_without_loads_s']:.2f} | {r['peak_pss_bytes'] / mib:.0f} | {mem} "
                      f"| {r['used_big_model']} | {r['escalated']} | {per} |")
-    write_results("tasks", {"suite": str(SUITE.name), "items": len(items), "budget": args.budget,
-                            "results": results}, lines)
+    write_results("tasks" if split is None else f"tasks-{split}",
+                  {"suite": "legacy" if split is None else "eval", "split": announce, "items": len(items),
+                   "budget": args.budget, "results": results}, lines)
 
 
 if __name__ == "__main__":
