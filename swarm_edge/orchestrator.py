@@ -229,12 +229,12 @@ def _request(spec: ModelSpec, messages: list[dict[str, str]] | None, common: dic
 
 def _order(route: Route, spec_route, strategy: str) -> list[str]:
     """The models a task may use, in turn: the route's model, then (cascade, ensemble, calculator) the ones
-    listed after it in models.yaml."""
-    if spec_route is None or strategy == "single":
+    listed after it in models.yaml. A model the route does not list (router.unsure_model, the generalist an
+    unsure route goes to) answers alone: the route's thresholds were fitted for its own models."""
+    if spec_route is None or strategy == "single" or route.model not in spec_route.models:
         return [route.model]
     listed = spec_route.models
-    return list(dict.fromkeys(listed[listed.index(route.model):] if route.model in listed
-                              else [route.model, *listed]))
+    return list(dict.fromkeys(listed[listed.index(route.model):]))
 
 
 def _shown(call: _Call, steps: list[dict[str, Any]]):
@@ -323,9 +323,13 @@ async def _solve(engine: Engine, task: str, route: Route, messages: list[dict[st
         call, keep = await judged(final, "cascade-final")
         if not keep:
             last = steps[-1]
-            why = (f"cascade: the last local model {final} is unsure too "
-                   + ("(its answer repeats the input)" if last.get("echo")
-                      else f"(mean logprob {last['mean_logprob']:.2f} < {threshold})"))
+            if last.get("echo"):
+                because = "its answer repeats the input"
+            elif last.get("checks"):
+                because = "; ".join(last["checks"])
+            else:
+                because = f"mean logprob {last.get('mean_logprob', float('nan')):.2f} < {threshold}"
+            why = f"cascade: the last local model {final} is unsure too ({because})"
             try:
                 async with contextlib.aclosing(_cloud(engine, esc, messages, common, why, task, steps)) as events:
                     async for ev in events:

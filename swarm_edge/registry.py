@@ -606,6 +606,15 @@ def parse_registry(text: str, path: str | Path = "<models.yaml>") -> Registry:
     return Registry(parsed, Path(path))
 
 
+def examples_path(base_dir: Path, name: str) -> Path:
+    """Where router.examples_file is: builtin:NAME in the package's data directory, else relative to models.yaml."""
+    from swarm_edge.config import PACKAGE_DIR
+
+    if name.startswith("builtin:"):
+        return (PACKAGE_DIR / "data" / name[len("builtin:"):]).resolve()
+    return (base_dir / Path(name).expanduser()).resolve()
+
+
 def _check_references(parsed: RegistryFile, root: yaml.Node, file: str) -> None:
     def fail(msg: str, loc: tuple[Any, ...]) -> None:
         raise RegistryError(msg, path=file, key=_key_path(loc), line=_node_at(root, loc).start_mark.line + 1)
@@ -631,6 +640,9 @@ def _check_references(parsed: RegistryFile, root: yaml.Node, file: str) -> None:
         for j, step in enumerate(pipe.steps):
             if step not in parsed.routes:
                 fail(f"pipeline {name!r} step {step!r} is not a task with a route", ("pipelines", name, "steps", j))
+    if parsed.router.examples_file and not examples_path(Path(file).parent, parsed.router.examples_file).is_file():
+        fail(f"router examples_file {examples_path(Path(file).parent, parsed.router.examples_file)} is not a file",
+             ("router", "examples_file"))
     for key, want in (("embedder", "embedding"), ("planner", "chat"), ("unsure_model", "chat")):
         mid = getattr(parsed.router, key)
         if mid is None:

@@ -24,7 +24,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 
 from swarm_edge.errors import ConfigError, SwarmEdgeError
-from swarm_edge.registry import Registry
+from swarm_edge.registry import Registry, examples_path
 
 log = logging.getLogger("swarm_edge.router")
 
@@ -123,16 +123,11 @@ def instruction_head(text: str) -> str:
 def router_examples(registry: Registry) -> list[tuple[str, str]]:
     """(prompt, task) pairs the head learns from: each route's `examples`, then router.examples_file."""
     import json
-    from pathlib import Path
 
     pairs = [(e, task) for task, r in registry.routes.items() for e in r.examples]
     name = registry.router.examples_file
     if name:
-        from swarm_edge.config import PACKAGE_DIR
-
-        # builtin:NAME is shipped in the package (swarm_edge/data/); any other path is relative to models.yaml
-        path = (PACKAGE_DIR / "data" / name[len("builtin:"):] if name.startswith("builtin:")
-                else (registry.base_dir / Path(name).expanduser())).resolve()
+        path = examples_path(registry.base_dir, name)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
@@ -204,17 +199,25 @@ class SemanticRouter:
 
         np = self._np
         cache = Path(self.cache_dir) / f"router-{self.examples_key()}.npz" if self.cache_dir else None
+        head = None
         if cache is not None:
             try:
                 with np.load(cache) as data:
-                    return route_head.Head(data["W"], data["b"], float(data["temperature"]))
-            except (OSError, ValueError, KeyError):
-                pass  # missing or unreadable: train and rewrite it
-        X = np.stack([self.features(text) for text, _ in self.examples])
-        y = np.array([self.tasks.index(task) for _, task in self.examples])
-        head = route_head.train(X, y, len(self.tasks), [text for text, _ in self.examples])
-        if self.spec.temperature is not None:
+                    head = route_head.Head(data["W"], data["b"], float(data["temperature"]))
+            except Exception:  # noqa: BLE001 - missing, empty (EOFError), corrupt (BadZipFile): train it again
+                head = None
+        if head is None:
+            log.info("training the router's head on %d examples (once per set of examples)", len(self.examples))
+            X = np.stack([self.features(text) for text, _ in self.examples])
+            y = np.array([self.tasks.index(task) for _, task in self.examples])
+            head = route_head.train(X, y, len(self.tasks), [text for text, _ in self.examples])
+            self._save(cache, head)
+        if self.spec.temperature is not None:  # models.yaml's override; the cache keeps the fitted one
             head.temperature = float(self.spec.temperature)
+        return head
+
+    def _save(self, cache, head) -> None:
+        np = self._np
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +226,6 @@ class SemanticRouter:
                 tmp.replace(cache)
             except OSError:
                 pass  # a read-only home only costs the next start the training again
-        return head
 
     def probabilities(self, text: str):
         """Calibrated per-task probabilities (in self.tasks order) for `text`."""
@@ -333,6 +335,9 @@ class Router:
                                                     cache_dir=self.cache_dir)
                 except SwarmEdgeError as exc:
                     self._failed = f"semantic router unavailable ({exc}); keyword rules only"
+                except Exception as exc:  # noqa: BLE001 - onnxruntime or numpy: the rules route, and say why
+                    log.warning("the semantic router could not be built", exc_info=True)
+                    self._failed = f"semantic router unavailable ({type(exc).__name__}: {exc}); keyword rules only"
         finally:
             self._lock.release()
         return self._semantic

@@ -8,8 +8,8 @@ extract    every extracted value must occur in the request's text (a model that 
 classify   when the request offers labels ("positive or negative", "options: a, b, c"), the answer names exactly one
 translate  when the request names a target language, the answer is written in it (a stop-word language id over
            English, German, French, Spanish, Italian, Portuguese and Dutch; silent when the evidence is thin)
-rewrite    the answer keeps at least half of the text's content words (a rewrite that drops or changes the
-           meaning loses them)
+rewrite    a rewrite that keeps the wording (voice, tense, spelling, grammar, punctuation) keeps at least half of
+           the text's content words; paraphrases and changes of tone are not checked
 
 tune.py measures each check's precision and recall on dev (how often a flagged answer was wrong, how many
 wrong answers were flagged).
@@ -39,7 +39,8 @@ _STOP_SETS = {lang: set(words) for lang, words in STOPWORDS.items()}
 LANGUAGES = {
     "en": ("english", "englisch", "englische", "anglais", "inglés", "ingles", "inglese", "inglês", "engels"),
     "de": ("german", "deutsch", "deutsche", "allemand", "alemán", "aleman", "tedesco", "alemão", "duits"),
-    "fr": ("french", "französisch", "französische", "franzosisch", "français", "francais", "francés", "frances", "francese",
+    "fr": ("french", "französisch", "französische", "franzosisch", "français", "francais", "francés", "frances",
+           "francese",
            "francês", "frans"),
     "es": ("spanish", "spanisch", "spanische", "espagnol", "español", "espanol", "spagnolo", "espanhol", "spaans"),
     "it": ("italian", "italienisch", "italienische", "italien", "italiano"),
@@ -82,26 +83,53 @@ def target_language(request: str) -> str | None:
 
 
 _OPTIONS_LIST = re.compile(r"(?:options|labels|categories|choose from|one of|pick one)\s*[:\-]?\s*([^\n.?]+)", re.I)
-_OR = re.compile(r"\b([\w-]+)\s+or\s+([\w-]+)\b", re.I)
+# "a, b or c" / "a or b": up to five single words, the last two joined by "or"
+_OR_LIST = re.compile(r"((?:[\w-]+\s*,\s*){0,4}[\w-]+,?\s+or\s+(?:not\s+)?[\w-]+)", re.I)
+_ARTICLES = {"a", "an", "the", "is", "it", "as", "either"}
+
+
+def _labels_in(text: str) -> list[str]:
+    parts = [p.strip(" '\"*()[]").lower() for p in re.split(r",|/|\bor\b|\|", text)]
+    out = []
+    for p in parts:
+        ws = [w for w in p.split() if w not in _ARTICLES]
+        if ws and len(ws) <= 3:
+            out.append(" ".join(ws))
+    return list(dict.fromkeys(out))
 
 
 def offered_labels(request: str) -> list[str]:
-    """Labels a classification request offers: an explicit list ("options: a, b, c"), else "x or y"."""
+    """Labels a classification request offers: an explicit list ("options: a, b, c"), else "a, b or c"
+    ("urgent or not urgent": "not urgent" is a label of its own); [] when it offers none clearly."""
     m = _OPTIONS_LIST.search(request)
     if m:
-        parts = [p.strip(" '\"*()[]").lower() for p in re.split(r",|/|\bor\b|\|", m.group(1))]
-        labels = [p for p in parts if p and len(p.split()) <= 3]
+        labels = _labels_in(m.group(1))
         if len(labels) >= 2:
             return labels
-    pairs = _OR.findall(request.split("\n")[0] if "\n" in request else request)
-    if pairs:
-        a, b = pairs[0]
-        return [a.lower(), b.lower()]
-    return []
+    first = request.split("\n")[0]
+    m = _OR_LIST.search(first)
+    if not m:
+        return []
+    labels = _labels_in(m.group(1))
+    if len(labels) == 2 and labels[1] == "not":  # "X or not": the labels are X and "not X"
+        labels[1] = f"not {labels[0]}"
+    return labels if len(labels) >= 2 else []
 
 
 def _named(label: str, text: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", text, re.I) is not None
+
+
+def _named_labels(labels: list[str], answer: str) -> list[str]:
+    """The offered labels an answer names; "not urgent" hides the "urgent" inside it."""
+    out = []
+    for lb in labels:
+        rest = answer
+        for longer in (o for o in labels if o != lb and lb in o):  # "urgent" inside "not urgent" is not "urgent"
+            rest = re.sub(rf"(?<![\w-]){re.escape(longer)}(?![\w-])", " ", rest, flags=re.I)
+        if _named(lb, rest):
+            out.append(lb)
+    return out
 
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
@@ -109,15 +137,21 @@ _LABEL = re.compile(r"^[\w /-]{1,30}:\s+")
 
 
 def extracted_values(answer: str) -> list[str]:
-    """The values an extraction answer lists: lines, else comma-separated items; bullets, quotes, labels off."""
-    lines = [ln for ln in answer.strip().splitlines() if ln.strip()]
+    """The values an extraction answer lists: lines, else comma-separated items; bullets, quotes, labels and a
+    leading "and" off. JSON and code blocks, counts and sentences are not lists of values: []."""
+    text = answer.strip()
+    if text[:1] in "{[`" or "```" in text:
+        return []
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     if len(lines) == 1:
         lines = [p for p in re.split(r",|;", lines[0]) if p.strip()]
     values = []
     for ln in lines:
         v = _LABEL.sub("", _BULLET.sub("", ln.strip())).strip(" \"'`*.")
-        if v and not v.endswith(":") and len(v) <= 200:
-            values.append(v)
+        v = re.sub(r"^(?:and|und|et|y)\s+", "", v, flags=re.I)
+        if not v or v.endswith(":") or len(v) > 80 or len(v.split()) > 6 or v.isdigit():
+            continue  # a heading, a sentence around the values, or a count: not a value to find
+        values.append(v)
     return values
 
 
@@ -125,6 +159,10 @@ def content_words(text: str) -> set[str]:
     """Words of four letters or more that are not stop words: what a faithful rewrite keeps."""
     stops = set().union(*_STOP_SETS.values())
     return {w for w in words(text) if len(w) >= 4 and w not in stops}
+
+
+_KEEPS_WORDS = re.compile(r"\b(?:active|passive|voice|tense|spelling|spell|grammar|grammatical|typos?|punctuation|"
+                         r"capitali[sz]e|proofread|correct)\b", re.I)
 
 
 def problems(task: str, request: str, material: str, answer: str) -> list[str]:
@@ -141,7 +179,7 @@ def problems(task: str, request: str, material: str, answer: str) -> list[str]:
     elif task == "classify":
         labels = offered_labels(request)
         if labels:
-            named = [lb for lb in labels if _named(lb, answer)]
+            named = _named_labels(labels, answer)
             if len(named) != 1:
                 out.append(f"names {len(named)} of the offered labels {labels}")
     elif task == "translate":
@@ -149,7 +187,9 @@ def problems(task: str, request: str, material: str, answer: str) -> list[str]:
         got = language_of(answer)
         if want and got and got != want:
             out.append(f"written in {got}, asked for {want}")
-    elif task == "rewrite":
+    elif task == "rewrite" and _KEEPS_WORDS.search(request):
+        # only rewrites that keep the wording (voice, tense, spelling, punctuation); a paraphrase, a
+        # simplification or a change of tone may rightly replace most words
         source = content_words(material or request)
         if len(source) >= 4:
             kept = len(source & content_words(answer)) / len(source)

@@ -15,8 +15,10 @@ The rule, per task (decide()), on dev only; latency excludes model loads:
 2. A model right on no more dev examples than another asked the same way that is as fast or faster is
    dominated: it gets no option (so no route) for the task.
 3. Options: each remaining model alone, and each cascade faster -> slower model with the threshold on the
-   first model's mean token log-prob (an answer that repeats its input, or a calculator try with no
-   expression, is never kept) that maximises dev accuracy, the lower mean latency breaking ties.
+   first model's mean token log-prob (an answer that repeats its input, that a self-check flags
+   (selfcheck.py), or a calculator try with no expression, is never kept) that maximises dev accuracy, the
+   lower mean latency breaking ties. (A calculator cascade is approximated: the first model's measured
+   answer, its plain fallback included, then the second model's.)
 4. The route is the fastest option whose dev accuracy is within `epsilon` examples of the best option's;
    ties go to the plain request (a system prompt or tool stays only where it measurably helps), then to
    fewer models.
@@ -55,6 +57,29 @@ def split_of(ex: dict) -> str:
     return "test" if hashlib.sha256((SALT + example_id(ex)).encode()).digest()[0] % 2 else "dev"
 
 
+def _check_fields(ex: dict, kind: str) -> str | None:
+    """What is wrong with a check's fields, or None."""
+    def strings(v) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, str) and x.strip() for x in v)
+
+    if kind == "number":
+        try:
+            float(ex["answer"])
+        except (TypeError, ValueError):
+            return f"a number check's answer must be a number, got {ex['answer']!r}"
+    elif kind in ("contains", "summary"):
+        if not (isinstance(ex["expect"], list) and ex["expect"] and all(strings(g) for g in ex["expect"])):
+            return 'expect is a list of groups of alternatives: [["paris"], ["1889", "eighteen eighty-nine"]]'
+        if kind == "summary" and ":" not in ex["prompt"]:
+            return "a summary check needs the text to summarise after a colon in the prompt"
+    elif kind == "label":
+        if not strings(ex["options"]) or ex["answer"] not in ex["options"]:
+            return "options is a list of labels and answer is one of them"
+    elif kind == "python" and not (isinstance(ex["test"], str) and ex["test"].strip()):
+        return "a python check's test is Python source (asserts)"
+    return None
+
+
 def load_examples(path: Path, tasks: list[str]) -> list[dict]:
     """Labelled examples from a JSONL file; ConfigError naming the line for anything unusable."""
     try:
@@ -75,13 +100,14 @@ def load_examples(path: Path, tasks: list[str]) -> list[dict]:
         if ex.get("task") not in tasks:
             raise ConfigError(f"{where}: \"task\" must be one of the routes' tasks: {', '.join(tasks)}")
         kind = ex.get("check")
-        if kind not in CHECK_FIELDS:
+        if not isinstance(kind, str) or kind not in CHECK_FIELDS:
             raise ConfigError(f"{where}: \"check\" must be one of {', '.join(CHECK_FIELDS)}")
         missing = [f for f in CHECK_FIELDS[kind] if f not in ex]
         if missing:
             raise ConfigError(f"{where}: a {kind} check needs {', '.join(missing)}")
-        if kind == "label" and ex["answer"] not in ex["options"]:
-            raise ConfigError(f"{where}: the label answer is not one of the options")
+        problem = _check_fields(ex, kind)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
         eid = example_id(ex)
         if eid in seen:
             raise ConfigError(f"{where}: duplicate id {eid!r}")
@@ -146,6 +172,16 @@ def _key(model_sha: str, task: str, variant: Variant, prompt: str, max_tokens: i
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def fingerprint(spec, variant: Variant) -> str:
+    """What else decides an answer: the model's own settings, and the calculator's prompt when it is used. A
+    cached answer measured under another fingerprint is measured again."""
+    from swarm_edge import orchestrator
+
+    calc = [orchestrator.CALC_SYSTEM, orchestrator.CALC_EXAMPLES] if variant.tool == "calculator" else None
+    blob = json.dumps([spec.kind, spec.max_tokens, spec.n_ctx, spec.n_batch, calc], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 async def measure(engine, examples: list[dict], models: list[str], *, cache: Cache, max_tokens: int | None = None,
                   on_record: Callable[[dict], None] | None = None) -> list[dict]:
     """Answer every example with every model and variant of its task's route (see the module docstring)."""
@@ -167,11 +203,13 @@ async def measure(engine, examples: list[dict], models: list[str], *, cache: Cac
                                                                      "system": var.system, "tool": var.tool})
                     for ex in (e for e in examples if e["task"] == task):
                         key = _key(sha, task, var, ex["prompt"], max_tokens, engine.settings.threads)
+                        fp = fingerprint(registry.get(model), var)
                         rec = cache.get(key)
-                        if rec is None:
+                        if rec is None or rec.get("spec") != fp:
                             rec = await _answer(orchestrator, engine, ex, task, max_tokens)
-                            rec.update(key=key, model=model, variant=var.name)
-                            cache.put(rec)
+                            rec.update(key=key, model=model, variant=var.name, spec=fp)
+                            if rec["error"] is None:  # a failure (model not fetched, worker killed) is retried
+                                cache.put(rec)
                         rec = {**rec, "id": example_id(ex), "task": task, "split": split_of(ex), "model": model,
                                "variant": var.name}
                         rec["ok"], rec["note"] = checks.check(ex, rec["text"])  # the check may improve: re-run
@@ -258,8 +296,9 @@ def _accepted(r: dict, threshold: float) -> bool:
 def simulate(option: Option, table: dict[tuple[str, str], dict[str, dict]], ids: list[str]) -> tuple[int, float]:
     """(correct, mean latency) of an option on the examples `ids`, from the models' measured answers."""
     correct, total = 0, 0.0
-    first = table[(option.models[0], option.variant)]
-    final = table[(option.models[-1], option.variant)]
+    first = table.get((option.models[0], option.variant), {})
+    final = table.get((option.models[-1], option.variant), {})
+    ids = [i for i in ids if i in first and i in final]  # a split (or model) without answers counts nothing
     for i in ids:
         total += first[i]["latency_s"]
         if option.strategy == "single" or _accepted(first[i], option.min_logprob):
@@ -288,7 +327,8 @@ def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 
                 single[m] = o
         for m, o in single.items():  # rule 2: worse and no faster than another model, asked the same way
             for other, q in single.items():
-                if other != m and q.correct >= o.correct and q.latency_s <= o.latency_s:
+                if other != m and q.correct >= o.correct and q.latency_s <= o.latency_s and \
+                        (q.correct > o.correct or q.latency_s < o.latency_s):  # equal twins both stay
                     dominated[f"{m} ({v})"] = (f"{other} is right on {q.correct}/{len(ids)} at {q.latency_s:.2f} s, "
                                                f"{m} on {o.correct} at {o.latency_s:.2f} s")
                     break
@@ -308,7 +348,7 @@ def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 
     top = max(o.correct for o in options)
     # rule 4; ties: the plain request, then fewer models
     chosen = min((o for o in options if o.correct >= top - epsilon),
-                 key=lambda o: (round(o.latency_s, 3), o.variant != "plain", len(o.models)))
+                 key=lambda o: (round(o.latency_s, 3), -o.correct, o.variant != "plain", len(o.models)))
     why = (f"the fastest option within {epsilon} dev example(s) of the best ({top}/{len(ids)}): "
            f"{chosen.label()}, {chosen.correct}/{len(ids)} at {chosen.latency_s:.2f} s")
     return Decision(task, chosen, options, dominated, why)
@@ -317,8 +357,11 @@ def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 
 def evaluate(decision: Decision, records: list[dict], split: str) -> tuple[int, int, float]:
     """(correct, n, mean latency) of a decided route on a split, simulated from the measured answers."""
     table = _by([r for r in records if r["task"] == decision.task], split)
-    ids = sorted({i for recs in table.values() for i in recs})
-    correct, lat = simulate(decision.chosen, table, ids)
+    o = decision.chosen
+    ids = sorted(set(table.get((o.models[0], o.variant), {})) & set(table.get((o.models[-1], o.variant), {})))
+    if not ids:
+        return 0, 0, 0.0
+    correct, lat = simulate(o, table, ids)
     return correct, len(ids), lat
 
 
@@ -413,9 +456,9 @@ def report(decisions: dict[str, Decision], records: list[dict], models: list[str
     t = summary["totals"]
 
     def frac(key: str) -> str:
-        return f"{t[key]['correct']}/{t[key]['n']}"
+        return f"{t[key]['correct']}/{t[key]['n']}" if key in t else "-"
 
-    lat = t["routes:test"]["mean_latency_s"]
+    lat = t.get("routes:test", {}).get("mean_latency_s")
     lines.append(f"| **all** | (the task given: routing not included) | {frac('routes:dev')} | {frac('routes:test')} "
                  f"| {'-' if lat is None else f'{lat:.2f}'} | "
                  + " | ".join(f"{frac(m + ':dev')} / {frac(m + ':test')}" for m in models) + " |")
@@ -453,11 +496,19 @@ def write_config(source: Path, target: Path, decisions: dict[str, Decision], reg
         if upd["strategy"] == "single":
             entry.pop("min_logprob", None)
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if not target.parent.is_dir():
+        raise ConfigError(f"--write {target}: the directory {target.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise ConfigError(f"--write {target}: cannot write there ({exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"# written by `swarm-edge tune` from {source}; the rule: swarm_edge/tune.py\n")
             yaml.safe_dump(doc, f, sort_keys=False, allow_unicode=True, width=120)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, Path(source).stat().st_mode & 0o777)  # the permissions of the models.yaml it came from
         load_registry(Path(tmp))  # refuse to write a file that does not load
         os.replace(tmp, target)
     except BaseException:

@@ -49,3 +49,26 @@ def test_a_rewrite_keeps_the_content_words():
 def test_other_tasks_and_empty_answers():
     assert problems("chat", "hi", "", "hello!") == []
     assert problems("code", "x", "", "") == ["empty answer"]
+
+
+def test_right_answers_the_checks_once_refused():
+    """Found by a second reader: each of these right answers was flagged (and escalated)."""
+    right = [
+        ("classify", "Is this positive, negative or neutral? I like it.", "", "Positive"),
+        ("classify", "Is this ticket about billing, technical or account? Charged twice.", "", "billing"),
+        ("classify", "Is this urgent or not urgent? The server is down.", "", "Not urgent"),
+        ("classify", "Is this clickbait or not: You won't believe what happened next", "", "Not clickbait"),
+        ("classify", "Is this a fact or an opinion: Pizza is the best food.", "", "Opinion"),
+        ("extract", "return the fields as JSON: Ann Lee, 34, Berlin", "Ann Lee, 34, Berlin",
+         '{"name": "Ann Lee", "age": 34}'),
+        ("extract", "Which cities: New York, Paris and Tokyo are lovely.", "New York, Paris and Tokyo are lovely.",
+         "New York, Paris, and Tokyo"),
+        ("extract", "How many emails are in: a@b.c d@e.f", "a@b.c d@e.f", "2"),
+        ("rewrite", "Paraphrase: Because several attendees could not attend, the meeting was postponed.",
+         "Because several attendees could not attend, the meeting was postponed.",
+         "Since a number of people couldn't make it, we moved the meeting."),
+    ]
+    for task, request, material, answer in right:
+        assert problems(task, request, material, answer) == [], (task, request, answer)
+    assert offered_labels("Is this urgent or not? The server is down.") == ["urgent", "not urgent"]
+    assert problems("classify", "Is this urgent or not? The server is down.", "", "urgent, not urgent")

@@ -91,7 +91,10 @@ def test_split_is_by_id_and_fixed():
     (json.dumps({"prompt": "2+2", "task": "nope", "check": "number", "answer": 4}), "one of the routes' tasks"),
     (json.dumps({"prompt": "2+2", "task": "math", "check": "regex"}), "\"check\" must be one of"),
     (json.dumps({"prompt": "2+2", "task": "math", "check": "number"}), "needs answer"),
-    (json.dumps({"prompt": "x", "task": "classify", "check": "label", "answer": "a", "options": ["b"]}), "not one of"),
+    (json.dumps({"prompt": "x", "task": "classify", "check": "label", "answer": "a", "options": ["b"]}), "answer is one of them"),
+    (json.dumps({"prompt": "x", "task": "math", "check": "number", "answer": "four"}), "must be a number"),
+    (json.dumps({"prompt": "x", "task": "math", "check": "contains", "expect": ["Paris"]}), "list of groups"),
+    (json.dumps({"prompt": "x", "task": "math", "check": ["number"]}), "\"check\" must be one of"),
 ])
 def test_bad_examples_name_their_line(tmp_path, line, error):
     path = tmp_path / "ex.jsonl"
@@ -99,3 +102,21 @@ def test_bad_examples_name_their_line(tmp_path, line, error):
     with pytest.raises(ConfigError, match=error) as info:
         tune.load_examples(path, ["math", "classify"])
     assert f"{path}:2" in str(info.value)
+
+
+def test_a_report_without_test_answers_and_equal_twins_do_not_crash():
+    """Found by a second reader: --dev-only crashed in the report (no test records), and two models with the same
+    answers (one GGUF under two ids) dominated each other until no option was left."""
+    dev = records({("a", "plain"): [(True, 1.0, None)] * 3, ("b", "plain"): [(True, 1.0, None)] * 3})
+    d = tune.decide(dev, "t", ["a", "b"])
+    assert d.chosen.correct == 3 and not d.dominated
+    assert tune.evaluate(d, dev, "test") == (0, 0, 0.0)
+    lines, summary = tune.report({"t": d}, dev, ["a", "b"])
+    assert summary["tasks"]["t"]["test"] == [0, 0] and any(line.startswith("| **all**") for line in lines)
+
+
+def test_a_flagged_answer_is_never_kept_by_a_cascade():
+    rs = records({("small", "plain"): [(True, 1.0, -0.01)] * 2, ("big", "plain"): [(True, 3.0, -0.1)] * 2})
+    rs[0]["flags"], rs[0]["ok"] = ["extracted value not in the text: 'x'"], False
+    opt = tune.Option(["small", "big"], "plain", "cascade", -0.5, n=2)
+    assert tune.simulate(opt, tune._by(rs, "dev"), ["e0", "e1"]) == (2, pytest.approx((2 * 1.0 + 3.0) / 2))

@@ -456,15 +456,15 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
-        # read GGUF facts of fetched models now, off the event loop, so admission finds them cached
-        # and load the router's embedding model and example centroids, so the first `auto` request is not slower
-        def warm_up():
-            engine.model_estimates()
+        # off the event loop and side by side: load the router's embedding model and trained head (a request that
+        # comes while the head trains routes by the rules), and read the GGUF facts of fetched models, so that
+        # admission finds them cached
+        def warm_router():
             why = engine.router.warm()
             if why:
                 log.warning("%s", why)
 
-        warm = asyncio.get_running_loop().create_task(asyncio.to_thread(warm_up))
+        warm = asyncio.gather(asyncio.to_thread(warm_router), asyncio.to_thread(engine.model_estimates))
         if on_ready:
             on_ready()
         try:
