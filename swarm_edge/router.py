@@ -178,7 +178,7 @@ class SemanticRouter:
                            "keywords": {t: self.registry.routes[t].keywords for t in self.tasks}}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
-    def features(self, text: str, head: str | None = None):
+    def features(self, text: str, head: str | None = None, shares: dict[str, float] | None = None):
         """The head's input: the instruction head's and the whole prompt's embeddings, the keyword shares and the
         hashed first words."""
         from swarm_edge.route_head import bag_of_words
@@ -187,7 +187,7 @@ class SemanticRouter:
         text = text.strip() or " "
         head = head if head is not None else instruction_head(text)
         h, w = self.backend.embed_with_prefix(text, len(head))
-        shares = self.keywords.shares(head)
+        shares = shares if shares is not None else self.keywords.shares(head)
         kw = np.array([shares.get(t, 0.0) for t in self.tasks], dtype=np.float32) * self.spec.keyword_weight
         return np.concatenate([h, w, kw, bag_of_words(text)]).astype(np.float32)
 
@@ -241,13 +241,14 @@ class SemanticRouter:
         """
         np = self._np
         head = instruction_head(text)
-        p = self.head.probs(self.features(text, head))
+        shares = self.keywords.shares(head)
+        p = self.head.probs(self.features(text, head, shares))
         order = np.argsort(-p)
         best = self.tasks[order[0]]
         conf = float(p[order[0]])
         model = self.keywords.model_for(best)
         why = [f"the trained head says {best!r}"]
-        hits = [t for t in self.tasks if self.keywords.shares(head).get(t)]
+        hits = [t for t in self.tasks if shares.get(t)]
         if hits:
             why.append("keywords for " + ", ".join(hits))
         if resident and model not in resident:

@@ -117,7 +117,7 @@ def _fake_router(registry, probs_for):
 
     router.keywords, router.tasks = KeywordRouter(registry), list(registry.routes)
     router.head = _FixedHead(probs_for)
-    router.features = lambda text, head=None: (setattr(router.head, "current", probs_for[text.split()[0]]), 0)[1]
+    router.features = lambda text, head=None, shares=None: (setattr(router.head, "current", probs_for[text.split()[0]]), 0)[1]
     return router
 
 
@@ -186,10 +186,10 @@ def test_an_embedder_error_on_one_prompt_routes_it_by_the_rules():
     semantic = _fake_router(registry, {"Translate": [0.0] * 4 + [1.0] + [0.0] * 3})
     fixed = semantic.features
 
-    def features(text, head=None):  # FAKE embedder failure, as onnxruntime raises on one input
+    def features(text, head=None, shares=None):  # FAKE embedder failure, as onnxruntime raises on one input
         if "boom" in text:
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code")
-        return fixed(text, head)
+        return fixed(text, head, shares)
 
     semantic.features = features
     router._semantic = semantic  # as if loaded by _get
