@@ -269,7 +269,7 @@ class SemanticRouter:
             if self.spec.unsure_model and self.spec.unsure_model != model:
                 model = self.spec.unsure_model
                 why.append(f"answered by the generalist {model}")
-        return Route(task=best, model=model, confidence=round(conf, 3), reason="; ".join(why),
+        return Route(task=best, model=model, confidence=round(conf, 4), reason="; ".join(why),
                      scores={t: round(float(p[i]), 4) for i, t in enumerate(self.tasks)})
 
 

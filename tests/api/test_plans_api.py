@@ -4,6 +4,7 @@ POST /swarm/route, and `swarm-edge route` / `ask` on the command line (through t
 from __future__ import annotations
 
 import json
+import time
 
 import httpx2
 import openai
@@ -27,7 +28,14 @@ def swarm_config(model_files, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def swarm_daemon(swarm_config):
-    yield from serve(swarm_config)
+    for d in serve(swarm_config):
+        # the daemon trains the router's head in the background at start; until then routes come from the rules
+        # (and say so): these tests are about the semantic router, so they begin once it is built
+        deadline = time.monotonic() + 120
+        while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
+            assert time.monotonic() < deadline, "the router's head was not built within 120 s"
+            time.sleep(0.2)
+        yield d
 
 
 @pytest.fixture(scope="module")
