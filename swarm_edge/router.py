@@ -222,7 +222,7 @@ class SemanticRouter:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_name(f"{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-                np.savez(tmp, W=head.W, b=head.b, temperature=np.float32(head.temperature))
+                np.savez(tmp, W=head.W, b=head.b, temperature=np.float64(head.temperature))
                 tmp.replace(cache)
             except OSError:
                 pass  # a read-only home only costs the next start the training again

@@ -96,7 +96,7 @@ def test_the_head_is_cached_by_the_examples_hash(router):
     counting = Counting(router.backend)
     again = SemanticRouter(router.registry, counting, embedder_sha=router.embedder_sha, cache_dir=router.cache_dir)
     assert counting.calls == 0  # the head came from the cache
-    assert np.allclose(again.head.W, router.head.W) and again.head.temperature == router.head.temperature
+    assert np.allclose(again.head.W, router.head.W) and again.head.temperature == pytest.approx(router.head.temperature)
 
 
 class _FixedHead:
