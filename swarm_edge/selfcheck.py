@@ -36,6 +36,7 @@ STOPWORDS = {
     "nl": "de het een en is niet ik je dat die van in op te met zijn voor er maar ook wat geen heb".split(),
 }
 _STOP_SETS = {lang: set(words) for lang, words in STOPWORDS.items()}
+_ALL_STOPS = set().union(*_STOP_SETS.values())
 LANGUAGES = {
     "en": ("english", "englisch", "englische", "anglais", "inglés", "ingles", "inglese", "inglês", "engels"),
     "de": ("german", "deutsch", "deutsche", "allemand", "alemán", "aleman", "tedesco", "alemão", "duits"),
@@ -157,8 +158,7 @@ def extracted_values(answer: str) -> list[str]:
 
 def content_words(text: str) -> set[str]:
     """Words of four letters or more that are not stop words: what a faithful rewrite keeps."""
-    stops = set().union(*_STOP_SETS.values())
-    return {w for w in words(text) if len(w) >= 4 and w not in stops}
+    return {w for w in words(text) if len(w) >= 4 and w not in _ALL_STOPS}
 
 
 _KEEPS_WORDS = re.compile(r"\b(?:active|passive|voice|tense|spelling|spell|grammar|grammatical|typos?|punctuation|"
