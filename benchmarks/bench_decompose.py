@@ -1,111 +1,88 @@
-"""Decomposition: how many plans are right, and end-to-end latency vs answering the whole request at once.
+"""Decomposition: how many compound requests are planned right, and how many single requests are split.
 
-22 compound requests (benchmarks/data/compound.jsonl), each with the expected sequence of subtask labels
-("summarize this and translate the summary into German" -> summarize, translate). For each, in one run:
-  decompose   model auto: the pre-check (two tasks' keywords joined by and/then), the planner
-              (qwen2.5-coder-0.5b, output constrained by a JSON schema), then every subtask routed and
-              answered in order; a plan is right when its labels equal the expected sequence
-  one-routed  model auto with decomposition off: the whole request routed as one task and answered
-  one-1.5b    the whole request answered by qwen2.5-coder-1.5b alone
-Latency = wall time of the whole answer, greedy, 2 threads; every model the run needs is loaded before
-timing starts (so the rows compare plans, not first loads). The pre-check's false-positive rate on the
-single-task routing sets is reported too (those requests never pay for the planner).
-Answer quality of combined answers is not scored here (no checker for free text); the mixed task suite is.
+The evaluation sets (benchmarks/evalsets.py, written by someone who never saw the router or the rules):
+`compound` (72 requests in varied phrasing: "..., then ...", "after that", numbered lists, two sentences, other
+languages; each with its expected task sequence) and `single` (106 one-task requests built to tempt a splitter:
+"translate 'summarize the report and send it'", "Rewrite in the past tense: I wake up, then I make coffee").
+Dev and the frozen test split are reported side by side; the rules and split_confidence were set on dev only.
 
-Rerun:  .venv/bin/python benchmarks/bench_decompose.py
+The plan is the one `swarm-edge` runs (swarm_edge/decompose.py): rules cut the request into pieces, the
+router's trained head (real minilm-l6 embeddings) routes each one, no model generates anything. A plan is
+right when its task sequence equals the expected one; a single request is split when the plan has >= 2 steps.
+Also reported: the time to read one request (the pieces' embeddings), median and p95.
+
+Rerun:  SWARM_EDGE_HOME=... .venv/bin/python benchmarks/bench_decompose.py
 Writes: benchmarks/results/decompose.json and benchmarks/results/decompose.md
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-from results_io import write_results
+import evalsets
+from results_io import fetched_models, write_results
 
-HERE = Path(__file__).resolve().parent
-BIG = "qwen2.5-coder-1.5b"
-
-
-async def run(items: list[dict]) -> dict:
-    from swarm_edge import orchestrator
-    from swarm_edge.config import DEFAULT_CONFIG, Settings
-    from swarm_edge.engine import Engine
-    from swarm_edge.registry import load_registry
-
-    registry = load_registry(DEFAULT_CONFIG)
-    engine = Engine(registry, Settings.load(threads=2), budget="6GiB", spare=False, fetch=False)
-    await engine.start()
-    try:
-        for mid in ("qwen2.5-coder-0.5b", BIG, "smollm2-135m"):  # load everything first: compare plans, not loads
-            await orchestrator.ask_async("Say OK.", engine, model_id=mid, max_tokens=2)
-        await orchestrator.route_async(engine, "warm the router")
-        rows = []
-        for item in items:
-            rec = {"prompt": item["prompt"], "expected": item["subtasks"],
-                   "precheck": orchestrator.looks_compound(engine, item["prompt"])}
-            for name, kw in (("decompose", {}), ("one-routed", {"decompose": False}), ("one-1.5b", {"model_id": BIG})):
-                t0 = time.perf_counter()
-                answer = await orchestrator.ask_async(item["prompt"], engine, **kw)
-                rec[name] = {"latency_s": round(time.perf_counter() - t0, 3), "plan": answer.plan,
-                             "models": [s["model"] for s in answer.steps], "text": answer.text[:500]}
-                if name == "decompose":
-                    planner = next((s for s in answer.steps if s["role"] == "planner"), None)
-                    rec["planned"] = planner.get("subtasks") if planner else None
-                    rec["plan_right"] = rec["planned"] == item["subtasks"] and answer.plan == "decompose"
-            print(f"  {'right' if rec['plan_right'] else 'WRONG'} {rec['planned']} expected {item['subtasks']}: "
-                  + ", ".join(f"{n} {rec[n]['latency_s']:.1f}s" for n in ("decompose", "one-routed", "one-1.5b")),
-                  file=sys.stderr, flush=True)
-            rows.append(rec)
-        return {"rows": rows}
-    finally:
-        await engine.close()
-
-
-def false_positives() -> tuple[int, int]:
-    """Single-task prompts of the routing sets that the pre-check would send to the planner."""
-    from swarm_edge import orchestrator
-    from swarm_edge.config import DEFAULT_CONFIG
-    from swarm_edge.registry import load_registry
-    from swarm_edge.router import Router
-
-    class Lite:  # what looks_compound reads: the registry and the keyword rules (no models)
-        registry = load_registry(DEFAULT_CONFIG)
-        router = Router(registry)
-
-    rows = [json.loads(x) for name in ("route_dev.jsonl", "route_heldout.jsonl")
-            for x in (HERE.parent / "tests" / "data" / name).read_text().splitlines() if x.strip()]
-    return sum(orchestrator.looks_compound(Lite, r["prompt"]) for r in rows), len(rows)
+from swarm_edge import decompose
+from swarm_edge.config import DEFAULT_CONFIG, Settings
+from swarm_edge.registry import load_registry
+from swarm_edge.router import Router
 
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
-    items = [json.loads(x) for x in (HERE / "data" / "compound.jsonl").read_text().splitlines() if x.strip()]
-    data = asyncio.run(run(items))
-    rows = data["rows"]
-    fp, n_single = false_positives()
-    right = sum(r["plan_right"] for r in rows)
-    med = {n: statistics.median(r[n]["latency_s"] for r in rows) for n in ("decompose", "one-routed", "one-1.5b")}
-    mean = {n: statistics.fmean(r[n]["latency_s"] for r in rows) for n in ("decompose", "one-routed", "one-1.5b")}
-    lines = ["# Decomposition of compound requests (rerun: .venv/bin/python benchmarks/bench_decompose.py)", "",
-             f"- plans right (labels in order equal the expected sequence): **{right}/{len(rows)}**",
-             f"- pre-check sent to the planner: {sum(r['precheck'] for r in rows)}/{len(rows)} compound requests, "
-             f"{fp}/{n_single} single-task routing-set prompts", "",
-             "| plan | mean latency s | median s | mean vs decompose |", "|---|---|---|---|"]
-    for n in ("decompose", "one-routed", "one-1.5b"):
-        lines.append(f"| {n} | {mean[n]:.2f} | {med[n]:.2f} | {mean[n] / mean['decompose']:.2f} |")
-    lines += ["", "| expected | planned | decompose s | one-routed s | one-1.5b s |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {' -> '.join(r['expected'])} | {' -> '.join(r['planned'] or ['-'])} "
-                     f"| {r['decompose']['latency_s']:.1f} | {r['one-routed']['latency_s']:.1f} "
-                     f"| {r['one-1.5b']['latency_s']:.1f} |")
-    write_results("decompose", {"plans_right": right, "items": len(rows), "precheck_false_positives": [fp, n_single],
-                                "mean_latency_s": mean, "median_latency_s": med, "rows": rows}, lines)
+    settings = Settings.load(threads=1)
+    registry = load_registry(DEFAULT_CONFIG)
+    spec, files = next(fetched_models(settings, registry, [registry.router.embedder]), (None, None))
+    if spec is None:
+        raise SystemExit("minilm-l6 is not fetched: swarm-edge models fetch minilm-l6")
+    router = Router(registry, lambda mid: files, threads=1, cache_dir=settings.home / "cache")
+    if router.warm():
+        raise SystemExit(router.warm())
+    announce = evalsets.announce("dev and test")
+    threshold = registry.router.split_confidence
+
+    def route(piece: str) -> tuple[str, float]:
+        r = router.route(piece)
+        return r.task, r.confidence
+
+    out, lines = {"split_confidence": threshold, "test_sha256": evalsets.frozen()}, [
+        "# Decomposition: compound requests planned right, single requests split", "",
+        announce, "", f"Rules + the router's head piece by piece (swarm_edge/decompose.py), split_confidence "
+        f"{threshold}. Rerun: `.venv/bin/python benchmarks/bench_decompose.py`", "",
+        "| split | compound planned right | single requests split | read ms p50 | read ms p95 |",
+        "|---|---|---|---|---|"]
+    misses = []
+    for split in ("dev", "test"):
+        times, right, split_ids, rows = [], 0, [], []
+        for item in evalsets.load("compound", split):
+            t0 = time.perf_counter()
+            r = decompose.read(item["prompt"], route, min_confidence=threshold)
+            times.append(time.perf_counter() - t0)
+            ok = r.tasks == item["subtasks"]
+            right += ok
+            rows.append({"id": item["id"], "expected": item["subtasks"], "planned": r.tasks, "right": ok})
+            if not ok:
+                misses.append(f"| {split} | {item['id']} | {' -> '.join(item['subtasks'])} | "
+                              f"{' -> '.join(r.tasks) or 'not split'} |")
+        singles = evalsets.load("single", split)
+        for item in singles:
+            t0 = time.perf_counter()
+            r = decompose.read(item["prompt"], route, min_confidence=threshold)
+            times.append(time.perf_counter() - t0)
+            if r.subtasks:
+                split_ids.append(item["id"])
+                misses.append(f"| {split} | {item['id']} | {item['task']} | {' -> '.join(r.tasks)} |")
+        n = len(rows)
+        p50 = statistics.median(times) * 1e3
+        p95 = sorted(times)[int(0.95 * (len(times) - 1))] * 1e3
+        out[split] = {"compound_right": right, "compound": n, "single_split": split_ids, "single": len(singles),
+                      "read_ms_p50": round(p50, 2), "read_ms_p95": round(p95, 2), "rows": rows}
+        lines.append(f"| {split} | {right}/{n} = {right / n:.3f} | {len(split_ids)}/{len(singles)} "
+                     f"| {p50:.1f} | {p95:.1f} |")
+    lines += ["", "Misses:", "", "| split | id | expected | planned |", "|---|---|---|---|", *misses]
+    write_results("decompose", out, lines)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,7 @@ from swarm_edge.registry import load_registry
 from swarm_edge.scheduler import lru, plan_aware
 from swarm_edge.workers import GenerateRequest
 
-POPULARITY = {"qwen2.5-coder-0.5b": 0.34, "smollm2-135m": 0.24, "minilm-l6": 0.18, "gemma3-270m": 0.14,
-              "qwen2.5-coder-1.5b": 0.10}
+POPULARITY = {"qwen2.5-coder-0.5b": 0.34, "smollm2-135m": 0.38, "minilm-l6": 0.18, "qwen2.5-coder-1.5b": 0.10}
 MiB = 2**20
 
 

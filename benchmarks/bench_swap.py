@@ -142,7 +142,7 @@ async def main_async(reps: int) -> dict:
     engine = Engine(registry, settings, budget="90%")
     await engine.start()
     for m in gguf:
-        other = "smollm2-135m" if m != "smollm2-135m" else "gemma3-270m"
+        other = "smollm2-135m" if m != "smollm2-135m" else "qwen2.5-coder-0.5b"
         path = str(warm.files(m)["model"])
         spec = registry.get(m)
         runs: dict[str, list[float]] = {"reference": [], "free": [], "evict": []}

@@ -43,8 +43,7 @@ from swarm_edge.checks import check
 
 SUITE = Path(__file__).resolve().parent / "data" / "task_suite.jsonl"
 BIG = "qwen2.5-coder-1.5b"
-DEFAULT_CONFIGS = ["auto", "auto-small", "1.5b-routed", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b",
-                   "smollm2-135m", "gemma3-270m"]
+DEFAULT_CONFIGS = ["auto", "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m"]
 
 
 def load_suite(limit: int | None = None, split: str | None = None) -> list[dict]:

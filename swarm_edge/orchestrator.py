@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from swarm_edge import calc, selfcheck
+from swarm_edge import calc, decompose, selfcheck
 from swarm_edge.cloud import CloudResult
 from swarm_edge.config import Settings
 from swarm_edge.engine import Engine
@@ -384,13 +384,17 @@ def _vote(task: str, calls: list[_Call]) -> _Call:
 
 # ---------------------------------------------------------------- decomposition
 
-_JOINERS = re.compile(r"\b(and then|and also|then|and|after that|afterwards|also)\b|;|,\s*then\b", re.I)
+async def read_request(engine: Engine, text: str) -> decompose.Reading:
+    """How `text` reads (decompose.py): its subtasks when it asks for several tasks, else none.
 
+    Each candidate piece is routed by the engine's router (the trained head, or the keyword rules without it).
+    """
+    def route_piece(piece: str) -> tuple[str, float]:
+        r = engine.router.route(piece)
+        return r.task, r.confidence
 
-def looks_compound(engine: Engine, text: str) -> bool:
-    """Cheap pre-check before asking the planner: two or more tasks' keywords in the instruction, joined."""
-    head = _instruction(text)
-    return len(engine.router.keywords.named_tasks(head)) >= 2 and bool(_JOINERS.search(head))
+    spec = engine.registry.router
+    return await asyncio.to_thread(decompose.read, text, route_piece, min_confidence=spec.split_confidence)
 
 
 def _instruction(text: str) -> str:
@@ -434,16 +438,20 @@ PLANNER_EXAMPLE = [
 ]
 
 
-async def make_plan(engine: Engine, text: str, *, fetch=None, progress_factory=None,
+async def make_plan(engine: Engine, text: str, *, fetch=None, progress_factory=None, named: list[str] | None = None,
                     cache_prompt: bool = True) -> tuple[list[dict], _Call]:
-    """Ask the planner for the subtasks of `text`: ([{task, instruction, uses_previous}], the planner call)."""
+    """Ask the planner model for the subtasks of `text`: ([{task, instruction, uses_previous}], the planner call).
+
+    `named`: the tasks the reading found, in order (the keyword rules' when None); they go with the request.
+    """
     registry = engine.registry
     planner = registry.get(registry.router.planner)
     tasks = list(registry.routes)
     instruction = _instruction(text)
-    # the rules' reading of the request goes with it: the 0.5B planner alone mixed up summarize and translate
-    # in 6 of 22 compound requests (benchmarks/bench_decompose.py)
-    named = engine.router.keywords.named_tasks(instruction)
+    # the reading of the request goes with it: the 0.5B planner alone mixed up summarize and translate
+    # in 6 of 22 compound requests (benchmarks/bench_decompose.py, the old suite)
+    if named is None:
+        named = engine.router.keywords.named_tasks(instruction)
     messages = [{"role": "system", "content": PLANNER_SYSTEM.format(tasks=", ".join(tasks))}, *PLANNER_EXAMPLE,
                 {"role": "user", "content": f"Request: {instruction}\n"
                                             f"Task types named in it, in order: {', '.join(named) or 'none found'}"}]
@@ -458,7 +466,12 @@ async def make_plan(engine: Engine, text: str, *, fetch=None, progress_factory=N
 
 
 def _subtask_prompt(sub: dict, material: str, previous: str | None) -> str:
-    body = previous if (sub.get("uses_previous") and previous) else material
+    """A subtask's prompt: its instruction, then the previous output it works on, or else the pasted material
+    (none when its words quote their own: "translate 'good morning' into Japanese")."""
+    if sub.get("uses_previous") and previous:
+        body = previous
+    else:
+        body = "" if sub.get("own_material") else material
     instruction = sub["instruction"].strip().rstrip(" :")
     return f"{instruction}:\n\n{body}" if body else instruction
 
@@ -634,7 +647,7 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
                      "uses_previous": i > 0} for i, t in enumerate(pipe.steps)]
         top = Route(task=pipe.steps[0], model=registry.routes[pipe.steps[0]].models[0], confidence=1.0,
                     reason=f"pipeline {name!r}: {' -> '.join(pipe.steps)}")
-        plan, planner_call = "pipeline", None
+        plan, planner_call, reading_step = "pipeline", None, None
     elif model_id and model_id not in (AUTO, CLOUD):
         spec = registry.get(model_id)
         request = _request(spec, messages, common, prompt=prompt)
@@ -678,13 +691,24 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
             async for ev in _single(engine, spec, _request(spec, None, common, prompt=prompt), top, t0, **kw):
                 yield ev
             return
-        subtasks, planner_call, plan = [], None, "single"
-        if decompose and registry.router.planner and looks_compound(engine, text):
-            subtasks, planner_call = await make_plan(engine, text, cache_prompt=cache_prompt, **kw)
+        subtasks, planner_call, plan, reading_step = [], None, "single", None
+        if decompose and registry.router.decompose:
+            t_read = time.perf_counter()
+            reading = await read_request(engine, text)
+            if reading.subtasks and registry.router.planner:
+                subtasks, planner_call = await make_plan(engine, text, named=reading.tasks,
+                                                         cache_prompt=cache_prompt, **kw)
+            elif reading.subtasks:
+                subtasks = reading.subtasks
+                reading_step = {"task": "plan", "model": None, "role": "planner", "confidence": None,
+                                "tokens": 0, "how": "rules + the router's head, piece by piece",
+                                "timings": {"total_s": round(time.perf_counter() - t_read, 4)},
+                                "subtasks": [s["task"] for s in subtasks]}
             if len(subtasks) >= 2:
                 plan = "decompose"
+                by = planner_call.model if planner_call else "reading the request (rules + router head)"
                 top = Route(task=top.task, model=top.model, target=top.target, confidence=top.confidence,
-                            reason=f"compound request: {len(subtasks)} subtasks planned by {planner_call.model}",
+                            reason=f"compound request: {len(subtasks)} subtasks planned by {by}",
                             scores=top.scores)
         if plan == "single":
             strategy = registry.routes[top.task].strategy if top.task in registry.routes else "single"
@@ -716,8 +740,13 @@ async def _stream(engine: Engine, esc: _Escalation, *, messages: list[dict[str, 
     steps: list[dict[str, Any]] = []
     if planner_call is not None:
         steps.append(planner_call.step("plan", "planner", subtasks=[s["task"] for s in subtasks]))
+    elif plan == "decompose" and reading_step is not None:
+        steps.append(reading_step)
     system = [m for m in (messages or []) if m.get("role") == "system"]
-    material = _material(text) if plan == "decompose" else text
+    if plan == "decompose":
+        material = reading.material if reading_step is not None else _material(text)
+    else:
+        material = text
     previous: str | None = None
     shown: list[str] = []
     relay = _Relay(top)
@@ -856,5 +885,5 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-__all__ = ["AUTO", "PIPELINE_PREFIX", "Answer", "ask", "ask_async", "embed", "looks_compound", "make_plan",
+__all__ = ["AUTO", "PIPELINE_PREFIX", "Answer", "ask", "ask_async", "embed", "make_plan", "read_request",
            "plan_schema", "route", "route_async", "stream"]

@@ -324,7 +324,12 @@ class RouterSpec(_Strict):
     keyword_weight: float = Field(default=0.2, ge=0)  # scale of the keyword-rule features next to the embeddings
     min_confidence: float = Field(default=0.5, ge=0, le=1)  # under this a route is "unsure"
     prefer_resident_within: float = Field(default=0.1, ge=0, le=1)  # confidence gap a resident model may close
-    planner: str | None = None          # chat model that splits compound requests (JSON-schema output)
+    # compound requests: read by rules and routed piece by piece by the head (swarm_edge/decompose.py); a piece
+    # routed under split_confidence is not a task of its own. planner: a chat model that then writes the
+    # subtasks' instructions as JSON (None: the pieces' own words are the instructions, no model call)
+    decompose: bool = True
+    split_confidence: float = Field(default=0.75, ge=0, le=1)
+    planner: str | None = None
     # more examples for the head: JSONL of {"prompt", "task"}, besides the routes' own; a path relative to
     # models.yaml, or builtin:NAME for one shipped in the package (swarm_edge/data/NAME)
     examples_file: str | None = Field(default=None, min_length=1, max_length=4096)

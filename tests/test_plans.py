@@ -111,6 +111,22 @@ def test_compound_request_runs_the_planner_and_reports_it(model_files, tmp_path,
         assert "not a usable plan" in planner["note"]
 
 
+def test_without_a_planner_model_the_reading_is_the_plan(model_files, tmp_path, settings):
+    # the default: no planner model; the request's own pieces, routed by the head, are the subtasks
+    path = tmp_path / "models.yaml"
+    path.write_text(registry_yaml(model_files, swarm=True).replace("  planner: smollm2-135m\n", ""))
+    registry = parse_registry(path.read_text(), path)
+    assert registry.router.planner is None
+    answer, streamed, _, _ = _run(registry, settings, "Rewrite 'close the door now' more politely, "
+                                                      "then classify its sentiment as positive or negative.")
+    assert answer.plan == "decompose", answer.route.reason
+    plan, *steps = answer.steps
+    assert (plan["role"], plan["model"], plan["subtasks"]) == ("planner", None, ["rewrite", "classify"])
+    assert [s["subtask"] for s in steps][0] == 1 and steps[-1]["subtask"] == 2
+    assert steps[0]["instruction"] == "Rewrite 'close the door now' more politely"
+    assert streamed == answer.text and orchestrator.SEPARATOR in answer.text
+
+
 def test_single_request_skips_the_planner(model_files, tmp_path, settings):
     registry = _registry(model_files, tmp_path)
     answer, _, _, _ = _run(registry, settings, "Hi! How are you today?")
