@@ -7,7 +7,7 @@ is appended to the prompt as a completion. The program, the problem's `check` an
 sandboxed (swarm_edge/sandbox.py: own network namespace, CPU/memory/file limits, 10 s).
 
 Configurations: a model id (that model alone, no system prompt: what a one-model runtime gives) or `auto`
-(the router, the code route's prompt and cascade: what swarm-edge gives). Greedy, 2 threads, max_tokens 512,
+(the router and the code route's model and prompt: what swarm-edge gives). Greedy, 2 threads, max_tokens 512,
 cache_prompt false (each answer evaluated afresh: reproducible on one machine).
 
 Rerun:  .venv/bin/python benchmarks/bench_humaneval.py --split dev [--configs auto qwen2.5-coder-1.5b ...]

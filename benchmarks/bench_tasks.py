@@ -7,10 +7,10 @@ checks in swarm_edge/checks.py: numbers, words that must appear, labels, Python 
 alongside the system: it flatters it.
 
 Configurations, each run in its own fresh process, one after the other in one run:
-  auto                the default swarm: router + task prompts + cascades (0.5B, then 1.5B when unsure)
-  auto-small          the same without qwen2.5-coder-1.5b (routes keep their other models)
+  auto                the default swarm: router, plans, each route's model with its prompt or tool (models.yaml)
+  auto-small          the same without qwen2.5-coder-1.5b (its routes go to qwen2.5-coder-0.5b)
   auto@BUDGET         auto inside a memory budget (e.g. auto@2.5GiB: room for the 1.5B, not for it and the 0.5B)
-  1.5b-routed         the router and task prompts, but every route answered by qwen2.5-coder-1.5b alone
+  1.5b-routed         the router and task prompts and tools, but every route answered by qwen2.5-coder-1.5b
   MODEL               one model alone, the raw prompt, no system prompt (what a one-model runtime gives)
 Latency = wall time of one request end to end (routing, planning, loads, every cascade step), 2 threads,
 greedy. Peak memory = the highest PSS of the configuration's process tree (the engine, its forkserver and
@@ -64,7 +64,7 @@ def registry_for(config: str):
         return registry, "auto"
     if config == "auto-small":
         for task, r in registry.routes.items():
-            kept = [m for m in r.models if m != BIG] or r.models
+            kept = [m for m in r.models if m != BIG] or ["qwen2.5-coder-0.5b"]
             registry.routes[task] = r.model_copy(update={"models": kept})
         return registry, "auto"
     if config == "1.5b-routed":
