@@ -66,7 +66,7 @@ def router(model_files, tmp_path_factory):
 
 @pytest.mark.real_model
 def test_frozen_test_split_accuracy_and_calibration(router):
-    """benchmarks/results/router.md measured 0.965 and ECE 0.033 here (226 prompts); the floors leave room for
+    """benchmarks/results/router.md measured 0.965 and ECE 0.030 here (226 prompts); the floors leave room for
     float differences across CPUs, not for a worse router."""
     rows = [i for name in ("tasks", "single") for i in evalsets.load(name, "test")]
     P = np.stack([router.probabilities(r["prompt"]) for r in rows])
