@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import re
@@ -27,7 +28,7 @@ import sys
 import time
 
 import evalsets
-from results_io import write_results
+from results_io import RESULTS, write_results
 
 from swarm_edge.sandbox import run_untrusted
 
@@ -48,8 +49,9 @@ def program_of(problem: dict, answer: str) -> str:
     m = _FENCE.search(answer)
     code = m.group(1) if m else answer
     if re.search(rf"^\s*def {re.escape(problem['entry_point'])}\s*\(", code, re.M):
-        imports = "\n".join(_IMPORT.findall(problem["prompt"]))
-        return imports + "\n" + code
+        # after the whole prompt: its imports and helper functions (HumanEval/38's decode_cyclic calls the
+        # prompt's encode_cyclic) stay defined; the answer's def replaces the prompt's docstring-only stub
+        return problem["prompt"] + "\n\n" + code
     return problem["prompt"] + code
 
 
@@ -80,7 +82,7 @@ async def run_config(config: str, problems: list[dict]) -> list[dict]:
             latency = time.perf_counter() - t0
             ok, why = passes(p, text) if err is None else (False, err)
             out.append({"id": p["id"], "ok": ok, "why": why, "latency_s": round(latency, 3), "models": models,
-                        "answer": text[:2000]})
+                        "answer": text})
             print(f"  {config:<20} {p['id']:<14} {'ok ' if ok else 'BAD'} {latency:6.2f}s {'+'.join(models)} "
                   f"{why[:60]}", file=sys.stderr, flush=True)
     finally:
@@ -93,13 +95,28 @@ def main() -> None:
     ap.add_argument("--split", choices=["dev", "test"], required=True)
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     ap.add_argument("--limit", type=int, default=None, help="only the first N problems of the split (a look)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="check the answers saved in the results JSON again (after a change to the harness), "
+                         "without generating anything")
     args = ap.parse_args()
     announce = evalsets.announce(args.split)
     problems = evalsets.load("humaneval", args.split)[:args.limit]
     print(announce, f"- {len(problems)} problems", file=sys.stderr)
+    name = f"humaneval-{args.split}" + (f"-limit{args.limit}" if args.limit else "")
+    saved = {}
+    if args.rescore:
+        saved = {r["config"]: r["records"] for r in json.loads((RESULTS / f"{name}.json").read_text())["results"]}
+        args.configs = list(saved)
+    by_id = {p["id"]: p for p in problems}
     results = []
     for config in args.configs:
-        records = asyncio.run(run_config(config, problems))
+        if args.rescore:
+            records = saved[config]
+            for r in records:
+                if r["answer"]:  # an answer that failed to generate stays failed
+                    r["ok"], r["why"] = passes(by_id[r["id"]], r["answer"])
+        else:
+            records = asyncio.run(run_config(config, problems))
         n = len(records)
         results.append({"config": config, "problems": n, "passed": sum(r["ok"] for r in records),
                         "pass_at_1": round(sum(r["ok"] for r in records) / n, 4),
@@ -114,8 +131,8 @@ def main() -> None:
         rep = f"{REPORTED[r['config']]:.3f}" if r["config"] in REPORTED else "-"
         lines.append(f"| {r['config']} | {r['pass_at_1']:.3f} | {r['passed']}/{r['problems']} "
                      f"| {r['mean_latency_s']:.2f} | {rep} |")
-    write_results(f"humaneval-{args.split}" + (f"-limit{args.limit}" if args.limit else ""),
-                  {"split": args.split, "announce": announce, "problems": len(problems), "results": results}, lines)
+    write_results(name, {"split": args.split, "announce": announce, "problems": len(problems),
+                         "results": results}, lines)
 
 
 if __name__ == "__main__":

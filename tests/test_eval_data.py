@@ -80,3 +80,16 @@ def test_every_code_check_passes_its_reference_and_fails_a_stub():
         names = set(re.findall(r"^def (\w+)", refs[it["id"]], re.M))
         stub = "\n".join(f"def {n}(*a, **k):\n    return None" for n in names)
         assert not run_python(stub, it["test"])[0], f"{it['id']}: a stub passes the test"
+
+
+def test_humaneval_harness_keeps_the_prompts_helpers():
+    """An answer that restates only the entry point still sees the prompt's imports and helper functions
+    (HumanEval/38: decode_cyclic calls the prompt's encode_cyclic); a wrong answer still fails."""
+    import bench_humaneval
+
+    problem = next(p for p in evalsets.load("humaneval") if p["id"] == "HumanEval/38")
+    right = "```python\ndef decode_cyclic(s: str):\n" + problem["canonical_solution"] + "```"
+    assert bench_humaneval.passes(problem, right)[0]
+    assert not bench_humaneval.passes(problem, "```python\ndef decode_cyclic(s: str):\n    return s\n```")[0]
+    # a bare continuation of the prompt works as before
+    assert bench_humaneval.passes(problem, problem["canonical_solution"])[0]
