@@ -13,7 +13,7 @@ def test_keyword_routes_of_the_default_swarm():
     assert route("Summarize this article in one sentence: ...").task == "summarize"
     assert route("Please rephrase this to sound more polite").task == "rewrite"
     r = route("Please translate into French: where is the train station?")
-    assert r.task == "translate" and r.model == "qwen2.5-coder-0.5b"
+    assert r.task == "translate" and r.model == "qwen2.5-coder-1.5b"
     assert r.confidence == 1.0 and abs(sum(r.scores.values()) - 1) < 0.01
     mixed = route("Translate this Python code comment into French")  # 2 code hits vs 2 translate hits
     assert mixed.confidence == 0.5 and mixed.scores["code"] == mixed.scores["translate"] == 0.5
@@ -21,7 +21,7 @@ def test_keyword_routes_of_the_default_swarm():
 
 def test_no_keyword_falls_back_to_default_task():
     r = route("Tell me something nice")
-    assert r.task == "chat" and r.model == "smollm2-135m" and r.confidence == 0.0
+    assert r.task == "chat" and r.model == "qwen2.5-coder-1.5b" and r.confidence == 0.0
     assert "no task keyword" in r.reason
 
 
