@@ -22,24 +22,14 @@ import statistics
 import time
 
 import evalsets
-from results_io import fetched_models, write_results
+from results_io import default_router, write_results
 
 from swarm_edge import decompose
-from swarm_edge.config import DEFAULT_CONFIG, Settings
-from swarm_edge.registry import load_registry
-from swarm_edge.router import Router
 
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
-    settings = Settings.load(threads=1)
-    registry = load_registry(DEFAULT_CONFIG)
-    spec, files = next(fetched_models(settings, registry, [registry.router.embedder]), (None, None))
-    if spec is None:
-        raise SystemExit("minilm-l6 is not fetched: swarm-edge models fetch minilm-l6")
-    router = Router(registry, lambda mid: files, threads=1, cache_dir=settings.home / "cache")
-    if router.warm():
-        raise SystemExit(router.warm())
+    registry, spec, files, router = default_router()
     announce = evalsets.announce("dev and test")
     threshold = registry.router.split_confidence
 

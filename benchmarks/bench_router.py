@@ -24,11 +24,7 @@ from collections import Counter, defaultdict
 
 import evalsets
 import numpy as np
-from results_io import fetched_models, write_results
-
-from swarm_edge.config import DEFAULT_CONFIG, Settings
-from swarm_edge.registry import load_registry
-from swarm_edge.router import Router
+from results_io import default_router, write_results
 
 
 def bare_embedder(files: dict, max_length: int):
@@ -67,14 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    settings = Settings.load(threads=1)
-    registry = load_registry(DEFAULT_CONFIG)
-    spec, files = next(fetched_models(settings, registry, [registry.router.embedder]), (None, None))
-    if spec is None:
-        raise SystemExit("minilm-l6 is not fetched: swarm-edge models fetch minilm-l6")
-    router = Router(registry, lambda mid: files, threads=1, cache_dir=settings.home / "cache")
-    if router.warm():
-        raise SystemExit(router.warm())
+    registry, spec, files, router = default_router()
     bare = bare_embedder(files, spec.embedding.max_length)
     announce = evalsets.announce("dev and test")
     sets = {split: [{"prompt": i["prompt"], "task": i["task"]} for name in ("tasks", "single")

@@ -32,3 +32,21 @@ def fetched_models(settings, registry, ids) -> Iterator[tuple]:
             yield spec, ensure_model(settings, spec, registry.base_dir, fetch=False)
         except ModelFileError as exc:
             print(f"skip {mid}: {exc}", file=sys.stderr)
+
+
+def default_router():
+    """(registry, the embedder's spec and files, a warmed Router) for the default swarm, 1 thread; exits with a
+    clear message when minilm-l6 is not fetched or cannot load."""
+    from swarm_edge.config import DEFAULT_CONFIG, Settings
+    from swarm_edge.registry import load_registry
+    from swarm_edge.router import Router
+
+    settings = Settings.load(threads=1)
+    registry = load_registry(DEFAULT_CONFIG)
+    spec, files = next(fetched_models(settings, registry, [registry.router.embedder]), (None, None))
+    if spec is None:
+        raise SystemExit("minilm-l6 is not fetched: swarm-edge models fetch minilm-l6")
+    router = Router(registry, lambda mid: files, threads=1, cache_dir=settings.home / "cache")
+    if why := router.warm():
+        raise SystemExit(why)
+    return registry, spec, files, router

@@ -93,7 +93,6 @@ _BACKREF = re.compile(
 @dataclass
 class Piece:
     text: str                    # the piece's words, quotes restored
-    instruction: bool            # begins like an instruction
     task: str | None = None
     confidence: float = 0.0
     start: int = 0               # its span in the instruction (quotes as placeholders)
@@ -186,7 +185,7 @@ def read(text: str, route: Callable[[str], tuple[str, float]], *, min_confidence
     text_of = lambda start, end: _restore(instruction[start:end].strip(" ,;"), quotes)  # noqa: E731
     for start, end in groups:
         task, conf = route(text_of(start, end))
-        reading.pieces.append(Piece(text_of(start, end), True, task, conf, start, end))
+        reading.pieces.append(Piece(text_of(start, end), task, conf, start, end))
     # an unsure piece merges into the piece before it (a leading one into the piece after it); then
     # adjacent pieces of one task are one subtask
     runs: list[Piece] = []
@@ -196,9 +195,9 @@ def read(text: str, route: Callable[[str], tuple[str, float]], *, min_confidence
             runs[-1].confidence = max(runs[-1].confidence, p.confidence) if p.task == runs[-1].task \
                 else runs[-1].confidence
         elif runs and len(runs) == 1 and runs[0].confidence < min_confidence:
-            runs[0] = Piece("", True, p.task, p.confidence, runs[0].start, p.end)
+            runs[0] = Piece("", p.task, p.confidence, runs[0].start, p.end)
         else:
-            runs.append(Piece("", True, p.task, p.confidence, p.start, p.end))
+            runs.append(Piece("", p.task, p.confidence, p.start, p.end))
     for p in runs:
         p.text = text_of(p.start, p.end)
     if len(runs) < 2 or len(runs) > max_steps:
