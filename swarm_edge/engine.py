@@ -145,7 +145,7 @@ class Engine:
         return files
 
     def _key(self, spec: ModelSpec) -> str:
-        return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch)
+        return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch, spec.mmap)
 
     def estimate_detail(self, model_id: str, *, fetch: bool | None = None, wait: bool = True, walked: bool = False):
         """The Estimate (bytes, formula or calibrated, parts) for a model. `walked`: its GGUF was structure-checked
@@ -156,7 +156,7 @@ class Engine:
             sha = spec.file("model").sha256
             # one bounded walk checks the file and reads the formula's inputs (no GGUFReader); then one stat()
             facts = self.store.facts(sha, files["model"]) if walked else self.store.checked_facts(sha, files["model"])
-            parts = gguf_formula(facts, spec.n_ctx, spec.n_batch)
+            parts = gguf_formula(facts, spec.n_ctx, spec.n_batch, spec.mmap)
         else:
             parts = onnx_formula(spec.file("model").size, spec.file("tokenizer").size)
         return estimate(parts, self.store.calibrated(self._key(spec)))

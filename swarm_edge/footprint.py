@@ -2,8 +2,9 @@
 
 Pure functions plus a small store. The formula is an upper bound on the model worker's PSS:
 
-    GGUF  = file bytes (weights are mmap'd and all get touched)
-          + repacked copies (llama.cpp copies Q4_0/Q4_K/IQ4_NL matmul weights into a CPU_REPACK buffer)
+    GGUF  = file bytes (weights are read into memory, or mmap'd and all touched)
+          + repacked copies, only when mmap'd (llama.cpp copies Q4_0/Q4_K/IQ4_NL matmul weights into a
+            CPU_REPACK buffer; read without mmap, the originals are freed; mapped, they stay resident)
           + KV cache 2 * n_layer * n_ctx * n_head_kv * head_dim * 2 B (f16)
           + compute buffer n_batch * n_vocab * 4 B (+ output row) + the process's own Python and libraries
     ONNX  = session + activations as measured for onnxruntime (about 16x the int8 file) + tokenizer
@@ -85,13 +86,13 @@ def facts_from_info(info) -> dict[str, Any]:
     }
 
 
-def gguf_formula(facts: dict[str, Any], n_ctx: int, n_batch: int) -> dict[str, int]:
-    """The formula's parts, in bytes, for one llama.cpp context."""
+def gguf_formula(facts: dict[str, Any], n_ctx: int, n_batch: int, mmap: bool = False) -> dict[str, int]:
+    """The formula's parts, in bytes, for one llama.cpp context (weights mmap'd or read: ModelSpec.mmap)."""
     n_ubatch = min(n_batch, 512)  # llama-cpp-python's default n_ubatch is 512, capped by n_batch
     kv = 2 * facts["n_layer"] * n_ctx * facts["n_head_kv"] * max(facts["head_dim_k"], facts["head_dim_v"]) * 2
     return {
         "weights": facts["file_bytes"],
-        "repacked": facts["repacked_bytes"],
+        "repacked": facts["repacked_bytes"] if mmap else 0,
         "kv_cache": kv,
         "compute": n_ubatch * facts["n_vocab"] * 4 + facts["n_vocab"] * 4 + n_ubatch * facts["n_embd"] * 4 * 8,
         "process": PROCESS_BASE,
@@ -160,9 +161,9 @@ class FootprintStore:
         _atomic_write(self.facts_dir / f"{sha256}.json", json.dumps(facts))
 
     @staticmethod
-    def key(sha256: str, n_ctx: int, n_batch: int) -> str:
+    def key(sha256: str, n_ctx: int, n_batch: int, mmap: bool = False) -> str:
         """Calibration key: the file and the settings that change its footprint."""
-        return f"{sha256[:16]}:{n_ctx}:{n_batch}"
+        return f"{sha256[:16]}:{n_ctx}:{n_batch}" + (":mmap" if mmap else "")
 
     def _load(self) -> dict[str, int]:
         if self._calibration is None:

@@ -171,3 +171,32 @@ def test_checked_facts_walk_each_file_once_and_never_trust_the_cache(tmp_path, m
     with pytest.raises(CorruptModelError, match="bad.gguf"):
         store.checked_facts("22" * 32, bad)
     assert not (tmp_path / "footprint" / f"{'22' * 32}.json").exists()  # nothing cached for a refused file
+
+
+PSS_OF_LOAD = """
+import sys, psutil
+from swarm_edge.workers.gguf import GGUFBackend
+b = GGUFBackend(sys.argv[1], options={"n_ctx": 512, "n_batch": 64, "threads": 1, "mmap": sys.argv[2] == "1"})
+print(psutil.Process().memory_full_info().pss)
+"""
+
+
+def test_reading_the_weights_drops_the_mapped_copy_of_repacked_tensors(model_files):
+    """Real llama.cpp on the real Qwen 0.5B (Q4_K, repacked on x86): read without mmap (the default), the worker
+    holds one copy of the repacked weights; mapped, the originals stay resident too. The formula follows."""
+    import subprocess
+    import sys
+
+    path = model_files["qwen2.5-coder-0.5b"]["model"]
+    facts = gguf_facts(path)
+    pss = {}
+    for mmap in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", PSS_OF_LOAD, str(path), mmap], capture_output=True, text=True,
+                             timeout=300, check=True)
+        pss[mmap] = int(out.stdout.split()[-1])
+    saved = pss["1"] - pss["0"]
+    assert saved > 0.8 * facts["repacked_bytes"], (pss, facts["repacked_bytes"])
+    read, mapped = gguf_formula(facts, 512, 64), gguf_formula(facts, 512, 64, mmap=True)
+    assert read["repacked"] == 0 and mapped["repacked"] == facts["repacked_bytes"]
+    for mmap, parts in (("0", read), ("1", mapped)):  # each estimate stays an upper bound on the real load
+        assert pss[mmap] <= sum(parts.values()), (mmap, pss[mmap], parts)

@@ -40,7 +40,8 @@ class GGUFBackend:
             # ImmutableSandboxedEnvironment (the fix for CVE-2024-34359); we never pass a template of our own.
             self.llm = Llama(model_path=model_path, n_ctx=int(options.get("n_ctx", 2048)),
                              n_batch=int(options.get("n_batch", 512)), n_threads=threads,
-                             n_threads_batch=threads, seed=int(options.get("seed", 0)), verbose=False)
+                             n_threads_batch=threads, seed=int(options.get("seed", 0)),
+                             use_mmap=bool(options.get("mmap", False)), verbose=False)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from exc
         self._stack.callback(self.llm.close)
