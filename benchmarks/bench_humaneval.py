@@ -7,7 +7,8 @@ is appended to the prompt as a completion. The program, the problem's `check` an
 sandboxed (swarm_edge/sandbox.py: own network namespace, CPU/memory/file limits, 10 s).
 
 Configurations: a model id (that model alone, no system prompt: what a one-model runtime gives) or `auto`
-(the router and the code route's model and prompt: what swarm-edge gives). Greedy, 2 threads, max_tokens 512,
+(the router and the code route's model and prompt: what swarm-edge gives), or `auto:PATH` (auto with another
+models.yaml, to compare route settings on dev). Greedy, 2 threads, max_tokens 512,
 cache_prompt false (each answer evaluated afresh: reproducible on one machine).
 
 Rerun:  .venv/bin/python benchmarks/bench_humaneval.py --split dev [--configs auto qwen2.5-coder-1.5b ...]
@@ -26,6 +27,7 @@ import re
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import evalsets
 from results_io import RESULTS, write_results
@@ -67,6 +69,9 @@ async def run_config(config: str, problems: list[dict]) -> list[dict]:
     from swarm_edge.registry import load_registry
 
     registry = load_registry(DEFAULT_CONFIG)
+    model_id = config
+    if config.startswith("auto:"):  # auto with another models.yaml: compare route settings (on dev)
+        registry, model_id = load_registry(Path(config.split(":", 1)[1])), "auto"
     engine = Engine(registry, Settings.load(threads=2), budget="6GiB", spare=False, fetch=False)
     await engine.start()
     out = []
@@ -74,7 +79,7 @@ async def run_config(config: str, problems: list[dict]) -> list[dict]:
         for p in problems:
             t0 = time.perf_counter()
             try:
-                answer = await orchestrator.ask_async(request_text(p), engine, model_id=config, decompose=False,
+                answer = await orchestrator.ask_async(request_text(p), engine, model_id=model_id, decompose=False,
                                                       max_tokens=512, temperature=0.0, cache_prompt=False)
                 text, models, err = answer.text, [s["model"] for s in answer.steps], None
             except Exception as exc:  # noqa: BLE001 - a failed answer fails the problem; say why
