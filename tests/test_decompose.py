@@ -18,7 +18,8 @@ import evalsets  # noqa: E402
 
 # FAKE router: the task of a piece is looked up by the first of these words it contains; sure when found,
 # unsure (0.3) otherwise. It stands in for the trained head so the rules can be checked one by one.
-_WORDS = {"translate": "translate", "traduis": "translate", "summarize": "summarize", "extract": "extract",
+_WORDS = {"translate": "translate", "traduis": "translate", "summarize": "summarize", "tldr": "summarize",
+          "extract": "extract",
           "add": "math", "calculate": "math", "calcule": "math", "how": "math", "classify": "classify",
           "urgent": "classify",
           "rewrite": "rewrite", "write": "code", "explain": "chat", "what": "chat", "pull": "extract"}
@@ -45,6 +46,50 @@ def read(text: str) -> decompose.Reading:
 ])
 def test_single_requests_are_not_split(text):
     assert read(text).subtasks == []
+
+
+@pytest.mark.parametrize("text", [
+    "Write a function that computes the interest for any principal, rate and number of years.",  # "rate": a noun
+    "Summarize the article below in two sentences.\n\nThe council met on Monday. Then it voted. Also, it "
+    "adjourned.\n\nThe next meeting is in May.",                                  # paragraphs of prose after it
+    "1) start with 120 2) take away 25% 3) divide by 3 - what do I end up with?",   # a follow-up, not a topic
+])
+def test_more_single_requests_are_not_split(text):
+    assert read(text).subtasks == []
+
+
+def test_a_list_of_instructions_keeps_its_inline_material():
+    r = read("1. Calculate these prices in EUR at 0.92: $25, $40\n2. Rewrite the description below\n"
+             "3. Summarize the reviews\n\nDescription: a bag.\n\nReviews: 'great'")
+    assert r.tasks == ["math", "rewrite", "summarize"]
+    assert r.material.startswith("Description: a bag.")
+
+
+def test_a_colon_after_connectives_is_no_material_label():
+    assert read("Rewrite this more politely: 'send it now'. Also: what is a haiku?").tasks == ["rewrite", "chat"]
+
+
+def test_an_instruction_after_the_material():
+    r = read("Rewrite this so it is friendlier:\n\n'Send the file.'\n\nand then translate it into French.")
+    assert r.tasks == ["rewrite", "translate"]
+    assert r.material == "'Send the file.'"
+
+
+def test_done_first_when_asked_first():
+    r = read("extract all the amounts in this invoice - translate it into english first tho\n\nRechnung: 20 EUR")
+    assert r.tasks == ["translate", "extract"]
+    assert r.subtasks[1]["uses_previous"]  # the extraction works on the translation
+    assert read("Write code for it - but before that, calculate 3 + 4.").tasks == ["math", "code"]
+
+
+def test_an_unsure_question_goes_to_the_generalist():
+    # FAKE router: "palindrome" is in no word list, so that piece is unsure (0.3); as a question it is kept,
+    # as the generalist's step, instead of merging into its neighbour
+    assert read("Is a palindrome a word? Then write is_palindrome(s).").tasks == ["chat", "code"]
+
+
+def test_tldr_is_one_word():
+    assert read("tl;dr this thread, and also extract every date").tasks == ["summarize", "extract"]
 
 
 def test_numbered_steps_with_pasted_material():
@@ -112,6 +157,6 @@ def test_frozen_test_split_with_the_real_router(model_files, tmp_path):
     split = [i["id"] for i in single if decompose.read(i["prompt"], route,
                                                        min_confidence=spec.split_confidence).subtasks]
     print(f"\ndecomposition, frozen test split: {right}/{len(compound)} plans right, {len(split)} false splits")
-    # benchmarks/results/decompose.md measured 22/34 and 1 false split here (dev: 36/38, 0/54): short of the
+    # benchmarks/results/decompose.md measured 58/96 and 7 false splits here (dev 85/106, 0/110): short of the
     # issue's 0.90 and 0. These floors catch a regression; they are not the goal.
-    assert right / len(compound) >= 0.6 and len(split) <= 1
+    assert right / len(compound) >= 0.6 and len(split) <= 7
