@@ -533,7 +533,8 @@ def test_slow_clients_do_not_starve_the_others(serve):
             assert time.monotonic() - t0 < 2
             r = _ask(d, "smollm2-135m")
             assert r.status_code == 200 and time.monotonic() - t0 < 30, r.text
-        assert not any("answer" in v for v in seen.values()), seen  # none of them finished a request
+        # none of them got a response (b"": the server hung up on it, e.g. at its header timeout on a slow run)
+        assert not any(v.get("answer") for v in seen.values()), seen
     finally:
         stop.set()
     _settled(d)
