@@ -70,6 +70,13 @@ _FILLERS = re.compile(
     r"can you|could you|would you|will you|can u|could u|i want you to|i need you to|i'd like you to|"
     r"help me|i want to|i need to|i'd like to|let's)\b[\s,:]*)+", re.I)
 
+
+
+def _bare(piece: str) -> str:
+    """The piece without its numbering ("2)", "-") and leading fillers ("then", "can you")."""
+    return _FILLERS.sub("", _NUMBERING.sub("", piece))
+
+
 # imperative verbs (base forms) and question openers that begin an instruction; English, German, French,
 # Spanish, Italian, Portuguese. Lowercase, compared with the piece's first word.
 _VERBS = set("""
@@ -159,7 +166,7 @@ should will your left over much many result results answer total range average m
 def _general(piece: str) -> bool:
     """A question of its own ("what's a palindrome?"), not a follow-up on a calculation ("what's the result?"),
     not a calculation ("what's 8!?")."""
-    rest = _FILLERS.sub("", _NUMBERING.sub("", piece))
+    rest = _bare(piece)
     words = set(re.findall(r"[^\W\d_]{4,}", _PH.sub("", rest).lower())) - _NOT_A_TOPIC
     return bool(_GENERAL.match(rest)) and bool(words) and not re.search(r"\d", _PH.sub("", rest))
 
@@ -235,7 +242,7 @@ def _starts_instruction(piece: str, sentence_start: bool = False) -> bool:
     ("I need a summary"), an auxiliary that opens a question ("Is it ...?"), or is a whole sentence that asks
     ("Ce message est-il formel ?")."""
     text = piece.strip()
-    rest = _FILLERS.sub("", _NUMBERING.sub("", text)).strip().lstrip("¿¡—–-« ").strip()
+    rest = _bare(text).strip().lstrip("¿¡—–-« ").strip()
     if sentence_start and text.endswith("?") and len(rest) > 1:
         return True
     if _OPENER.match(rest):
@@ -257,7 +264,7 @@ _TASK_NOUN = re.compile(r"^(?:(?:a|an|the|my|quick|short|brief|one-line|two-line
 
 
 def _lone_word(piece: str) -> bool:
-    rest = _FILLERS.sub("", _NUMBERING.sub("", piece.strip())).strip(" ,.;")
+    rest = _bare(piece.strip()).strip(" ,.;")
     return bool(rest) and " " not in rest
 
 
@@ -339,7 +346,7 @@ def read(text: str, route: Callable[[str], tuple[str, float]], *, min_confidence
         return reading
     subtasks = []
     for i, p in enumerate(runs):
-        own = _FILLERS.sub("", _NUMBERING.sub("", p.text)).strip(" ,;")
+        own = _bare(p.text).strip(" ,;")
         own = own[:1].upper() + own[1:]
         has_quote = any(q in p.text for q in quotes)
         uses_previous = i in moved or (i > 0 and not has_quote and bool(_BACKREF.search(_PH.sub("", own))))

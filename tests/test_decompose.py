@@ -65,8 +65,16 @@ def test_a_list_of_instructions_keeps_its_inline_material():
     assert r.material.startswith("Description: a bag.")
 
 
-def test_a_colon_after_connectives_is_no_material_label():
-    assert read("Rewrite this more politely: 'send it now'. Also: what is a haiku?").tasks == ["rewrite", "chat"]
+@pytest.mark.parametrize("text, tasks", [
+    # a colon after connectives is no material label
+    ("Rewrite this more politely: 'send it now'. Also: what is a haiku?", ["rewrite", "chat"]),
+    # an unsure question goes to the generalist: FAKE router, "palindrome" is in no word list, so that piece is
+    # unsure (0.3); as a question it is kept, as the generalist's step, instead of merging into its neighbour
+    ("Is a palindrome a word? Then write is_palindrome(s).", ["chat", "code"]),
+    ("tl;dr this thread, and also extract every date", ["summarize", "extract"]),  # tl;dr is one word
+])
+def test_reads_as(text, tasks):
+    assert read(text).tasks == tasks
 
 
 def test_an_instruction_after_the_material():
@@ -80,16 +88,6 @@ def test_done_first_when_asked_first():
     assert r.tasks == ["translate", "extract"]
     assert r.subtasks[1]["uses_previous"]  # the extraction works on the translation
     assert read("Write code for it - but before that, calculate 3 + 4.").tasks == ["math", "code"]
-
-
-def test_an_unsure_question_goes_to_the_generalist():
-    # FAKE router: "palindrome" is in no word list, so that piece is unsure (0.3); as a question it is kept,
-    # as the generalist's step, instead of merging into its neighbour
-    assert read("Is a palindrome a word? Then write is_palindrome(s).").tasks == ["chat", "code"]
-
-
-def test_tldr_is_one_word():
-    assert read("tl;dr this thread, and also extract every date").tasks == ["summarize", "extract"]
 
 
 def test_numbered_steps_with_pasted_material():
