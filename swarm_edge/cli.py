@@ -445,6 +445,9 @@ def tune(
     dev_only: bool = typer.Option(False, "--dev-only", help="Measure the dev split only (about half the time); "
                                   "the test split is measured by a later run without this flag (cached answers "
                                   "are reused)."),
+    per_task: bool = typer.Option(False, "--per-task", help="Choose each task's route alone; by default a model "
+                                  "is dropped where every task it serves has an option within --epsilon without it "
+                                  "(one model less resident)."),
     budget: Optional[str] = BudgetOpt,
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,
@@ -455,7 +458,8 @@ def tune(
     routes are chosen on dev only, and both splits are reported (test shows what to expect on requests
     the choice never saw). Per task: a model that is no more accurate than a faster one gets no route;
     the route is the fastest option (a model alone, or a cascade with its log-prob threshold fitted on dev;
-    with or without the route's system prompt or tool) within --epsilon examples of the best. Answers are
+    with or without the route's system prompt or tool) within --epsilon examples of the best. Then a model
+    is dropped where every task it serves has such an option without it (--per-task keeps it). Answers are
     cached in SWARM_EDGE_HOME/cache/tune.jsonl: an interrupted run resumes, a re-run is instant.
     Loads are not counted in latency. Never downloads: fetch the models first.
     """
@@ -489,7 +493,10 @@ def tune(
         bar.close()
         decisions = {t: tuning.decide(records, t, chosen, epsilon=epsilon)
                      for t in tasks if any(r["task"] == t for r in records)}
+        sizes = {m: sum(f.size for f in registry.get(m).files) for m in chosen}
+        dropped = {} if per_task else tuning.consolidate(decisions, sizes, epsilon=epsilon)
         lines, summary = tuning.report(decisions, records, chosen)
+        summary["left_the_swarm"] = dropped
         if write:
             tuning.write_config(settings.config_path, write, decisions, registry)
     except SwarmEdgeError as exc:
@@ -500,6 +507,8 @@ def tune(
         typer.echo("\n".join(lines))
         for d in decisions.values():
             typer.echo(f"{d.task}: {d.why}" + "".join(f"\n  no route: {k}: {v}" for k, v in d.dominated.items()))
+        for m, why in dropped.items():
+            typer.echo(f"left the swarm: {m}: {why}")
     if write:
         typer.echo(f"wrote {write}", err=True)
 

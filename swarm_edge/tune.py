@@ -22,6 +22,12 @@ The rule, per task (decide()), on dev only; latency excludes model loads:
 4. The route is the fastest option whose dev accuracy is within `epsilon` examples of the best option's;
    ties go to the plain request (a system prompt or tool stays only where it measurably helps), then to
    fewer models.
+
+Then across tasks (consolidate()): every model a route names stays resident once used, and peak memory is
+the sum of the resident models. A model that only some routes name is dropped when each of those tasks has
+an option (rule 3's, or a model alone that rule 2 ruled out for being slower) within `epsilon` of that task's
+best that uses only models the other routes keep; the task then takes the fastest such option. Models are tried largest file first; a
+dropped model costs those tasks some latency and, within epsilon, no accuracy.
 """
 
 from __future__ import annotations
@@ -275,6 +281,7 @@ class Decision:
     options: list[Option] = field(default_factory=list)
     dominated: dict[str, str] = field(default_factory=dict)
     why: str = ""
+    alone: list[Option] = field(default_factory=list)  # every model alone, each way, dominated ones too
 
 
 def _by(records: list[dict], split: str) -> dict[tuple[str, str], dict[str, dict]]:
@@ -318,6 +325,7 @@ def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 
     order = ["plain", "system", "calculator"]
     options: list[Option] = []
     dominated: dict[str, str] = {}
+    every: list[Option] = []
     for v in sorted({v for _, v in table}, key=lambda v: order.index(v) if v in order else len(order)):
         single = {}
         for m in models:
@@ -325,6 +333,7 @@ def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 
                 o = Option([m], v, n=len(ids))
                 o.correct, o.latency_s = simulate(o, table, ids)
                 single[m] = o
+        every += single.values()
         for m, o in single.items():  # rule 2: worse and no faster than another model, asked the same way
             for other, q in single.items():
                 if other != m and q.correct >= o.correct and q.latency_s <= o.latency_s and \
@@ -351,7 +360,34 @@ def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 
                  key=lambda o: (round(o.latency_s, 3), -o.correct, o.variant != "plain", len(o.models)))
     why = (f"the fastest option within {epsilon} dev example(s) of the best ({top}/{len(ids)}): "
            f"{chosen.label()}, {chosen.correct}/{len(ids)} at {chosen.latency_s:.2f} s")
-    return Decision(task, chosen, options, dominated, why)
+    return Decision(task, chosen, options, dominated, why, every)
+
+
+def consolidate(decisions: dict[str, Decision], sizes: dict[str, int], *, epsilon: int = 1) -> dict[str, str]:
+    """Drop models from the route table where the rule allows it (module docstring); changes `decisions` in
+    place and returns {dropped model: why}. `sizes`: each model's file size in bytes (the larger goes first)."""
+    dropped: dict[str, str] = {}
+    for model in sorted({m for d in decisions.values() for m in d.chosen.models}, key=lambda m: -sizes.get(m, 0)):
+        users = [d for d in decisions.values() if model in d.chosen.models]
+        kept = {m for d in decisions.values() if d not in users for m in d.chosen.models}
+        if not kept:
+            continue  # the only model of the table: nothing to share with
+        swaps = {}
+        for d in users:
+            top = max(o.correct for o in d.options)
+            fits = [o for o in d.options + d.alone if o.correct >= top - epsilon and set(o.models) <= kept]
+            if not fits:
+                break
+            swaps[d.task] = min(fits, key=lambda o: (round(o.latency_s, 3), -o.correct, o.variant != "plain"))
+        else:
+            for d in users:
+                was, d.chosen = d.chosen, swaps[d.task]
+                d.why = (f"{d.why}; then {model} left the swarm (the other routes keep "
+                         f"{', '.join(sorted(kept))} resident), so {d.chosen.label()}, {d.chosen.correct}/"
+                         f"{d.chosen.n} at {d.chosen.latency_s:.2f} s (was {was.correct} at {was.latency_s:.2f} s)")
+            dropped[model] = (f"only {', '.join(d.task for d in users)} named it, and each has an option within "
+                              f"{epsilon} dev example(s) of its best without it")
+    return dropped
 
 
 def evaluate(decision: Decision, records: list[dict], split: str) -> tuple[int, int, float]:

@@ -121,3 +121,27 @@ def test_a_flagged_answer_is_never_kept_by_a_cascade():
     rs[0]["flags"], rs[0]["ok"] = ["extracted value not in the text: 'x'"], False
     opt = tune.Option(["small", "big"], "plain", "cascade", -0.5, n=2)
     assert tune.simulate(opt, tune._by(rs, "dev"), ["e0", "e1"]) == (2, pytest.approx((2 * 1.0 + 3.0) / 2))
+
+
+def test_a_model_only_one_task_needs_leaves_when_a_kept_model_is_within_epsilon_there():
+    # FAKE records: "small" wins task a by speed only (equal accuracy); "big" is needed by task b anyway
+    rs = [dict(r, task="a") for r in records({("small", "plain"): [(True, 1.0, None)] * 9 + [(False, 1.0, None)],
+                                              ("big", "plain"): [(True, 3.0, None)] * 9 + [(False, 3.0, None)]})]
+    rs += [dict(r, task="b") for r in records({("small", "plain"): [(True, 1.0, None)] * 5 + [(False, 1.0, None)] * 5,
+                                               ("big", "plain"): [(True, 3.0, None)] * 10})]
+    decisions = {t: tune.decide(rs, t, ["small", "big"], epsilon=1) for t in ("a", "b")}
+    assert decisions["a"].chosen.models == ["small"] and decisions["b"].chosen.models == ["big"]
+    dropped = tune.consolidate(decisions, {"small": 400, "big": 1000}, epsilon=1)
+    assert list(dropped) == ["small"] and decisions["a"].chosen.models == ["big"]
+    assert "small left the swarm" in decisions["a"].why
+
+
+def test_a_model_stays_where_dropping_it_costs_more_than_epsilon():
+    # FAKE records: without "small", task a would fall from 10/10 to 7/10
+    rs = [dict(r, task="a") for r in records({("small", "plain"): [(True, 1.0, None)] * 10,
+                                              ("big", "plain"): [(True, 3.0, None)] * 7 + [(False, 3.0, None)] * 3})]
+    rs += [dict(r, task="b") for r in records({("small", "plain"): [(False, 1.0, None)] * 10,
+                                               ("big", "plain"): [(True, 3.0, None)] * 10})]
+    decisions = {t: tune.decide(rs, t, ["small", "big"], epsilon=1) for t in ("a", "b")}
+    assert tune.consolidate(decisions, {"small": 400, "big": 1000}, epsilon=1) == {}
+    assert decisions["a"].chosen.models == ["small"] and decisions["b"].chosen.models == ["big"]
