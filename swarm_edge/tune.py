@@ -26,8 +26,8 @@ The rule, per task (decide()), on dev only; latency excludes model loads:
 Then across tasks (consolidate()): every model a route names stays resident once used, and peak memory is
 the sum of the resident models. A model that only some routes name is dropped when each of those tasks has
 an option (rule 3's, or a model alone that rule 2 ruled out for being slower) within `epsilon` of that task's
-best that uses only models the other routes keep; the task then takes the fastest such option. Models are tried largest file first; a
-dropped model costs those tasks some latency and, within epsilon, no accuracy.
+best that uses only models the other routes keep; the task then takes the fastest such option. Models are
+tried largest file first; a dropped model costs those tasks some latency and, within epsilon, no accuracy.
 """
 
 from __future__ import annotations
