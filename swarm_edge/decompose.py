@@ -71,7 +71,6 @@ _FILLERS = re.compile(
     r"help me|i want to|i need to|i'd like to|let's)\b[\s,:]*)+", re.I)
 
 
-
 def _bare(piece: str) -> str:
     """The piece without its numbering ("2)", "-") and leading fillers ("then", "can you")."""
     return _FILLERS.sub("", _NUMBERING.sub("", piece))

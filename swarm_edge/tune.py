@@ -316,6 +316,11 @@ def simulate(option: Option, table: dict[tuple[str, str], dict[str, dict]], ids:
     return correct, total / max(1, len(ids))
 
 
+def _preferred(o: Option) -> tuple:
+    """Rule 4's order among options within epsilon: faster, then more right, then plain, then fewer models."""
+    return round(o.latency_s, 3), -o.correct, o.variant != "plain", len(o.models)
+
+
 def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 1) -> Decision:
     """The route for `task` by the rule in the module docstring, from dev records only."""
     table = _by([r for r in records if r["task"] == task], "dev")
@@ -356,8 +361,7 @@ def decide(records: list[dict], task: str, models: list[str], *, epsilon: int = 
                     options.append(best)
     top = max(o.correct for o in options)
     # rule 4; ties: the plain request, then fewer models
-    chosen = min((o for o in options if o.correct >= top - epsilon),
-                 key=lambda o: (round(o.latency_s, 3), -o.correct, o.variant != "plain", len(o.models)))
+    chosen = min((o for o in options if o.correct >= top - epsilon), key=_preferred)
     why = (f"the fastest option within {epsilon} dev example(s) of the best ({top}/{len(ids)}): "
            f"{chosen.label()}, {chosen.correct}/{len(ids)} at {chosen.latency_s:.2f} s")
     return Decision(task, chosen, options, dominated, why, every)
@@ -369,7 +373,7 @@ def consolidate(decisions: dict[str, Decision], sizes: dict[str, int], *, epsilo
     dropped: dict[str, str] = {}
     for model in sorted({m for d in decisions.values() for m in d.chosen.models}, key=lambda m: -sizes.get(m, 0)):
         users = [d for d in decisions.values() if model in d.chosen.models]
-        kept = {m for d in decisions.values() if d not in users for m in d.chosen.models}
+        kept = {m for d in decisions.values() if model not in d.chosen.models for m in d.chosen.models}
         if not kept:
             continue  # the only model of the table: nothing to share with
         swaps = {}
@@ -378,7 +382,7 @@ def consolidate(decisions: dict[str, Decision], sizes: dict[str, int], *, epsilo
             fits = [o for o in d.options + d.alone if o.correct >= top - epsilon and set(o.models) <= kept]
             if not fits:
                 break
-            swaps[d.task] = min(fits, key=lambda o: (round(o.latency_s, 3), -o.correct, o.variant != "plain"))
+            swaps[d.task] = min(fits, key=_preferred)
         else:
             for d in users:
                 was, d.chosen = d.chosen, swaps[d.task]
