@@ -13,15 +13,18 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from swarm_edge.cloud import cloud_policy, make_client
 from swarm_edge.config import Settings, parse_size
 from swarm_edge.errors import ConfigError, ModelFileError
+from swarm_edge.events import Done, Token
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
+from swarm_edge.model_session import ModelSession
 from swarm_edge.registry import ModelSpec, Registry
-from swarm_edge.router import Router
+from swarm_edge.router import Route, Router
 from swarm_edge.scheduler import Scheduler
 from swarm_edge.sources import ensure_model, recheck
 from swarm_edge.workers import GenerateRequest, backend_options
@@ -271,22 +274,47 @@ class Engine:
         if worker.last_pss and self.store.calibrated(self._key(spec)):
             self.store.record(self._key(spec), worker.last_pss)  # real requests only ever raise the peak
 
+    @contextlib.asynccontextmanager
+    async def session(self, model_id: str, *, fetch: bool | None = None, progress_factory=None,
+                      compute: bool = True) -> AsyncIterator[ModelSession]:
+        """A model ready to use: files prepared (fetched if allowed), its worker leased (loaded within the budget
+        if needed), then a compute slot (none with `compute=False`: a preload). Released on every path."""
+        t0 = time.perf_counter()
+        await self.prepare(model_id, progress_factory, fetch=fetch)
+        t_files = time.perf_counter()
+        async with self.scheduler.lease(model_id) as worker, \
+                (self.compute() if compute else contextlib.nullcontext()):
+            yield ModelSession(model_id, worker, t0=t0, t_files=t_files, t_leased=time.perf_counter(),
+                               count_tokens=self.count_tokens)
+
     async def generate(self, model_id: str, request: GenerateRequest) -> AsyncIterator[dict]:
-        """Stream a generation from a model, loading it (within the budget) if needed."""
-        await self.prepare(model_id)
-        async with self.scheduler.lease(model_id) as worker, self.compute(), \
-                contextlib.aclosing(worker.generate(request)) as events:
+        """Stream a generation from a model as the worker's dict events (token..., done), loading it if needed."""
+        async with self.session(model_id) as session, contextlib.aclosing(session.generate(request)) as events:
             async for event in events:
-                yield event
+                if isinstance(event, Token):
+                    yield {"type": "token", "text": event.text}
+                elif isinstance(event, Done):
+                    yield {"type": "done", **asdict(event.result)}
 
     async def embed(self, model_id: str, texts: list[str]) -> list[list[float]]:
         """Embed texts with an embedding model."""
         spec = self.registry.get(model_id)
         if spec.kind != "embedding":
             raise ConfigError(f"{model_id} is not an embedding model")
-        await self.prepare(model_id)
-        async with self.scheduler.lease(model_id) as worker, self.compute():
-            return await worker.embed(texts)
+        async with self.session(model_id) as session:
+            return await session.embed(texts)
+
+    def resident(self) -> frozenset[str]:
+        """The models loaded and ready now."""
+        return frozenset(self.scheduler.ready())
+
+    def route(self, text: str, resident: frozenset[str] = frozenset()) -> Route:
+        """The router's choice for `text` (blocking: the embedding runs here)."""
+        return self.router.route(text, resident)
+
+    def named_tasks(self, text: str) -> list[str]:
+        """The tasks the keyword rules find named in `text`, in order."""
+        return self.router.keywords.named_tasks(text)
 
     async def start(self) -> None:
         """Start the forkserver, fork the spare worker, start the TTL sweeper."""

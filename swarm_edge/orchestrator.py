@@ -46,6 +46,7 @@ from swarm_edge.errors import (
     ModelLoadError,
     UnknownModelError,
 )
+from swarm_edge.events import Start, Token
 from swarm_edge.registry import ModelSpec, Registry
 from swarm_edge.router import Route, instruction_head
 from swarm_edge.workers import GenerateRequest
@@ -125,17 +126,12 @@ async def ask_async(prompt: str, engine: Engine, *, system: str | None = None,
 
 def route(engine: Engine, text: str) -> Route:
     """Which task and model `text` would go to, without generating (blocking: call from a thread)."""
-    return engine.router.route(text, _resident(engine))
-
-
-def _resident(engine: Engine) -> frozenset[str]:
-    return frozenset(m for m, r in engine.scheduler.residents.items() if r.state == "ready")
+    return engine.route(text, engine.resident())
 
 
 async def route_async(engine: Engine, text: str) -> Route:
     """`route` from async code: the embedding runs in a thread."""
-    resident = _resident(engine)
-    return await asyncio.to_thread(engine.router.route, text, resident)
+    return await asyncio.to_thread(engine.route, text, engine.resident())
 
 
 def _last_user_text(messages: list[dict[str, str]]) -> str:
@@ -167,39 +163,21 @@ class _Call:
 async def _call(engine: Engine, spec: ModelSpec, request: GenerateRequest, *, fetch=None,
                 progress_factory=None) -> AsyncIterator[dict[str, Any]]:
     """One model call: yields `leased`, then `token` events, then `result` with the _Call."""
-    t0 = time.perf_counter()
     if spec.kind == "embedding":
         raise ConfigError(f"{spec.id} is an embedding model; pick a model that generates text")
-    await engine.prepare(spec.id, progress_factory, fetch=fetch)  # once per engine; later: no thread hop
-    t_files = time.perf_counter()
     call = _Call(spec.id)
-    t_first = None
-    async with engine.scheduler.lease(spec.id) as worker, engine.compute():
-        t_leased = time.perf_counter()
-        waited = t_leased - t_files
-        load_s = min(waited, worker.info.get("spawn_to_ready_s") or 0.0) if worker.requests == 0 else 0.0
-        await worker.begin(request)  # the model reads the prompt while our caller prepares its response
-        try:
-            yield {"type": "leased", "model": spec.id}
-        except BaseException:
-            await worker.abandon()
-            raise
-        async with contextlib.aclosing(worker.generate(request, sent=True)) as events:
-            async for event in events:
-                if event["type"] == "token":
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                    call.chunks.append(event["text"])
-                    yield event
-                elif event["type"] == "done":
-                    call.done = event
-    t_end = time.perf_counter()
-    engine.count_tokens(spec.id, call.done.get("chunks", 0))
+    async with engine.session(spec.id, fetch=fetch, progress_factory=progress_factory) as session, \
+            contextlib.aclosing(session.generate(request)) as events:
+        async for event in events:
+            if isinstance(event, Start):
+                yield {"type": "leased", "model": spec.id}
+            elif isinstance(event, Token):
+                call.chunks.append(event.text)
+                yield {"type": "token", "text": event.text}
+            else:
+                call.done = {k: v for k, v in asdict(event.result).items() if v is not None}
     call.text = "".join(call.chunks)
-    call.timings = {"files_s": _r(t_files - t0), "queue_s": _r(waited - load_s), "load_s": _r(load_s),
-                    "ttft_s": _r(t_first - t0 if t_first else None), "model_ttft_s": _r(call.done.get("ttft_s")),
-                    "decode_tok_s": _r(call.done.get("decode_tok_s")),
-                    "generate_s": _r(t_end - t_leased), "total_s": _r(t_end - t0)}
+    call.timings = session.timings
     yield {"type": "result", "call": call}
 
 
@@ -390,7 +368,7 @@ async def read_request(engine: Engine, text: str) -> decompose.Reading:
     Each candidate piece is routed by the engine's router (the trained head, or the keyword rules without it).
     """
     def route_piece(piece: str) -> tuple[str, float]:
-        r = engine.router.route(piece)
+        r = engine.route(piece)
         return r.task, r.confidence
 
     spec = engine.registry.router
@@ -451,7 +429,7 @@ async def make_plan(engine: Engine, text: str, *, fetch=None, progress_factory=N
     # the reading of the request goes with it: the 0.5B planner alone mixed up summarize and translate
     # in 6 of 22 compound requests (benchmarks/bench_decompose.py, the old suite)
     if named is None:
-        named = engine.router.keywords.named_tasks(instruction)
+        named = engine.named_tasks(instruction)
     messages = [{"role": "system", "content": PLANNER_SYSTEM.format(tasks=", ".join(tasks))}, *PLANNER_EXAMPLE,
                 {"role": "user", "content": f"Request: {instruction}\n"
                                             f"Task types named in it, in order: {', '.join(named) or 'none found'}"}]
@@ -858,7 +836,6 @@ def _answer(text, call: _Call, top: Route, plan: str, steps: list[dict], t0, t_f
 
 async def embed(engine: Engine, texts: list[str], model_id: str | None = None) -> tuple[str, list[list[float]], dict]:
     """Vectors for texts from `model_id` (or the registry's first embedding model): (model, vectors, timings)."""
-    t0 = time.perf_counter()
     if model_id and model_id != AUTO:
         spec = engine.registry.get(model_id)
         if spec.kind != "embedding":
@@ -868,17 +845,10 @@ async def embed(engine: Engine, texts: list[str], model_id: str | None = None) -
         spec = next((m for m in engine.registry if m.kind == "embedding"), None)
         if spec is None:
             raise ConfigError(f"{engine.registry.path} declares no embedding model")
-    await engine.prepare(spec.id)
-    t_files = time.perf_counter()
-    async with engine.scheduler.lease(spec.id) as worker, engine.compute():
-        t_leased = time.perf_counter()
-        load_s = min(t_leased - t_files, worker.info.get("spawn_to_ready_s") or 0.0) if worker.requests == 0 else 0.0
-        vectors = await worker.embed(texts)
-        tokens = worker.last_embed_tokens
-    t_end = time.perf_counter()
-    return spec.id, vectors, {"files_s": _r(t_files - t0), "queue_s": _r(t_leased - t_files - load_s),
-                              "load_s": _r(load_s), "embed_s": _r(t_end - t_leased), "total_s": _r(t_end - t0),
-                              "tokens": tokens}
+    async with engine.session(spec.id) as session:
+        vectors = await session.embed(texts)
+    timings = session.timings
+    return spec.id, vectors, {k: timings[k] for k in ("files_s", "queue_s", "load_s", "embed_s", "total_s", "tokens")}
 
 
 def _r(x: float | None) -> float | None:

@@ -115,6 +115,10 @@ class Scheduler:
         """Bytes held now: the base (daemon + forkserver) plus every reservation, stopping ones included."""
         return self._measure_base() + sum(r.reserved for r in self.residents.values()) + sum(self._stopping.values())
 
+    def ready(self) -> list[str]:
+        """The models loaded and not being loaded or stopped."""
+        return [m for m, r in self.residents.items() if r.state == "ready"]
+
     def hint(self, upcoming: list[str]) -> None:
         """The models a plan will need next, in order: drives prefetch and furthest-future eviction."""
         self._future = list(upcoming)

@@ -720,9 +720,8 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None,
 
     async def ollama_load(model: str, key: str):
         spec = engine.registry.get(_ollama_name(model))
-        await engine.prepare(spec.id)
-        async with engine.scheduler.lease(spec.id):
-            pass
+        async with engine.session(spec.id, compute=False):
+            pass  # loaded (within the budget), and released at once: an idle resident until its TTL
         empty = {"role": "assistant", "content": ""} if key == "message" else ""
         return {"model": spec.id, "created_at": _now_rfc3339(), key: empty, "done": True, "done_reason": "load"}
 

@@ -7,7 +7,7 @@ worker process, with only a framed pipe between the caller and it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 
@@ -39,8 +39,30 @@ class LoadInfo:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class GenStats:
+    """A generation's closing figures: the worker's `done` event (gguf.py), or what the cloud reported."""
+
+    finish_reason: str = "stop"
+    chunks: int = 0                     # pieces of text produced (one per token on llama.cpp)
+    prompt_tokens: int | None = None
+    ttft_s: float | None = None         # the model's own time to first token
+    decode_tok_s: float | None = None
+    generate_s: float | None = None
+    mean_logprob: float | None = None   # measured only when the request asked for logprobs
+    min_logprob: float | None = None
+
+    @classmethod
+    def from_wire(cls, event: dict[str, Any]) -> GenStats:
+        """From the worker's done event (unknown keys are ignored)."""
+        return cls(**{f.name: event[f.name] for f in fields(cls) if event.get(f.name) is not None})
+
+
 class Backend(Protocol):
     """A loaded model. Not thread-safe: one call at a time per instance."""
+
+    info: LoadInfo                      # set by __init__
+    last_tokens: int | None             # tokens of the last embed() batch (None where the backend does not count)
 
     def __init__(self, model_path: str, *, options: dict[str, Any]) -> None:
         """Validate the files and load the model (options: n_ctx, n_batch, threads, tokenizer, ...)."""
@@ -51,5 +73,15 @@ class Backend(Protocol):
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One vector per text."""
 
+    def calibrate(self) -> None:
+        """Run a representative request once, so the worker's peak memory can be measured after load."""
+
     def close(self) -> None:
         """Free native resources; safe to call twice."""
+
+
+class EmbeddingBackend(Backend, Protocol):
+    """An embedding model the router also runs in-process (router.py)."""
+
+    def embed_with_prefix(self, text: str, prefix_chars: int) -> tuple[Any, Any]:
+        """The text's vector and that of its first `prefix_chars` characters, from one pass."""

@@ -18,6 +18,8 @@ from swarm_edge.workers.gguf_check import check_gguf
 class GGUFBackend:
     """One llama.cpp context over one GGUF file. Not thread-safe: llama.cpp contexts are not."""
 
+    last_tokens: int | None = None  # embed() does not count tokens here
+
     def __init__(self, model_path: str, *, options: dict[str, Any]) -> None:
         """Check the file's structure, then load it with llama.cpp."""
         t0 = time.perf_counter()

@@ -199,6 +199,8 @@ def _first_line(exc: BaseException) -> str:
 class ONNXBackend:
     """A sentence-embedding model (e.g. all-MiniLM-L6-v2) in onnxruntime."""
 
+    last_tokens: int | None = None  # tokens of the last embed() batch (padding excluded)
+
     def __init__(self, model_path: str, *, options: dict[str, Any]) -> None:
         """Load the tokenizer and the ONNX graph; options: tokenizer, threads, pooling, normalize, max_length,
         probe_timeout (seconds, PROBE_TIMEOUT_S by default)."""

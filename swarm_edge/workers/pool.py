@@ -133,7 +133,7 @@ def worker_main(conn) -> None:
         return
     info = {"pid": os.getpid(), "load_s": backend.info.load_s, "meta": _jsonable(backend.info.meta),
             "pss": _pss(), "calibration_pss": None}
-    if calibrate and hasattr(backend, "calibrate"):
+    if calibrate:
         backend.calibrate()
         info["calibration_pss"] = _pss()
     _send(conn, "ready", **info)
@@ -167,7 +167,7 @@ def _serve(conn, backend) -> None:
                     return
             elif kind == "embed":
                 vectors = backend.embed(msg["texts"])
-                tokens = getattr(backend, "last_tokens", None)
+                tokens = backend.last_tokens
                 for part in _slices(vectors):  # several frames: the daemon appends them in order
                     _send(conn, "result", vectors=part, tokens=tokens)
                 _send(conn, "end", pss=_pss(), cancelled=False)
