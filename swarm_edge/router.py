@@ -44,6 +44,12 @@ class Route:
         """The Route JSON."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Route:
+        """From the Route JSON (a daemon's answer); missing fields take their defaults."""
+        return cls(task=d.get("task") or "", model=d.get("model") or "", target=d.get("target") or "local",
+                   confidence=d.get("confidence") or 0.0, reason=d.get("reason") or "", scores=d.get("scores") or {})
+
 
 def _pattern(keyword: str) -> re.Pattern[str]:
     kw = re.escape(keyword.strip().lower())

@@ -44,6 +44,8 @@ from typing import Any, Callable
 
 from swarm_edge import checks, selfcheck
 from swarm_edge.errors import ConfigError
+from swarm_edge.orchestration.judge import keeps
+from swarm_edge.orchestration.request import echoes, material
 
 SALT = "swarm-edge/eval-split/v1:"   # the same split as benchmarks/evalsets.py
 METHOD = "tune-v1"                    # part of the cache key: change it when what is measured changes
@@ -220,7 +222,7 @@ async def measure(engine, examples: list[dict], models: list[str], *, cache: Cac
                                "variant": var.name}
                         rec["ok"], rec["note"] = checks.check(ex, rec["text"])  # the check may improve: re-run
                         # what a cascade's self-checks say of this answer (selfcheck.py; recomputed, not cached)
-                        rec["flags"] = selfcheck.problems(task, ex["prompt"], orchestrator._material(ex["prompt"]),
+                        rec["flags"] = selfcheck.problems(task, ex["prompt"], material(ex["prompt"]),
                                                           rec["text"])
                         records.append(rec)
                         if on_record:
@@ -244,7 +246,7 @@ async def _answer(orchestrator, engine, ex: dict, task: str, max_tokens: int | N
     last = answer.steps[-1] if answer.steps else {}
     decisive = answer.steps[0] if answer.steps else {}
     return {"text": answer.text, "error": None, "latency_s": round(latency, 4),
-            "sure": decisive.get("mean_logprob"), "echo": orchestrator._echoes(answer.text, messages),
+            "sure": decisive.get("mean_logprob"), "echo": echoes(answer.text, messages),
             "tokens": sum(s.get("tokens", 0) for s in answer.steps),
             "wrote_expression": decisive.get("expression") is not None if "expression" in decisive else None,
             "final_sure": last.get("mean_logprob")}
@@ -294,10 +296,10 @@ def _by(records: list[dict], split: str) -> dict[tuple[str, str], dict[str, dict
 
 
 def _accepted(r: dict, threshold: float) -> bool:
-    """Whether a cascade keeps the cheap model's answer (what orchestrator._solve does)."""
-    if r.get("echo") or r.get("flags") or r.get("wrote_expression") is False:
+    """Whether a cascade keeps the cheap model's answer (judge.keeps, which the cascades use)."""
+    if r.get("wrote_expression") is False:
         return False
-    return r.get("sure") is None or r["sure"] >= threshold
+    return keeps(r.get("sure"), threshold, echo=bool(r.get("echo")), flags=r.get("flags") or ())
 
 
 def simulate(option: Option, table: dict[tuple[str, str], dict[str, dict]], ids: list[str]) -> tuple[int, float]:

@@ -249,3 +249,13 @@ def test_escalation_route_keeps_the_scores():
                                                      scores={"chat": 0.2})})
     a = ask(rt, "q").answer
     assert a.route.scores == {"chat": 0.2} and a.route.target == "cloud" and a.route.model == "cloud:big-cloud"
+
+
+def test_model_cloud_with_the_cloud_down_is_the_cloud_error():
+    # the caller asked for the cloud by name: there is no device answer to fall back to (before this version the
+    # request fell through to routing with the cloud's name as its model and failed as an unknown model)
+    from swarm_edge.errors import CloudUnavailableError
+    rt = FakeRuntime(cloud=FakeCloud(fail_before=True))
+    with pytest.raises(CloudUnavailableError, match="scripted: the cloud is down"):
+        ask(rt, HELLO, model_id="cloud")
+    assert rt.records == []

@@ -1,0 +1,60 @@
+"""What the orchestrator needs from the machine it runs on. The Engine implements it; tests/fake/runtime.py
+implements it with scripted FAKE sessions, so the orchestration logic is tested without a model file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from swarm_edge.events import Done, Start, Token
+from swarm_edge.workers.base import GenerateRequest, GenStats
+
+if TYPE_CHECKING:
+    from swarm_edge.cloud import CloudConfig, CloudResult
+    from swarm_edge.registry import Registry
+    from swarm_edge.router import Route
+
+
+class ModelSession(Protocol):
+    """A leased model (swarm_edge.model_session.ModelSession)."""
+
+    model_id: str
+    timings: dict[str, Any]
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Start | Token | Done[GenStats]]: ...
+
+    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+class CloudPort(Protocol):
+    """The cloud client (swarm_edge.cloud.CloudClient)."""
+
+    config: CloudConfig
+
+    def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None,
+                    temperature: float, top_p: float, stop: list[str], seed: int | None,
+                    result: CloudResult) -> AsyncIterator[str]: ...
+
+
+class Runtime(Protocol):
+    """The engine as the orchestrator sees it."""
+
+    registry: Registry
+    offline: bool
+    cloud: CloudPort | None
+    cloud_policy: CloudConfig | None    # when to escalate (also offline: so a trace can say what stayed)
+
+    def session(self, model_id: str, *, fetch: bool | None = None, progress_factory: Any = None,
+                compute: bool = True) -> AbstractAsyncContextManager[ModelSession]: ...
+
+    def route(self, text: str, resident: frozenset[str] = frozenset()) -> Route: ...
+
+    def named_tasks(self, text: str) -> list[str]: ...
+
+    def resident(self) -> frozenset[str]: ...
+
+    def hint(self, upcoming: list[str]) -> None: ...
+
+
+__all__ = ["CloudPort", "ModelSession", "Runtime"]
