@@ -343,6 +343,12 @@ class Engine:
                 out[spec.id] = {"estimate": None, "error": str(exc).splitlines()[0]}
         return out
 
+    def describe(self) -> dict[str, Any]:
+        """What status pages and /metrics read: the scheduler's snapshot, tokens generated per model, the cloud
+        client's view (None without one) and the idle TTL."""
+        return {"scheduler": self.scheduler.snapshot(), "tokens": dict(self.tokens),
+                "idle_ttl": self.scheduler.idle_ttl, "cloud": self.cloud.describe() if self.cloud is not None else None}
+
     def status(self) -> dict[str, Any]:
         """Budget, residents with their PSS, queue and counters."""
         snap = self.scheduler.snapshot()

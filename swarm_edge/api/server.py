@@ -222,7 +222,7 @@ def _protocol_class(metrics, send_timeout: float):
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
-    from swarm_edge.api.app import UNIX_PEER_CHECKED
+    from swarm_edge.api.middleware import UNIX_PEER_CHECKED
 
     allowed = frozenset({os.getuid(), 0})
     timed = hasattr(Base, "on_headers_complete")
@@ -358,9 +358,9 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
                 f"{len(engine.registry)} models, {'offline' if engine.settings.offline else 'fetching when needed'})")
 
         descriptors = _raise_descriptor_limit()
-        app = create_app(engine, token=token, on_ready=ready, request_timeout=request_timeout)
         # past this many open connections a request gets our 503 (JSON, Retry-After) from the Guard at once
-        app.state.metrics.max_connections = max(64, min(MAX_CONNECTIONS, descriptors - 256))
+        app = create_app(engine, token=token, on_ready=ready, request_timeout=request_timeout,
+                         max_connections=max(64, min(MAX_CONNECTIONS, descriptors - 256)))
         config = uvicorn.Config(app, http=_protocol_class(app.state.metrics, send_timeout), loop="auto", lifespan="on",
                                 log_level=log_level,
                                 access_log=False, timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=30,

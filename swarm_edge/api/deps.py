@@ -1,0 +1,36 @@
+"""What handlers read from the app: the engine, the counters, the request deadline (all on `app.state`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+
+from swarm_edge import orchestrator
+from swarm_edge.api.metrics import Metrics
+
+if TYPE_CHECKING:
+    from swarm_edge.engine import Engine
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def metrics_of(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def deadline_of(request: Request) -> float | None:
+    """When a generation arriving now must be done (event-loop time), or None without a request timeout."""
+    timeout = request.app.state.request_timeout
+    return None if not timeout else asyncio.get_running_loop().time() + timeout
+
+
+def generation(request: Request, **kw: Any):
+    """The orchestrator's stream for this request's engine."""
+    return orchestrator.stream(engine_of(request), **kw)
+
+
+__all__ = ["deadline_of", "engine_of", "generation", "metrics_of"]
