@@ -24,7 +24,7 @@ from swarm_edge.events import Done, Token
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
 from swarm_edge.model_session import ModelSession
 from swarm_edge.registry import ModelSpec, Registry
-from swarm_edge.router import Route, Router
+from swarm_edge.router import Route, local_router
 from swarm_edge.scheduler import Scheduler
 from swarm_edge.sources import ensure_model, recheck
 from swarm_edge.workers import GenerateRequest, backend_options
@@ -86,8 +86,7 @@ class Engine:
         self._files_lock: dict[str, threading.Lock] = {}   # files() runs in threads (start-up warm-up, requests)
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics
         # semantic routing in this process (router.py says why); the embedder is loaded on first use or warm-up
-        self.router = Router(registry, self._embedder_files, threads=1,
-                             cache_dir=settings.home / "cache")
+        self.router = local_router(registry, settings, self._embedder_files)
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
         self._base_seen: list[tuple[float, int]] = []

@@ -11,6 +11,7 @@ load instead of turning into pip options or a path outside the download director
 
 from __future__ import annotations
 
+import copy
 import re
 import reprlib
 import string
@@ -400,6 +401,12 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(self.models))
             raise UnknownModelError(f"unknown model {model_id!r}; models.yaml declares: {known}") from None
+
+    def with_route(self, task: str, route: RouteSpec) -> Registry:
+        """A copy whose route for `task` is `route` (this registry, which others may be reading, is unchanged)."""
+        other = copy.copy(self)
+        other.routes = {**self.routes, task: route}
+        return other
 
     def __iter__(self):
         return iter(self.models.values())

@@ -365,3 +365,15 @@ class Router:
         r = self.keywords.route(text)
         return Route(task=r.task, model=r.model, confidence=r.confidence,
                      reason=f"{r.reason} ({failed})" if failed else r.reason, scores=r.scores)
+
+
+def local_router(registry: Registry, settings, files=None) -> Router:
+    """The router of a process: its embedding model's files from `files` (model id -> verified files), else found
+    here without ever downloading them (without them the keyword rules decide, and the reason says so)."""
+    if files is None:
+        from swarm_edge.sources import ensure_model
+
+        def files(mid: str):
+            return ensure_model(settings, registry.get(mid), registry.base_dir, fetch=False)
+    return Router(registry, files, threads=1, cache_dir=settings.home / "cache")
+

@@ -336,8 +336,6 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
 
     from swarm_edge.api.app import create_app
 
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     address = parse_tcp(tcp) if tcp else None  # a bad --tcp is refused before anything is created
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(unix_listener(socket_path))]
