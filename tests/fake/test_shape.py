@@ -26,7 +26,6 @@ KNOWN_OVER: dict[str, int] = {
     "sources.py": 457,
     "workers/gguf.py:generate": 61,
     "workers/onnx.py": 416,
-    "workers/pool.py": 615,
 }
 
 
