@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm_edge import sources
+from swarm_edge import fetchers, sources
 from swarm_edge.errors import ChecksumError, FetchError, ModelFileError
 from swarm_edge.registry import parse_registry
 from swarm_edge.sources import ensure_model, file_status, verify_model
@@ -203,7 +203,7 @@ def test_disk_full_is_a_clear_error(tmp_path, settings, wheel_index, monkeypatch
     # Fake (labelled): shutil.disk_usage reports a nearly full disk; everything else is real.
     make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD)
     reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
-    monkeypatch.setattr(sources.shutil, "disk_usage", lambda p: FakeUsage(1000))
+    monkeypatch.setattr(fetchers.shutil, "disk_usage", lambda p: FakeUsage(1000))
     with pytest.raises(FetchError, match=r"not enough disk space.*needs [\d,]+ bytes .*, 1,000 free"):
         ensure_model(settings, reg.get("blob"), reg.base_dir)
     assert leftovers(settings) == []
@@ -215,7 +215,7 @@ def test_free_space_counts_the_wheel_beside_the_file(tmp_path, settings, wheel_i
     # Fake (labelled): shutil.disk_usage reports exactly one byte more than the file itself.
     make_wheel(wheel_index, "blob", "1.0", "blob/data.bin", PAYLOAD)
     reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
-    monkeypatch.setattr(sources.shutil, "disk_usage", lambda p: FakeUsage(len(PAYLOAD) + 1))
+    monkeypatch.setattr(fetchers.shutil, "disk_usage", lambda p: FakeUsage(len(PAYLOAD) + 1))
     with pytest.raises(FetchError, match=r"not enough disk space for blob.gguf: needs [\d,]+ bytes .*, 300,001 free"):
         ensure_model(settings, reg.get("blob"), reg.base_dir)
     assert leftovers(settings) == []
@@ -386,13 +386,13 @@ def test_disk_full_after_the_last_byte_still_gives_the_verified_file(tmp_path, s
     reg = registry_for(tmp_path, '          - pypi: {package: blob, version: "1.0", member: blob/data.bin}')
     s = disk_settings(settings, small_disk, tmp_path)
     if small_disk is None:  # Fake (labelled): creating the stamp's temp file fails as on a full disk
-        real_mkstemp = sources.tempfile.mkstemp
+        real_mkstemp = fetchers.tempfile.mkstemp
 
         def full_mkstemp(*a, **k):
             if k.get("suffix") == ".tmp":
                 raise OSError(28, "No space left on device")
             return real_mkstemp(*a, **k)
-        monkeypatch.setattr(sources.tempfile, "mkstemp", full_mkstemp)
+        monkeypatch.setattr(fetchers.tempfile, "mkstemp", full_mkstemp)
     written = [0]
 
     def after_the_last_byte(n):
@@ -615,7 +615,7 @@ def test_hf_free_space_is_checked_before_downloading(tmp_path, settings, fake_hu
     """Regression: free space was checked only after the Hub download (which itself needed the room)."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     # Fake (labelled): shutil.disk_usage reports one byte more than the file; everything else is real.
-    monkeypatch.setattr(sources.shutil, "disk_usage", lambda p: FakeUsage(len(PAYLOAD) + 1))
+    monkeypatch.setattr(fetchers.shutil, "disk_usage", lambda p: FakeUsage(len(PAYLOAD) + 1))
     FakeHub.files["/org/repo/resolve/main/blob.gguf"] = PAYLOAD
     reg = registry_for(tmp_path, "          - hf: {repo: org/repo, file: blob.gguf}")
     with pytest.raises(FetchError, match=r"not enough disk space for blob.gguf: needs [\d,]+ bytes .*300,001 free"):

@@ -23,7 +23,6 @@ KNOWN_OVER: dict[str, int] = {
     "cloud.py": 541,
     "cloud.py:_one": 89,
     "cloud.py:stream_chat": 71,
-    "sources.py": 457,
     "workers/gguf.py:generate": 61,
     "workers/onnx.py": 416,
 }
