@@ -24,7 +24,6 @@ KNOWN_OVER: dict[str, int] = {
     "cloud.py:_one": 89,
     "cloud.py:stream_chat": 71,
     "workers/gguf.py:generate": 61,
-    "workers/onnx.py": 416,
 }
 
 
