@@ -53,12 +53,10 @@ class GGUFBackend:
         self.info = LoadInfo(load_s=time.perf_counter() - t0,
                              meta={k: v for k, v in meta.items() if k != "chat_template"})
 
-    def generate(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
-        """Stream token events, then a done event with counts and timings."""
-        if self._closed:
-            raise InferenceError("model is closed")
-        common = dict(max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
-                      stop=request.stop or None, stream=True)
+    def _sampling(self, request: GenerateRequest) -> tuple[dict[str, Any], Any]:
+        """llama-cpp-python's keyword arguments for a request, and the log-prob meter when it asks for one."""
+        common: dict[str, Any] = dict(max_tokens=request.max_tokens, temperature=request.temperature,
+                                      top_p=request.top_p, stop=request.stop or None, stream=True)
         if request.seed is not None:
             common["seed"] = request.seed
         meter = _LogprobMeter() if request.logprobs else None
@@ -73,6 +71,13 @@ class GGUFBackend:
                 common["grammar"] = LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)
             except Exception as exc:  # the converter raises ValueError/KeyError/... for schemas it cannot express
                 raise InferenceError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+        return common, meter
+
+    def generate(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
+        """Stream token events, then a done event with counts and timings."""
+        if self._closed:
+            raise InferenceError("model is closed")
+        common, meter = self._sampling(request)
         if not request.cache_prompt:
             # n_tokens = 0: llama-cpp-python finds no cached prefix and evaluates the whole prompt in the same batch
             # shapes as on a fresh context, so greedy output no longer depends on what this context ran before
