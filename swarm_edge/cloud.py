@@ -22,117 +22,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import hashlib
 import json
 import os
 import random
-import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict
-
-from swarm_edge.config import is_loopback
-from swarm_edge.errors import CloudUnavailableError, ConfigError
+from swarm_edge.cloud_config import (  # noqa: F401  (re-exported: the configuration's public names)
+    KEY_ENV,
+    CloudConfig,
+    cloud_policy,
+    load_key,
+    make_undumpable,
+    wipe_from_environ_block,
+)
+from swarm_edge.cloud_wire import (  # noqa: F401  (retry_after_seconds, backoff_delay: re-exported)
+    MAX_JSON_ANSWER,
+    RETRY_STATUS,
+    _error_text,
+    _json_completion,
+    _read_capped,
+    _Retryable,
+    backoff_delay,
+    retry_after_seconds,
+)
+from swarm_edge.errors import CloudUnavailableError
 from swarm_edge.redact import Redactor
-from swarm_edge.registry import CloudSpec
-
-KEY_ENV = "SWARM_EDGE_CLOUD_API_KEY"
-RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-MAX_JSON_ANSWER = 8 << 20  # a non-streamed answer is read whole: bounded
-
-
-class CloudConfig(CloudSpec):
-    """A configured cloud: models.yaml's `cloud:` section (CloudSpec: timeouts, retries, breaker, when to
-    escalate) with the environment's URL and model applied, both required here."""
-
-    model_config = ConfigDict(frozen=True)
-    base_url: str
-    model: str
-
-    @classmethod
-    def resolve(cls, spec: CloudSpec | None, env: dict[str, str]) -> CloudConfig | None:
-        """The config from models.yaml's section (or None) and the environment; None when not configured."""
-        url = env.get("SWARM_EDGE_CLOUD_URL") or (spec.base_url if spec else None)
-        model = env.get("SWARM_EDGE_CLOUD_MODEL") or (spec.model if spec else None)
-        if spec is not None and not spec.enabled and not env.get("SWARM_EDGE_CLOUD_URL"):
-            return None
-        if not url and not model:
-            return None
-        if not url or not model:
-            missing = ("SWARM_EDGE_CLOUD_URL (or cloud.base_url)" if not url
-                       else "SWARM_EDGE_CLOUD_MODEL (or cloud.model)")
-            raise ConfigError(f"the cloud fallback is half configured: {missing} is not set")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"cloud base_url must start with http:// or https://, got {url!r}")
-        if url.startswith("http://") and not _loopback(_host_of(url)):
-            raise ConfigError(f"cloud base_url {url!r} is plain http:// to another machine: the API key and every "
-                              "prompt would cross the network in clear text; use https:// (http:// is allowed only "
-                              "for a server on this machine: 127.0.0.1, ::1 or localhost)")
-        return cls(**{**(spec.model_dump() if spec else {}), "base_url": url.rstrip("/"), "model": model})
-
-    @property
-    def host(self) -> str:
-        return _host_of(self.base_url)
-
-
-def _host_of(url: str) -> str:
-    """host[:port] of an http(s) URL, without any user:password@."""
-    return url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
-
-
-def _loopback(hostport: str) -> bool:
-    """Whether host[:port] names this machine."""
-    return is_loopback(hostport[1:].split("]", 1)[0] if hostport.startswith("[") else hostport.rsplit(":", 1)[0])
-
-
-def load_key(config: CloudConfig, env: dict[str, str]) -> str | None:
-    """The API key from a 0600 file of ours or from SWARM_EDGE_CLOUD_API_KEY (then removed from os.environ and
-    `env`, so that no child process inherits it). None: the endpoint needs no key (a local server)."""
-    key = env.pop(KEY_ENV, None)
-    os.environ.pop(KEY_ENV, None)
-    if config.api_key_file is not None:
-        path = Path(config.api_key_file).expanduser()
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise ConfigError(f"cloud api_key_file {path}: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"cloud api_key_file {path} must be a regular file of ours that only we can read "
-                                  f"(chmod 600 {path}); its mode is {stat.filemode(st.st_mode)}")
-            key = os.read(fd, 4096).decode("utf-8", "replace").strip() or None
-        finally:
-            os.close(fd)
-    if key is not None and (any(c.isspace() for c in key) or not key.isprintable()):
-        raise ConfigError("the cloud API key contains whitespace or control characters")
-    return key
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def backoff_delay(attempt: int, rng: Callable[[], float] = random.random, base: float = 0.5, cap: float = 8.0) -> float:
-    """Full-jitter exponential back-off before retry number `attempt` (0-based)."""
-    return rng() * min(cap, base * 2 ** attempt)
 
 
 class CircuitBreaker:
@@ -252,21 +171,7 @@ class CloudClient:
             self.outcomes["refused_open_circuit"] += 1
             raise
         redactor = Redactor()
-        # the gate is pure CPU (up to ~1 s per MiB of hostile text): off the event loop; redact_all also
-        # removes a secret split across two messages from both
-        contents = await asyncio.to_thread(redactor.redact_all, [m.get("content") or "" for m in messages])
-        sent_messages = [{"role": m.get("role", "user"), "content": c}
-                         for m, c in zip(messages, contents, strict=True)]
-        res.redacted = redactor.summary()
-        body: dict[str, Any] = {"model": self.config.model, "messages": sent_messages, "stream": True,
-                                "max_tokens": min(max_tokens or self.config.max_tokens, self.config.max_tokens),
-                                "temperature": temperature,
-                                "top_p": top_p}
-        if stop:
-            body["stop"] = [redactor.redact(s) for s in stop]
-        if seed is not None:
-            body["seed"] = seed
-        payload = json.dumps(body, ensure_ascii=False).encode()
+        payload = await self._payload(messages, redactor, res, max_tokens, temperature, top_p, stop, seed)
         try:
             audit = self._open_audit()
         except OSError as exc:
@@ -293,18 +198,39 @@ class CloudClient:
             self.outcomes["ok"] += 1
         finally:
             res.total_s = round(self.clock() - t0, 4)
-            if res.left_device:
-                entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reason": reason, "host": self.config.host,
-                         "model": self.config.model, "bytes_sent": res.bytes_sent,
-                         "request_sha256": hashlib.sha256(payload).hexdigest(), "redacted": res.redacted,
-                         "attempts": res.attempts, "statuses": res.statuses, "tokens": res.tokens,
-                         "outcome": self._scrub(outcome)[:300]}
-                try:
-                    audit.write(json.dumps(entry) + "\n")
-                    audit.flush()
-                except OSError:
-                    pass  # a full disk after the call: the call happened; the error is in the daemon log
-            audit.close()
+            self._audit(audit, res, reason, payload, outcome)
+
+    async def _payload(self, messages: list[dict[str, str]], redactor: Redactor, res: CloudResult,
+                       max_tokens: int | None, temperature: float, top_p: float, stop: list[str] | None,
+                       seed: int | None) -> bytes:
+        """The request body, through the privacy gate (pure CPU, up to ~1 s per MiB of hostile text: off the event
+        loop; redact_all also removes a secret split across two messages from both)."""
+        contents = await asyncio.to_thread(redactor.redact_all, [m.get("content") or "" for m in messages])
+        sent = [{"role": m.get("role", "user"), "content": c} for m, c in zip(messages, contents, strict=True)]
+        res.redacted = redactor.summary()
+        body: dict[str, Any] = {"model": self.config.model, "messages": sent, "stream": True,
+                                "max_tokens": min(max_tokens or self.config.max_tokens, self.config.max_tokens),
+                                "temperature": temperature, "top_p": top_p}
+        if stop:
+            body["stop"] = [redactor.redact(s) for s in stop]
+        if seed is not None:
+            body["seed"] = seed
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    def _audit(self, audit, res: CloudResult, reason: str, payload: bytes, outcome: str) -> None:
+        """One line per call that left the device; then the file is closed."""
+        if res.left_device:
+            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reason": reason, "host": self.config.host,
+                     "model": self.config.model, "bytes_sent": res.bytes_sent,
+                     "request_sha256": hashlib.sha256(payload).hexdigest(), "redacted": res.redacted,
+                     "attempts": res.attempts, "statuses": res.statuses, "tokens": res.tokens,
+                     "outcome": self._scrub(outcome)[:300]}
+            try:
+                audit.write(json.dumps(entry) + "\n")
+                audit.flush()
+            except OSError:
+                pass  # a full disk after the call: the call happened; the error is in the daemon log
+        audit.close()
 
     async def _attempts(self, payload: bytes, res: CloudResult, deadline: float, redactor: Redactor,
                         t0: float) -> AsyncIterator[str]:
@@ -333,41 +259,42 @@ class CloudClient:
                 raise CloudUnavailableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
         raise CloudUnavailableError(f"{last_error} (after {res.attempts} attempts)")
 
+    async def _within(self, aw, what: str, res: CloudResult, deadline: float):
+        """Await one step of an attempt within the total deadline; its failures become _Retryable."""
+        httpx2 = self._httpx
+        left = deadline - self.clock()
+        if left <= 0:
+            raise _Retryable(f"total deadline of {self.config.total_timeout_s:g} s passed ({what})")
+        try:
+            return await asyncio.wait_for(aw, left)
+        except asyncio.TimeoutError:
+            raise _Retryable(f"total deadline of {self.config.total_timeout_s:g} s passed ({what})") from None
+        except httpx2.ConnectError as exc:
+            raise _Retryable(f"cannot connect to {self.config.host}: {exc}") from None
+        except httpx2.ConnectTimeout:
+            raise _Retryable(f"connect timeout ({self.config.connect_timeout_s:g} s) to {self.config.host}") from None
+        except httpx2.ReadTimeout:
+            res.left_device = True
+            raise _Retryable(f"read timeout: nothing from {self.config.host} for "
+                             f"{self.config.read_timeout_s:g} s ({what})") from None
+        except (httpx2.ReadError, httpx2.RemoteProtocolError, httpx2.WriteError) as exc:
+            res.left_device = True
+            raise _Retryable(f"{type(exc).__name__} from {self.config.host}: {exc}") from None
+
     async def _one(self, payload: bytes, res: CloudResult, deadline: float, redactor: Redactor,
                    t0: float) -> AsyncIterator[str]:
-        httpx2 = self._httpx
-
-        async def within(aw, what: str):
-            left = deadline - self.clock()
-            if left <= 0:
-                raise _Retryable(f"total deadline of {self.config.total_timeout_s:g} s passed ({what})")
-            try:
-                return await asyncio.wait_for(aw, left)
-            except asyncio.TimeoutError:
-                raise _Retryable(f"total deadline of {self.config.total_timeout_s:g} s passed ({what})") from None
-            except httpx2.ConnectError as exc:
-                raise _Retryable(f"cannot connect to {self.config.host}: {exc}") from None
-            except httpx2.ConnectTimeout:
-                raise _Retryable(f"connect timeout ({self.config.connect_timeout_s:g} s) "
-                                 f"to {self.config.host}") from None
-            except httpx2.ReadTimeout:
-                res.left_device = True
-                raise _Retryable(f"read timeout: nothing from {self.config.host} for "
-                                 f"{self.config.read_timeout_s:g} s ({what})") from None
-            except (httpx2.ReadError, httpx2.RemoteProtocolError, httpx2.WriteError) as exc:
-                res.left_device = True
-                raise _Retryable(f"{type(exc).__name__} from {self.config.host}: {exc}") from None
-
+        """One attempt: send, check the status, then read a JSON completion or the event stream."""
         request = self._client.build_request("POST", "/chat/completions", content=payload, headers=self._headers())
         res.bytes_sent += len(payload)
-        response = await within(self._client.send(request, stream=True), "waiting for the response")
+        response = await self._within(self._client.send(request, stream=True), "waiting for the response", res,
+                                      deadline)
         res.left_device = True
-        lines = None
         try:
             res.statuses.append(response.status_code)
             if response.status_code != 200:
-                text = (await within(response.aread(), "reading the error body")).decode("utf-8", "replace")
-                msg = f"HTTP {response.status_code} from {self.config.host}: {_error_text(text)}"
+                body = await self._within(response.aread(), "reading the error body", res, deadline)
+                why = _error_text(body.decode("utf-8", "replace"))
+                msg = f"HTTP {response.status_code} from {self.config.host}: {why}"
                 if response.status_code in RETRY_STATUS:
                     res.retry_after = retry_after_seconds(response.headers.get("retry-after"))
                     raise _Retryable(msg)
@@ -375,18 +302,28 @@ class CloudClient:
             ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype == "application/json" or ctype.endswith("+json"):
                 # several OpenAI-compatible proxies ignore `stream` and answer with one JSON completion
-                raw = await within(_read_capped(response, MAX_JSON_ANSWER), "reading the answer")
+                raw = await self._within(_read_capped(response, MAX_JSON_ANSWER), "reading the answer", res, deadline)
                 text = redactor.restore(_json_completion(raw, ctype, res, self.config.host))
                 res.ttft_s = round(self.clock() - t0, 4)
                 n = (res.usage or {}).get("completion_tokens")
                 res.tokens += n if isinstance(n, int) and n > 0 else 1
                 yield text
                 return
-            restorer = redactor.restorer()
-            lines = response.aiter_lines().__aiter__()
+            async with contextlib.aclosing(self._events(response, res, deadline, redactor, t0)) as texts:
+                async for text in texts:
+                    yield text
+        finally:
+            await response.aclose()
+
+    async def _events(self, response, res: CloudResult, deadline: float, redactor: Redactor,
+                      t0: float) -> AsyncIterator[str]:
+        """The text of an event stream, placeholders restored as it comes; HTTP 200 without text is a failure."""
+        restorer = redactor.restorer()
+        lines = response.aiter_lines().__aiter__()
+        try:
             while True:
                 try:
-                    line = await within(lines.__anext__(), "streaming the answer")
+                    line = await self._within(lines.__anext__(), "streaming the answer", res, deadline)
                 except StopAsyncIteration:
                     break
                 if not line.startswith("data:"):
@@ -411,112 +348,15 @@ class CloudClient:
                             yield text
                     if choice.get("finish_reason"):
                         res.finish_reason = choice["finish_reason"]
-            tail = restorer.flush()
-            if tail:
-                yield tail
-            if not res.tokens:  # HTTP 200 and no text is not an answer: the local one stands, with a note
-                raise CloudUnavailableError(f"{self.config.host} streamed no answer text "
-                                            f"(finish_reason {res.finish_reason!r})")
-        finally:
-            if lines is not None:  # close the line iterator here, not at garbage collection (an error there)
-                with contextlib.suppress(RuntimeError, httpx2.HTTPError):
-                    await lines.aclose()
-            await response.aclose()
-
-
-async def _read_capped(response, cap: int) -> bytes:
-    """The whole body, or CloudUnavailableError once it passes `cap` bytes."""
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > cap:
-            raise CloudUnavailableError(f"the cloud's answer is larger than {cap // 2**20} MiB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _json_completion(raw: bytes, ctype: str, res: CloudResult, host: str) -> str:
-    """The answer text of a non-streamed chat.completion body (filling `res`), or CloudUnavailableError."""
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        raise CloudUnavailableError(f"{host} answered with {ctype or 'no content type'}, neither an event stream "
-                                    f"nor JSON: {raw[:80]!r}") from None
-    if not isinstance(obj, dict):
-        raise CloudUnavailableError(f"{host} answered with JSON that is not a chat completion")
-    if obj.get("error"):
-        why = _error_text(raw.decode("utf-8", "replace"))
-        raise CloudUnavailableError(f"{host} answered HTTP 200 with an error: {why}")
-    choices = obj.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    text = message.get("content")
-    if not isinstance(text, str) or not text:
-        raise CloudUnavailableError(f"{host} answered HTTP 200 without answer text")
-    if isinstance(obj.get("usage"), dict):
-        res.usage = obj["usage"]
-    if isinstance(choice.get("finish_reason"), str):
-        res.finish_reason = choice["finish_reason"]
-    return text
-
-
-class _Retryable(Exception):
-    """A failed attempt that may be retried (connection, timeout, 429, 5xx)."""
-
-
-def _error_text(body: str) -> str:
-    try:
-        err = json.loads(body).get("error")
-        if isinstance(err, dict):
-            return str(err.get("message") or err)[:200]
-        if err:
-            return str(err)[:200]
-    except (ValueError, AttributeError):
-        pass
-    return body.strip()[:200] or "(empty body)"
-
-
-def cloud_policy(registry, settings) -> CloudConfig | None:
-    """The configured cloud's settings (even offline, where no client is built), or None if none is configured."""
-    try:
-        return CloudConfig.resolve(registry.cloud, settings.env)
-    except ConfigError:
-        return None
-
-
-def wipe_from_environ_block(name: str) -> bool:
-    """Overwrite NAME's value in this process's original environment block; True if it was there.
-
-    `os.environ.pop` takes a variable out of what children inherit, but /proc/PID/environ shows the block the
-    process started with (the kernel's env_start..env_end), and the value stays readable there by anyone who may
-    read our /proc files. Linux only; elsewhere a no-op.
-    """
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start, end = int(fields[47]), int(fields[48])  # fields 50 and 51 of proc(5): env_start, env_end
-    except (OSError, ValueError, IndexError):
-        return False
-    import ctypes
-
-    block, prefix, pos, found = ctypes.string_at(start, end - start), name.encode() + b"=", 0, False
-    for entry in block.split(b"\0"):
-        if entry.startswith(prefix) and len(entry) > len(prefix):
-            ctypes.memset(start + pos + len(prefix), ord("*"), len(entry) - len(prefix))
-            found = True
-        pos += len(entry) + 1
-    return found
-
-
-def make_undumpable() -> bool:
-    """Make this process non-dumpable (Linux): no core dump, no ptrace and no /proc/PID/{environ,mem,maps} for
-    other processes of the same uid, so a held API key is not readable that way. True if it took effect."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE = 4
-    except (OSError, AttributeError):
-        return False
+        finally:  # close the line iterator here, not at garbage collection (an error there)
+            with contextlib.suppress(RuntimeError, self._httpx.HTTPError):
+                await lines.aclose()
+        tail = restorer.flush()
+        if tail:
+            yield tail
+        if not res.tokens:  # HTTP 200 and no text is not an answer: the local one stands, with a note
+            raise CloudUnavailableError(f"{self.config.host} streamed no answer text "
+                                        f"(finish_reason {res.finish_reason!r})")
 
 
 def make_client(registry, settings) -> CloudClient | None:

@@ -1,0 +1,89 @@
+"""What the cloud endpoint answers, read carefully: Retry-After, back-off, a non-streamed JSON completion (some
+proxies ignore `stream`), an error body's message, and the mark of a failed attempt that may be retried."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from swarm_edge.errors import CloudUnavailableError
+
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+MAX_JSON_ANSWER = 8 << 20  # a non-streamed answer is read whole: bounded
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, rng: Callable[[], float] = random.random, base: float = 0.5, cap: float = 8.0) -> float:
+    """Full-jitter exponential back-off before retry number `attempt` (0-based)."""
+    return rng() * min(cap, base * 2 ** attempt)
+
+
+async def _read_capped(response, cap: int) -> bytes:
+    """The whole body, or CloudUnavailableError once it passes `cap` bytes."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise CloudUnavailableError(f"the cloud's answer is larger than {cap // 2**20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_completion(raw: bytes, ctype: str, res: Any, host: str) -> str:
+    """The answer text of a non-streamed chat.completion body (filling `res`), or CloudUnavailableError."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        raise CloudUnavailableError(f"{host} answered with {ctype or 'no content type'}, neither an event stream "
+                                    f"nor JSON: {raw[:80]!r}") from None
+    if not isinstance(obj, dict):
+        raise CloudUnavailableError(f"{host} answered with JSON that is not a chat completion")
+    if obj.get("error"):
+        why = _error_text(raw.decode("utf-8", "replace"))
+        raise CloudUnavailableError(f"{host} answered HTTP 200 with an error: {why}")
+    choices = obj.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    text = message.get("content")
+    if not isinstance(text, str) or not text:
+        raise CloudUnavailableError(f"{host} answered HTTP 200 without answer text")
+    if isinstance(obj.get("usage"), dict):
+        res.usage = obj["usage"]
+    if isinstance(choice.get("finish_reason"), str):
+        res.finish_reason = choice["finish_reason"]
+    return text
+
+
+class _Retryable(Exception):
+    """A failed attempt that may be retried (connection, timeout, 429, 5xx)."""
+
+
+def _error_text(body: str) -> str:
+    try:
+        err = json.loads(body).get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:200]
+        if err:
+            return str(err)[:200]
+    except (ValueError, AttributeError):
+        pass
+    return body.strip()[:200] or "(empty body)"

@@ -1,0 +1,222 @@
+"""The cloud egress: the one process of swarm-edge that holds the cloud API key and talks to the cloud.
+
+The daemon parses model files itself (GGUF headers for admission, the router's ONNX embedder), so by DESIGN.md's
+rule it must not hold the key. When a cloud is configured, `start()` runs `python -m swarm_edge.egress` (a fresh
+interpreter: nothing of the daemon's memory, no model runtime imported, no model file opened) over a socket pair,
+and hands it the key as the first line on that socket (never in its environment or arguments). The daemon then
+holds an `EgressClient`, which has the CloudClient's interface (stream_chat, describe, aclose). `swarm-edge serve`
+goes further: with the key in its environment it starts the egress, then re-executes itself without the key
+(cli/admin.py), so no byte of it is left in the daemon's memory.
+
+Wire: JSON lines. To the egress: {"id", "op": "chat", "messages", "reason", "max_tokens", "temperature", "top_p",
+"stop", "seed"} and {"id", "op": "cancel"}. Back: {"id", "text"}..., then {"id", "end": result, "describe"} or
+{"id", "error", "partial", "breaker", "result", "describe"}. The egress exits when its socket closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from swarm_edge.cloud_config import CloudConfig
+from swarm_edge.errors import CloudUnavailableError
+
+FD_ENV = "SWARM_EDGE_EGRESS_FD"     # set by `serve` for the process it re-executes: the egress socket's fd
+PID_ENV = "SWARM_EDGE_EGRESS_PID"
+LINE_LIMIT = 16 << 20               # one line: a chunk of text, or a request's messages (bodies are capped at 1 MiB)
+
+
+def start(config: CloudConfig, key: str | None, audit_path: Path) -> tuple[socket.socket, int]:
+    """Start the egress process; (our end of its socket, its pid). The key goes over the socket, once."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    env = {k: v for k, v in os.environ.items() if k != "SWARM_EDGE_CLOUD_API_KEY"}
+    proc = subprocess.Popen([sys.executable, "-m", "swarm_edge.egress", str(theirs.fileno())], env=env,
+                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+    theirs.close()
+    hello = {"config": config.model_dump(mode="json"), "audit": str(audit_path), "key": key}
+    ours.sendall(json.dumps(hello).encode() + b"\n")
+    return ours, proc.pid
+
+
+class EgressClient:
+    """The daemon's side: the cloud client's interface, over the egress process's socket."""
+
+    def __init__(self, config: CloudConfig, sock: socket.socket, pid: int) -> None:
+        self.config, self._sock, self.pid = config, sock, pid
+        self._described: dict[str, Any] = {"model": config.model, "host": config.host, "breaker": "closed",
+                                           "calls": {"ok": 0, "failed": 0, "cancelled": 0, "refused_open_circuit": 0}}
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Queue] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._gone: str | None = None
+
+    @classmethod
+    def inherited(cls, config: CloudConfig, environ: dict[str, str]) -> EgressClient | None:
+        """The egress a re-executed `serve` was handed (FD_ENV), or None."""
+        fd = environ.get(FD_ENV)
+        if not fd:
+            return None
+        return cls(config, socket.socket(fileno=int(fd)), int(environ.get(PID_ENV) or 0))
+
+    def __repr__(self) -> str:
+        return f"EgressClient({self.config.base_url!r}, model={self.config.model!r}, pid={self.pid})"
+
+    def describe(self) -> dict[str, Any]:
+        """The egress's last report: model, host, breaker state, calls by outcome (never the key)."""
+        return self._described
+
+    async def _connect(self) -> None:
+        if self._writer is None:
+            reader, self._writer = await asyncio.open_unix_connection(sock=self._sock, limit=LINE_LIMIT)
+            self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                msg = json.loads(line)
+                if "describe" in msg:
+                    self._described = msg["describe"]
+                queue = self._waiting.get(msg.get("id"))
+                if queue is not None:
+                    queue.put_nowait(msg)
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            self._gone = f"the cloud egress process's socket failed: {exc}"
+        self._gone = self._gone or "the cloud egress process exited"
+        for queue in self._waiting.values():
+            queue.put_nowait({"error": self._gone})
+
+    def _send(self, msg: dict) -> None:
+        assert self._writer is not None
+        self._writer.write(json.dumps(msg, ensure_ascii=False).encode() + b"\n")
+
+    async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None = None,
+                          temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
+                          seed: int | None = None, result: Any = None) -> AsyncIterator[str]:
+        """As CloudClient.stream_chat: the text as it streams; `result` filled; CloudUnavailableError on failure."""
+        await self._connect()
+        if self._gone:
+            raise CloudUnavailableError(self._gone)
+        rid, queue = next(self._ids), asyncio.Queue()
+        self._waiting[rid] = queue
+        done = False
+        try:
+            self._send({"id": rid, "op": "chat", "messages": messages, "reason": reason, "max_tokens": max_tokens,
+                        "temperature": temperature, "top_p": top_p, "stop": stop, "seed": seed})
+            while True:
+                msg = await queue.get()
+                if "text" in msg:
+                    yield msg["text"]
+                    continue
+                _fill(result, msg.get("end") or msg.get("result"))
+                done = True
+                if "error" in msg:
+                    raise CloudUnavailableError(msg["error"], partial=bool(msg.get("partial")),
+                                                breaker=bool(msg.get("breaker")))
+                return
+        finally:
+            self._waiting.pop(rid, None)
+            if not done and not self._gone:
+                with contextlib.suppress(Exception):
+                    self._send({"id": rid, "op": "cancel"})
+
+    async def aclose(self) -> None:
+        """Close the socket: the egress finishes, closes its client and exits; reaped here."""
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        else:
+            self._sock.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        for _ in range(50):  # up to 5 s for it to exit by itself
+            with contextlib.suppress(ChildProcessError):
+                if not self.pid or os.waitpid(self.pid, os.WNOHANG)[0]:
+                    return
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+
+
+def _fill(result: Any, data: dict | None) -> None:
+    if result is None or not data:
+        return
+    for f in fields(result):
+        if f.name in data:
+            setattr(result, f.name, data[f.name])
+
+
+# ---------------------------------------------------------------- the egress process
+
+
+async def _chat(client: Any, msg: dict, send) -> None:
+    from swarm_edge.cloud import CloudResult
+
+    rid, res = msg["id"], CloudResult(client.config.model)
+    try:
+        async for text in client.stream_chat(msg["messages"], reason=msg["reason"], max_tokens=msg["max_tokens"],
+                                             temperature=msg["temperature"], top_p=msg["top_p"], stop=msg["stop"],
+                                             seed=msg["seed"], result=res):
+            send({"id": rid, "text": text})
+    except CloudUnavailableError as exc:
+        send({"id": rid, "error": str(exc), "partial": exc.partial, "breaker": exc.breaker, "result": asdict(res),
+              "describe": client.describe()})
+        return
+    send({"id": rid, "end": asdict(res), "describe": client.describe()})
+
+
+async def serve(sock: socket.socket) -> None:
+    """Answer the daemon until its end of the socket closes."""
+    from swarm_edge.cloud import CloudClient, make_undumpable
+
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
+    hello = json.loads(await reader.readline())
+    if hello.get("key") is not None:
+        make_undumpable()  # no core dump, no ptrace, no /proc/PID/mem for other processes of our uid
+    client = CloudClient(CloudConfig(**hello["config"]), hello.pop("key"), Path(hello["audit"]))
+    tasks: dict[int, asyncio.Task] = {}
+
+    def send(obj: dict) -> None:
+        writer.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+
+    try:
+        while line := await reader.readline():
+            msg = json.loads(line)
+            if msg.get("op") == "chat":
+                task = asyncio.get_running_loop().create_task(_chat(client, msg, send))
+                tasks[msg["id"]] = task
+                task.add_done_callback(lambda _, i=msg["id"]: tasks.pop(i, None))
+            elif msg.get("op") == "cancel" and msg.get("id") in tasks:
+                tasks[msg["id"]].cancel()
+    finally:
+        for task in list(tasks.values()):
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await client.aclose()
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    try:
+        asyncio.run(serve(socket.socket(fileno=fd)))
+    except (KeyboardInterrupt, ConnectionError):
+        pass
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["FD_ENV", "PID_ENV", "EgressClient", "start"]
