@@ -359,22 +359,27 @@ class CloudClient:
                                         f"(finish_reason {res.finish_reason!r})")
 
 
-def make_client(registry, settings) -> CloudClient | None:
-    """The engine's cloud client, or None: offline, or not configured (then nothing is built at all)."""
-    key_in_env = settings.env.pop(KEY_ENV, None)
+def make_client(registry, settings):
+    """The engine's cloud client, or None: offline, or not configured (then nothing is built at all).
+
+    The client is the egress process's (egress.py): this process, which parses model files, never holds the key.
+    The key is taken out of this process's environment (and its environment block) either way, so no worker
+    inherits it."""
+    from swarm_edge.egress import EgressClient, start
+
+    key = settings.cloud_key or settings.env.get(KEY_ENV)
     wipe_from_environ_block(KEY_ENV)
     os.environ.pop(KEY_ENV, None)  # offline or not: no worker may inherit it
     if settings.offline or registry.offline:
         return None
-    if key_in_env is not None:
-        settings.env[KEY_ENV] = key_in_env  # for load_key, which removes it again
     config = CloudConfig.resolve(registry.cloud, settings.env)
     if config is None:
         return None
-    key = load_key(config, settings.env)
-    if key is not None:
-        make_undumpable()
-    return CloudClient(config, key, settings.home / "audit" / "cloud.jsonl")
+    inherited = EgressClient.inherited(config, os.environ)  # `serve` started it, then ran again without the key
+    if inherited is not None:
+        return inherited
+    sock, pid = start(config, key, settings.home / "audit" / "cloud.jsonl")
+    return EgressClient(config, sock, pid)
 
 
 __all__ = ["CircuitBreaker", "CloudClient", "CloudConfig", "CloudResult", "backoff_delay", "cloud_policy",

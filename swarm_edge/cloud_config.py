@@ -10,11 +10,11 @@ from pathlib import Path
 
 from pydantic import ConfigDict
 
-from swarm_edge.config import is_loopback
+from swarm_edge.config import CLOUD_KEY_ENV, is_loopback
 from swarm_edge.errors import ConfigError
 from swarm_edge.registry import CloudSpec
 
-KEY_ENV = "SWARM_EDGE_CLOUD_API_KEY"
+KEY_ENV = CLOUD_KEY_ENV
 
 class CloudConfig(CloudSpec):
     """A configured cloud: models.yaml's `cloud:` section (CloudSpec: timeouts, retries, breaker, when to

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from swarm_edge.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "default_models.yaml"
+CLOUD_KEY_ENV = "SWARM_EDGE_CLOUD_API_KEY"
 
 _UNITS = {
     "": 1, "b": 1,
@@ -84,8 +87,15 @@ class Settings:
     config_path: Path
     threads: int
     offline: bool = False
-    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # read-only after load()
     socket: Path | None = None
+    # SWARM_EDGE_CLOUD_API_KEY, taken out of `env` (and, by cloud.make_client, out of this process's environment);
+    # a re-executed `serve` never has it (egress.py)
+    cloud_key: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.env, MappingProxyType):
+            object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
     @property
     def socket_path(self) -> Path:
@@ -109,6 +119,7 @@ class Settings:
              environ: dict[str, str] | None = None) -> Settings:
         """Resolve settings from arguments, then SWARM_EDGE_* env vars, then defaults."""
         env = dict(os.environ if environ is None else environ)
+        cloud_key = env.pop(CLOUD_KEY_ENV, None)
         home_path = Path(home or env.get("SWARM_EDGE_HOME") or _default_home()).expanduser()
         config_path = Path(config or env.get("SWARM_EDGE_CONFIG") or DEFAULT_CONFIG).expanduser()
         if threads is None and env.get("SWARM_EDGE_THREADS"):
@@ -119,4 +130,5 @@ class Settings:
         if threads is not None and threads < 1:
             raise ConfigError(f"threads: expected a positive integer, got {threads}")
         return cls(home=home_path, config_path=config_path, threads=threads or default_threads(),
-                   offline=offline, env=env, socket=Path(socket).expanduser() if socket else None)
+                   offline=offline, env=MappingProxyType(env), socket=Path(socket).expanduser() if socket else None,
+                   cloud_key=cloud_key)

@@ -28,23 +28,36 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from swarm_edge.cloud_config import CloudConfig
-from swarm_edge.errors import CloudUnavailableError
+from swarm_edge.cloud_config import KEY_ENV, CloudConfig
+from swarm_edge.errors import CloudUnavailableError, ConfigError
 
 FD_ENV = "SWARM_EDGE_EGRESS_FD"     # set by `serve` for the process it re-executes: the egress socket's fd
 PID_ENV = "SWARM_EDGE_EGRESS_PID"
+START_TIMEOUT_S = 30.0
 LINE_LIMIT = 16 << 20               # one line: a chunk of text, or a request's messages (bodies are capped at 1 MiB)
 
 
 def start(config: CloudConfig, key: str | None, audit_path: Path) -> tuple[socket.socket, int]:
     """Start the egress process; (our end of its socket, its pid). The key goes over the socket, once."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    env = {k: v for k, v in os.environ.items() if k != "SWARM_EDGE_CLOUD_API_KEY"}
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, FD_ENV, PID_ENV)}
     proc = subprocess.Popen([sys.executable, "-m", "swarm_edge.egress", str(theirs.fileno())], env=env,
                             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
     theirs.close()
     hello = {"config": config.model_dump(mode="json"), "audit": str(audit_path), "key": key}
     ours.sendall(json.dumps(hello).encode() + b"\n")
+    ours.settimeout(START_TIMEOUT_S)
+    try:  # the egress reads its key (file) and answers ready, or why not (a bad key file: a ConfigError here)
+        reply = json.loads(ours.makefile("rb").readline() or b'{"error": "the cloud egress process exited"}')
+    except (OSError, ValueError) as exc:
+        reply = {"error": f"the cloud egress process did not start: {exc}"}
+    ours.settimeout(None)
+    if "error" in reply:
+        ours.close()
+        with contextlib.suppress(Exception):
+            proc.kill()
+            proc.wait(5)
+        raise ConfigError(reply["error"])
     return ours, proc.pid
 
 
@@ -62,12 +75,21 @@ class EgressClient:
         self._gone: str | None = None
 
     @classmethod
-    def inherited(cls, config: CloudConfig, environ: dict[str, str]) -> EgressClient | None:
+    def inherited(cls, config: CloudConfig, environ: Any) -> EgressClient | None:
         """The egress a re-executed `serve` was handed (FD_ENV), or None."""
-        fd = environ.get(FD_ENV)
+        fd, pid = environ.pop(FD_ENV, None), environ.pop(PID_ENV, None)
         if not fd:
             return None
-        return cls(config, socket.socket(fileno=int(fd)), int(environ.get(PID_ENV) or 0))
+        os.set_inheritable(int(fd), False)  # no worker or other child gets it
+        return cls(config, socket.socket(fileno=int(fd)), int(pid or 0))
+
+    @classmethod
+    def handoff(cls, config: CloudConfig, key: str | None, audit_path: Path) -> dict[str, str]:
+        """Start the egress for a process about to re-execute itself: the environment entries that let the new
+        image take it over (`inherited`)."""
+        sock, pid = start(config, key, audit_path)
+        os.set_inheritable(sock.fileno(), True)
+        return {FD_ENV: str(sock.detach()), PID_ENV: str(pid)}
 
     def __repr__(self) -> str:
         return f"EgressClient({self.config.base_url!r}, model={self.config.model!r}, pid={self.pid})"
@@ -179,17 +201,26 @@ async def _chat(client: Any, msg: dict, send) -> None:
 
 async def serve(sock: socket.socket) -> None:
     """Answer the daemon until its end of the socket closes."""
-    from swarm_edge.cloud import CloudClient, make_undumpable
+    from swarm_edge.cloud import CloudClient, load_key, make_undumpable
 
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
-    hello = json.loads(await reader.readline())
-    if hello.get("key") is not None:
-        make_undumpable()  # no core dump, no ptrace, no /proc/PID/mem for other processes of our uid
-    client = CloudClient(CloudConfig(**hello["config"]), hello.pop("key"), Path(hello["audit"]))
-    tasks: dict[int, asyncio.Task] = {}
 
     def send(obj: dict) -> None:
         writer.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+
+    hello = json.loads(await reader.readline())
+    config = CloudConfig(**hello["config"])
+    try:  # the key from the daemon's environment (sent once), or from the api_key_file, which only we read
+        key = load_key(config, {KEY_ENV: hello.pop("key")} if hello.get("key") else {})
+    except ConfigError as exc:
+        send({"error": str(exc)})
+        await writer.drain()
+        return
+    if key is not None:
+        make_undumpable()  # no core dump, no ptrace, no /proc/PID/mem for other processes of our uid
+    client = CloudClient(config, key, Path(hello["audit"]))
+    send({"ready": True, "describe": client.describe()})
+    tasks: dict[int, asyncio.Task] = {}
 
     try:
         while line := await reader.readline():

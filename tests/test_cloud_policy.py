@@ -148,8 +148,12 @@ def test_offline_builds_no_client_and_opens_no_network_socket(model_files, tmp_p
     with pytest.raises(ConfigError, match='model "cloud": the cloud fallback is off here \\(offline'):
         _run(registry, settings, "Hi!", model_id="cloud")
     assert no_network == []
-    # the guard is live: the same request online does try to connect (and is stopped by it)
+    # online, the request leaves through the egress process (egress.py): this process, which parses model files,
+    # still opens no network socket; and the guard is live (a connect from here is stopped and recorded)
     registry, settings = _setup(model_files, tmp_path, standin.url, hard_tasks=["chat"])
     answer, _, _, cloud = _run(registry, settings, "Hi! How are you today?")
-    assert cloud is not None and no_network and no_network[0][1][1] == standin.port
-    assert answer.model == "smollm2-135m" and answer.escalation["outcome"] == "unavailable"
+    assert cloud is not None and answer.left_device is True and answer.escalation["outcome"] == "answered"
+    assert no_network == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", standin.port), timeout=5)
+    assert no_network and no_network[0][1][1] == standin.port

@@ -103,6 +103,7 @@ def serve(
                         "%(message)s")
     try:
         settings, registry = setup(config, threads=threads, offline=offline, socket=socket)
+        _again_without_the_key(settings, registry)
         engine = Engine(registry, settings, budget=budget, max_waiting=max_queue, idle_ttl=idle_ttl)
         run_server(engine, socket_path=settings.socket_path, tcp=tcp, token_file=token_file, log_level=log_level,
                    say=lambda m: typer.echo(m, err=True), send_timeout=send_timeout,
@@ -111,6 +112,29 @@ def serve(
         raise fail(exc) from None
     except KeyboardInterrupt:
         typer.echo("swarm-edge stopped", err=True)
+
+
+def _again_without_the_key(settings, registry) -> None:
+    """With the cloud API key in its environment, `serve` starts the cloud egress (which takes the key), then runs
+    again as a new process image without it: not a byte of the key stays in the daemon, which parses model files
+    (swarm_edge/egress.py). Returns when there is nothing to do."""
+    import os
+    import sys
+
+    from swarm_edge.cloud_config import KEY_ENV, CloudConfig
+    from swarm_edge.egress import FD_ENV, EgressClient
+
+    if settings.cloud_key is None or settings.offline or registry.offline or FD_ENV in os.environ \
+            or sys.argv[1:2] != ["serve"]:  # (not when called in-process, e.g. by a test's CliRunner)
+        return
+    cloud = CloudConfig.resolve(registry.cloud, settings.env)
+    if cloud is None:
+        return
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
+    env.update(EgressClient.handoff(cloud, settings.cloud_key, settings.home / "audit" / "cloud.jsonl"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "swarm_edge.cli", *sys.argv[1:]], env)
 
 
 def tune(

@@ -127,3 +127,42 @@ def test_the_key_is_in_no_worker_no_response_no_log(cloud_daemon):
     seen.append(audit.read_text())
     assert all(STANDIN_KEY not in s for s in seen)
     assert oct(audit.stat().st_mode & 0o777) == "0o600"
+
+
+def _memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether any readable mapping of process `pid` contains `needle` (root, or our own dumpable process)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if not perms.startswith("r") or line.rstrip().endswith(("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            if chunk and needle in chunk:
+                return True
+    return False
+
+
+def test_the_process_that_parses_model_files_never_holds_the_key(cloud_daemon):
+    """DESIGN.md: no process that parses a model file holds the cloud key. The daemon (it reads GGUF headers for
+    admission, and runs the router's ONNX embedder when one is configured) re-executed itself without the key; the
+    egress process holds it and maps no model file and no model runtime."""
+    r = cloud_daemon.http.post("/v1/chat/completions", json={"model": "cloud", "max_tokens": 4,
+                                                             "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200 and r.json()["swarm"]["left_device"] is True  # the key reached the cloud
+    pid = cloud_daemon.proc.pid
+    key = STANDIN_KEY.encode()
+    assert b"SWARM_EDGE_CLOUD_API_KEY" not in Path(f"/proc/{pid}/environ").read_bytes()
+    assert not _memory_holds(pid, key)
+    egress = [p for p in _descendants(pid) if "swarm_edge.egress" in " ".join(p.cmdline())]
+    assert len(egress) == 1, [p.cmdline() for p in _descendants(pid)]
+    theirs = Path(f"/proc/{egress[0].pid}/maps").read_text()
+    assert not any(s in theirs for s in (".gguf", ".onnx", "libllama", "onnxruntime")), theirs
+    assert _memory_holds(egress[0].pid, key)  # the test can see a key where there is one
+    pss = egress[0].memory_full_info().pss
+    print(f"egress process PSS: {pss / 2**20:.1f} MiB")
+    assert pss < 128 << 20
