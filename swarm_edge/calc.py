@@ -49,8 +49,8 @@ def _integer(x, what: str, low: int, high: int) -> int:
     return x
 
 
-def _range(*args):
-    args = [_integer(a, "range's arguments", -int(MAX_ABS), int(MAX_ABS)) for a in args]
+def _range(*given):
+    args = [_integer(a, "range's arguments", -int(MAX_ABS), int(MAX_ABS)) for a in given]
     if len(args) == 3 and args[2] == 0:
         raise CalcError("range's step must not be zero")
     r = range(*args)
@@ -120,7 +120,7 @@ def _eval(node):
     if isinstance(node, ast.Constant):
         return _number(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _number(_UNARY[type(node.op)](_number(_eval(node.operand))))
+        return _number(_UNARY[type(node.op)](_number(_eval(node.operand))))  # type: ignore[operator]
     if isinstance(node, ast.BinOp) and type(node.op) in _BIN:
         left, right = _number(_eval(node.left)), _number(_eval(node.right))
         if isinstance(node.op, ast.Pow) and (abs(right) > MAX_EXPONENT or abs(left) > MAX_ABS ** 0.5 and right > 2):

@@ -64,7 +64,7 @@ def check(item: dict, answer: str) -> tuple[bool, str]:
         text = item["prompt"].split(":", 1)[1]
         return has_all(answer, item["expect"]) and len(answer.strip()) < len(text.strip()), f"{len(answer)} chars"
     if kind == "label":
-        got = label_of(answer, item["options"])
+        got = label_of(answer, item["options"])  # type: ignore[assignment]
         return got == item["answer"], f"label {got}"
     if kind == "python":
         return run_python(code_of(answer), item["test"])

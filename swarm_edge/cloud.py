@@ -27,7 +27,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ class CircuitBreaker:
         """Raise CloudUnavailableError unless a call may go out now (in half-open: only one probe at a time)."""
         state = self.state
         if state == "open" or (state == "half-open" and self.probing):
-            wait = max(0.0, self.reset_s - (self.clock() - self.opened_at)) if state == "open" else 0.0
+            wait = max(0.0, self.reset_s - (self.clock() - (self.opened_at or 0.0))) if state == "open" else 0.0
             raise CloudUnavailableError(
                 f"circuit open after {self.consecutive} failed cloud calls in a row"
                 + (f"; next probe in {wait:.0f} s" if state == "open" else "; a probe is in flight"),
@@ -155,7 +155,7 @@ class CloudClient:
 
     async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None = None,
                           temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
-                          seed: int | None = None, result: CloudResult | None = None) -> AsyncIterator[str]:
+                          seed: int | None = None, result: CloudResult | None = None) -> AsyncGenerator[str, None]:
         """Yield the answer's text as it streams (placeholders restored); fill `result` as it goes.
 
         Raises CloudUnavailableError (its text free of the key) when the call fails; `result.tokens` says
@@ -233,7 +233,7 @@ class CloudClient:
         audit.close()
 
     async def _attempts(self, payload: bytes, res: CloudResult, deadline: float, redactor: Redactor,
-                        t0: float) -> AsyncIterator[str]:
+                        t0: float) -> AsyncGenerator[str, None]:
         httpx2 = self._httpx
         last_error = "no attempt made"
         for attempt in range(self.config.retries + 1):
@@ -282,7 +282,7 @@ class CloudClient:
             raise _Retryable(f"{type(exc).__name__} from {self.config.host}: {exc}") from None
 
     async def _one(self, payload: bytes, res: CloudResult, deadline: float, redactor: Redactor,
-                   t0: float) -> AsyncIterator[str]:
+                   t0: float) -> AsyncGenerator[str, None]:
         """One attempt: send, check the status, then read a JSON completion or the event stream."""
         request = self._client.build_request("POST", "/chat/completions", content=payload, headers=self._headers())
         res.bytes_sent += len(payload)
@@ -316,7 +316,7 @@ class CloudClient:
             await response.aclose()
 
     async def _events(self, response, res: CloudResult, deadline: float, redactor: Redactor,
-                      t0: float) -> AsyncIterator[str]:
+                      t0: float) -> AsyncGenerator[str, None]:
         """The text of an event stream, placeholders restored as it comes; HTTP 200 without text is a failure."""
         restorer = redactor.restorer()
         lines = response.aiter_lines().__aiter__()

@@ -62,8 +62,8 @@ def _json_completion(raw: bytes, ctype: str, res: Any, host: str) -> str:
         raise CloudUnavailableError(f"{host} answered HTTP 200 with an error: {why}")
     choices = obj.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    text = message.get("content")
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else None
+    text = (message or {}).get("content")
     if not isinstance(text, str) or not text:
         raise CloudUnavailableError(f"{host} answered HTTP 200 without answer text")
     if isinstance(obj.get("usage"), dict):

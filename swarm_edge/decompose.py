@@ -204,6 +204,7 @@ def split_material(text: str) -> tuple[str, str, list[str]]:
     head = 0 if _LIST_LINE.match(lines[0]) else 1 if lines[0].rstrip().endswith(":") else None
     listed = _list_block(lines[head:]) if head is not None else 0
     if listed:
+        assert head is not None
         cut = len("\n".join(lines[:head + listed]))
         instruction = "\n".join(lines[head:head + listed]) if head else protected[:cut]
     else:
@@ -273,7 +274,8 @@ def pieces(instruction: str) -> list[tuple[int, int, bool, bool]]:
     next piece is an instruction too ("summarize and translate this"), else it is a noun in a list ("principal,
     rate and term"). A piece after nothing but connectives ("And unrelated - any tips ...?") begins a sentence
     when they did. A leading task noun ("quick summary of this, then ...") is an instruction."""
-    out, at, sentence = [], 0, True
+    out: list[list] = []
+    at, sentence = 0, True
     for m in [*_BOUNDARY.finditer(instruction), None]:
         end = m.start() if m else len(instruction)
         piece = instruction[at:end]
@@ -288,9 +290,9 @@ def pieces(instruction: str) -> list[tuple[int, int, bool, bool]]:
             if piece.strip(" ,.;") and _only_fillers(piece) and was:
                 sentence = True
     for i, p in enumerate(out):
-        if p[2] and p[4] in _LIST_JOINERS and _lone_word(instruction[p[0]:p[1]]):
+        if p[2] and p[4] in _LIST_JOINERS and _lone_word(instruction[int(p[0]):int(p[1])]):
             p[2] = i + 1 < len(out) and out[i + 1][2]
-    return [tuple(p[:4]) for p in out]
+    return [(int(p[0]), int(p[1]), bool(p[2]), bool(p[3])) for p in out]
 
 
 def read(text: str, route: Callable[[str], tuple[str, float]], *, min_confidence: float = 0.5,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -124,12 +125,12 @@ class EgressClient:
 
     async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None = None,
                           temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
-                          seed: int | None = None, result: Any = None) -> AsyncIterator[str]:
+                          seed: int | None = None, result: Any = None) -> AsyncGenerator[str, None]:
         """As CloudClient.stream_chat: the text as it streams; `result` filled; CloudUnavailableError on failure."""
         await self._connect()
         if self._gone:
             raise CloudUnavailableError(self._gone)
-        rid, queue = next(self._ids), asyncio.Queue()
+        rid, queue = next(self._ids), asyncio.Queue[dict]()
         self._waiting[rid] = queue
         done = False
         try:
@@ -228,7 +229,7 @@ async def serve(sock: socket.socket) -> None:
             if msg.get("op") == "chat":
                 task = asyncio.get_running_loop().create_task(_chat(client, msg, send))
                 tasks[msg["id"]] = task
-                task.add_done_callback(lambda _, i=msg["id"]: tasks.pop(i, None))
+                task.add_done_callback(functools.partial(_forget, tasks, msg["id"]))
             elif msg.get("op") == "cancel" and msg.get("id") in tasks:
                 tasks[msg["id"]].cancel()
     finally:
@@ -236,6 +237,10 @@ async def serve(sock: socket.socket) -> None:
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         await client.aclose()
+
+
+def _forget(tasks: dict[int, asyncio.Task], rid: int, _done: object) -> None:
+    tasks.pop(rid, None)
 
 
 def main() -> None:

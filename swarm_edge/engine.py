@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ BASE_WINDOW_S = 60.0  # admission counts the highest base seen in this window
 IO_THREADS = 2        # fetch/verify/parse threads: two models prepare at once; the rest of the daemon never waits
 
 
-def resolve_budget(value: str | int | None, env: dict[str, str] | None = None) -> int:
+def resolve_budget(value: str | int | None, env: Mapping[str, str] | None = None) -> int:
     """Budget in bytes from a flag, SWARM_EDGE_BUDGET, or the default share of this machine's RAM."""
     import psutil
 
@@ -275,7 +275,7 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def session(self, model_id: str, *, fetch: bool | None = None, progress_factory=None,
-                      compute: bool = True) -> AsyncIterator[ModelSession]:
+                      compute: bool = True) -> AsyncGenerator[ModelSession, None]:
         """A model ready to use: files prepared (fetched if allowed), its worker leased (loaded within the budget
         if needed), then a compute slot (none with `compute=False`: a preload). Released on every path."""
         t0 = time.perf_counter()
@@ -286,7 +286,7 @@ class Engine:
             yield ModelSession(model_id, worker, t0=t0, t_files=t_files, t_leased=time.perf_counter(),
                                count_tokens=self.count_tokens)
 
-    async def generate(self, model_id: str, request: GenerateRequest) -> AsyncIterator[dict]:
+    async def generate(self, model_id: str, request: GenerateRequest) -> AsyncGenerator[dict, None]:
         """Stream a generation from a model as the worker's dict events (token..., done), loading it if needed."""
         async with self.session(model_id) as session, contextlib.aclosing(session.generate(request)) as events:
             async for event in events:

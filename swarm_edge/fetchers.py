@@ -20,6 +20,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from swarm_edge.config import Settings
 from swarm_edge.errors import BackendUnavailableError, ChecksumError, FetchError, SwarmEdgeError
@@ -236,11 +237,12 @@ def _fetch_hf(src: Source, fspec: FileSpec, dest: Path, settings: Settings, prog
     url = hf_hub_url(src.hf.repo, src.hf.file, revision=src.hf.revision,
                      endpoint=settings.env.get("HF_ENDPOINT") or None)
     headers = build_hf_headers(token=settings.env.get("HF_TOKEN") or None)
-    quiet = {"tqdm_class": _NoBar} if "tqdm_class" in inspect.signature(http_get).parameters else {}
+    quiet: dict[str, Any] = {"tqdm_class": _NoBar} if "tqdm_class" in inspect.signature(http_get).parameters else {}
     status("downloading from the Hub")
     try:
         with _atomic_target(dest, fspec, progress) as sink:
-            http_get(url, sink, headers=headers, expected_size=fspec.size, displayed_filename=fspec.name, **quiet)
+            http_get(url, sink, headers=headers,  # type: ignore[arg-type]
+                     expected_size=fspec.size, displayed_filename=fspec.name, **quiet)
     except SwarmEdgeError:
         raise
     except Exception as exc:  # huggingface_hub raises many unrelated types; each is one failed source

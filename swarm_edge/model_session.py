@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from swarm_edge.events import Done, Start, Token
@@ -33,7 +33,7 @@ class ModelSession:
         self.timings: dict[str, Any] = {"files_s": rounded(t_files - t0), "queue_s": rounded(waited - load_s),
                                         "load_s": rounded(load_s)}
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Start | Token | Done[GenStats]]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Start | Token | Done[GenStats], None]:
         """Start (the worker has the prompt), Tokens, then Done with the worker's figures. Closing the stream at
         Start abandons the generation in the worker; closing it later cancels it there."""
         await self.worker.begin(request)  # the model reads the prompt while our caller prepares its response

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 from swarm_edge.errors import ConfigError
@@ -35,7 +35,7 @@ from swarm_edge.orchestration.multistep import SEPARATOR
 from swarm_edge.orchestration.plan import AUTO, CLOUD, PIPELINE_PREFIX
 from swarm_edge.orchestration.planner import make_plan, plan_schema, read_request
 from swarm_edge.orchestration.request import Request
-from swarm_edge.orchestration.run import LOCAL_FAILURES, execute
+from swarm_edge.orchestration.run import LOCAL_FAILURES, Events, execute
 from swarm_edge.orchestration.runtime import Runtime
 from swarm_edge.orchestration.strategies.calculator import CALC_EXAMPLES, CALC_SYSTEM
 from swarm_edge.router import Route
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from swarm_edge.registry import Registry
 
 
-def stream(rt: Runtime, *, allow_cloud: bool = True, **kwargs: Any) -> AsyncIterator[Start | Token | Done[Answer]]:
+def stream(rt: Runtime, *, allow_cloud: bool = True, **kwargs: Any) -> Events:
     """Answer chat `messages` (or a plain `prompt`): yields Start, Token..., Done (with the Answer).
 
     Keyword arguments: messages | prompt, model_id (a model id, "auto", "cloud" or "pipeline:NAME"),
@@ -78,7 +78,7 @@ async def ask_async(prompt: str, rt: Runtime, *, system: str | None = None,
     return await answer_of(stream(rt, messages=messages, **kwargs), on_token)
 
 
-async def answer_of(events: AsyncIterator[Start | Token | Done[Answer]],
+async def answer_of(events: AsyncGenerator[Start | Token | Done[Answer], None],
                     on_token: Callable[[str], None] | None = None) -> Answer:
     """Run a stream to its end: each token to `on_token`, the Answer returned."""
     async with contextlib.aclosing(events):

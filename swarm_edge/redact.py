@@ -58,6 +58,7 @@ def _key_blocks(text: str) -> Iterator[Span]:
     pos = 0
     while m := _KEY_BEGIN.search(text, pos):
         rest = _KEY_TO_END.match(text, m.end()) or _KEY_BODY.match(text, m.end())
+        assert rest is not None  # _KEY_BODY matches the empty string
         pos = rest.end()
         if pos > m.end():  # a BEGIN line alone ("what does -----BEGIN … mean?") holds no secret
             yield m.start(), pos
@@ -132,7 +133,7 @@ def _rx(pattern: str, *needles: str, accept: Callable[[str], bool] | None = None
         if not nocase:
             matches = compiled.finditer(text)
         else:
-            matches = compiled.finditer(low) if len(low) == len(text) else folded.finditer(text)
+            matches = compiled.finditer(low) if len(low) == len(text) or folded is None else folded.finditer(text)
         for m in matches:
             s, e = m.span(group)
             if s < e and (accept is None or accept(text[s:e])):

@@ -242,7 +242,7 @@ def parse_registry(text: str, path: str | Path = "<models.yaml>") -> Registry:
         loc = tuple(first["loc"])
         node = _node_at(root, loc)
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise RegistryError(_friendly(first) + more, path=file, key=_key_path(loc),
+        raise RegistryError(_friendly(first) + more, path=file, key=_key_path(loc),  # type: ignore[arg-type]
                             line=node.start_mark.line + 1) from None
     _check_references(parsed, root, file)
     return Registry(parsed, Path(path))

@@ -77,7 +77,7 @@ class _Loader(yaml.SafeLoader):
             if self.depth > MAX_DEPTH:
                 raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
                                                   self.peek_event().start_mark)
-            return super().compose_node(parent, index)
+            return super().compose_node(parent, index)  # type: ignore[return-value]
         finally:
             self.depth -= 1
 

@@ -82,7 +82,7 @@ class KeywordRouter:
             starts = [m.start() for _, pat in pats if (m := pat.search(text))]
             if starts:
                 first[task] = min(starts)
-        return sorted(first, key=first.get)
+        return sorted(first, key=lambda task: first[task])
 
     def route(self, prompt: str) -> Route:
         """Pick a task and its first-choice model for `prompt`."""

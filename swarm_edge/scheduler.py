@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,7 +127,7 @@ class Scheduler:
     # ------------------------------------------------------------ leases
 
     @contextlib.asynccontextmanager
-    async def lease(self, model_id: str) -> AsyncIterator[Any]:
+    async def lease(self, model_id: str) -> AsyncGenerator[Any, None]:
         """Exclusive use of a loaded model's worker; released on every path (error, cancellation)."""
         if self.waiting >= self.max_waiting:
             self.stats.busy_rejections += 1
@@ -212,7 +213,7 @@ class Scheduler:
                 await asyncio.shield(load)
             except asyncio.CancelledError:
                 if not load.done():
-                    load.add_done_callback(lambda _, r=r: self._spawn_task(self._unref(r)))
+                    load.add_done_callback(functools.partial(self._unref_later, r))
                 else:
                     r.refs -= 1
                 raise
@@ -220,6 +221,9 @@ class Scheduler:
                 r.refs -= 1
                 raise
             return r
+
+    def _unref_later(self, r: Resident, _done: object) -> None:
+        self._spawn_task(self._unref(r))
 
     async def _unref(self, r: Resident) -> None:
         """Drop the reference of a requester that left while its load went on."""
@@ -363,7 +367,7 @@ class Scheduler:
             self._ttl_task = asyncio.get_running_loop().create_task(self._ttl_loop())
 
     async def _ttl_loop(self) -> None:
-        period = max(0.05, min(5.0, self.idle_ttl / 4))
+        period = max(0.05, min(5.0, (self.idle_ttl or 0.0) / 4))
         while True:
             await asyncio.sleep(period)
             await self.sweep_idle()

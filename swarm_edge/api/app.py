@@ -70,7 +70,7 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None, reque
         app.include_router(router)
     # /metrics counts requests by path: the endpoints' own, every other path as "other"
     paths = {r.path for r in [*app.routes, *(r for router in routers for r in router.routes)] if hasattr(r, "path")}
-    app.add_middleware(Guard, metrics=metrics, token=token, paths=paths)  # type: ignore[arg-type]
+    app.add_middleware(Guard, metrics=metrics, token=token, paths=paths)
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 
@@ -171,7 +171,8 @@ async def ollama_generate(request: Request, body: OllamaGenerateRequest):
 
 @router.post("/api/embed", responses=responses(OllamaEmbeddings, *EMBEDDING_STATUSES))
 async def ollama_embed(request: Request, body: OllamaEmbedRequest):
-    model, vectors, timings = await within(orchestrator.embed(engine_of(request), body.input, ollama_name(body.model)),
+    texts = cast(list[str], body.input)  # the request's validator made it a list
+    model, vectors, timings = await within(orchestrator.embed(engine_of(request), texts, ollama_name(body.model)),
                                            deadline_of(request), metrics_of(request))
     return {"model": model, "embeddings": vectors, "total_duration": ns(timings["total_s"]),
             "load_duration": ns(timings["load_s"]), "prompt_eval_count": timings.get("tokens") or 0}

@@ -8,7 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 
@@ -91,7 +91,8 @@ class _Reply:
                     "created": self.created, "model": model, "choices": choices, **extra})
 
 
-def sse_error(exc: errors.SwarmEdgeError) -> bytes:
+def sse_error(exc: Exception) -> bytes:
+    assert isinstance(exc, errors.SwarmEdgeError)
     status, code = classify(exc)
     return sse(error_body(status, str(exc), code, kind=type(exc).__name__))
 
@@ -155,7 +156,8 @@ async def completions(request: Request, body: CompletionRequest):
 
 @router.post("/v1/embeddings", responses=responses(Embeddings, *EMBEDDING_STATUSES))
 async def embeddings(request: Request, body: EmbeddingRequest):
-    model, vectors, timings = await within(orchestrator.embed(engine_of(request), body.input, body.model),
+    texts = cast(list[str], body.input)  # the request's validator made it a list
+    model, vectors, timings = await within(orchestrator.embed(engine_of(request), texts, body.model),
                                            deadline_of(request), metrics_of(request))
     tokens = timings.pop("tokens", None) or 0
     data = []

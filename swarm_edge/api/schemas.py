@@ -230,7 +230,7 @@ class _OllamaBase(_Lenient):
     allow_cloud: bool = True       # swarm-edge extension, as in the OpenAI requests
     cache_prompt: bool = True      # as in the OpenAI requests: false evaluates the whole prompt afresh
     stream: bool = True
-    options: OllamaOptions = Field(default_factory=OllamaOptions)
+    options: OllamaOptions = Field(default_factory=OllamaOptions)  # type: ignore[arg-type]
     format: Any = None
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from swarm_edge.api.protocol import protocol_class as _protocol_class
 from swarm_edge.errors import SwarmEdgeError
 
 log = logging.getLogger("swarm_edge.server")
-GRACEFUL_S = 10.0
+GRACEFUL_S = 10
 SEND_TIMEOUT_S = 30.0      # a client that reads nothing for this long while we have bytes for it is cut off
 MAX_CONNECTIONS = 2048     # past this many open connections a request is answered 503 at once
 REQUEST_TIMEOUT_S = 600.0  # one request, from arrival to its last byte (queue, load and generation included)

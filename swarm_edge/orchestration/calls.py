@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ class Call:
 
 
 async def run_call(rt: Runtime, spec: ModelSpec, request: GenerateRequest, *, fetch: bool | None = None,
-                   progress_factory: Any = None) -> AsyncIterator[Start | Token | Done[Call]]:
+                   progress_factory: Any = None) -> AsyncGenerator[Start | Token | Done[Call], None]:
     """One model call: Start (leased, the prompt sent), Tokens, then Done with the Call."""
     if spec.kind == "embedding":
         raise ConfigError(f"{spec.id} is an embedding model; pick a model that generates text")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,9 @@ class Solved:
 
     call: Call
     steps: list[Step]
+
+
+Solving = AsyncGenerator[Start | Token | Done[Solved], None]  # what a strategy yields
 
 
 @dataclass
@@ -67,4 +71,4 @@ class Relay:
         return None
 
 
-__all__ = ["Context", "Relay", "Solved"]
+__all__ = ["Context", "Relay", "Solved", "Solving"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from swarm_edge.errors import CloudUnavailableError
@@ -16,7 +15,7 @@ from swarm_edge.router import Route
 from swarm_edge.workers.base import GenStats
 
 if TYPE_CHECKING:
-    from swarm_edge.orchestration.context import Solved
+    from swarm_edge.orchestration.context import Solving
 
 CLOUD = "cloud"
 
@@ -88,7 +87,7 @@ class Escalation:
                      reason=f"{top.reason}; to the cloud: {why}", scores=top.scores)
 
     async def answer(self, messages: list[Msg], sampling: Sampling, why: str, task: str,
-                     steps: list[Step]) -> AsyncIterator[Start | Token | Done[Solved]]:
+                     steps: list[Step]) -> Solving:
         """The cloud answers (redacted, restored as it streams): Start with its first text, Tokens, then Done.
         Raises CloudUnavailableError only before any text was yielded; a stream that breaks later ends the answer
         there and the trace says so."""

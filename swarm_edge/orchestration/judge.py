@@ -3,7 +3,7 @@ The cascades use it on the device; `swarm-edge tune` uses it to simulate them.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from swarm_edge import selfcheck
@@ -29,7 +29,7 @@ def judge(task: str, text: str, sure: float | None, messages: list[Msg], thresho
     return keep, extra
 
 
-def why_unsure(step: dict[str, Any], threshold: float) -> str:
+def why_unsure(step: Mapping[str, Any], threshold: float) -> str:
     """A rejected step's reason, in words."""
     if step.get("echo"):
         return "its answer repeats the input"

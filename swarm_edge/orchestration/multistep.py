@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from swarm_edge.events import Done, Start, Token
 from swarm_edge.orchestration.answer import Answer, Step, assemble
@@ -26,7 +26,7 @@ def part_prompt(kind: str, sub: Subtask, material: str, previous: str | None) ->
 
 
 async def run(ctx: Context, kind: str, top: Route, subtasks: list[Subtask], material: str, steps: list[Step], *,
-              t0: float, t_route: float | None) -> AsyncIterator[Start | Token | Done[Answer]]:
+              t0: float, t_route: float | None) -> AsyncGenerator[Start | Token | Done[Answer], None]:
     """`kind`: "pipeline" (each step's task is fixed) or "decompose" (each subtask is routed again: the router
     picks the model when it agrees on the task)."""
     rt, registry = ctx.rt, ctx.rt.registry

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from swarm_edge.errors import BudgetError, BusyError, CloudUnavailableError, InferenceError, ModelLoadError
 from swarm_edge.events import Done, Start, Token
@@ -17,14 +17,14 @@ from swarm_edge.orchestration.answer import Answer, Step, assemble
 from swarm_edge.orchestration.calls import Call, run_call
 from swarm_edge.orchestration.context import Context, Relay, Solved
 from swarm_edge.orchestration.escalation import Escalation
-from swarm_edge.orchestration.plan import compound, entry, strategy_of
+from swarm_edge.orchestration.plan import Subtask, compound, entry, strategy_of
 from swarm_edge.orchestration.planner import subtasks_of
 from swarm_edge.orchestration.request import Request, with_system
 from swarm_edge.orchestration.runtime import Runtime
 from swarm_edge.orchestration.strategies import solve
 from swarm_edge.router import Route
 
-Events = AsyncIterator[Start | Token | Done[Answer]]
+Events = AsyncGenerator[Start | Token | Done[Answer], None]
 # what `on_local_failure` escalates: a crash or failed generation, a load refused by the budget or one that failed
 # or timed out, no room or no queue slot in time (BusyError)
 LOCAL_FAILURES = (InferenceError, BudgetError, ModelLoadError, BusyError)
@@ -41,7 +41,7 @@ async def execute(rt: Runtime, req: Request) -> Events:
             yield ev
 
 
-async def _relayed(events: AsyncIterator, relay: Relay) -> AsyncIterator[Start | Token]:
+async def _relayed(events: AsyncGenerator, relay: Relay) -> AsyncGenerator[Start | Token, None]:
     async with contextlib.aclosing(events):
         async for ev in events:
             if (out := relay(ev)) is not None:
@@ -62,8 +62,8 @@ async def _execute(ctx: Context) -> Events:
     else:
         parts = routed(ctx, first.top, first.forced, first.decompose, t0)
     async with contextlib.aclosing(parts) as events:
-        async for ev in events:
-            yield ev
+        async for e in events:
+            yield e
 
 
 async def direct(ctx: Context, top: Route, t0: float) -> Events:
@@ -73,8 +73,8 @@ async def direct(ctx: Context, top: Route, t0: float) -> Events:
     request = req.sampling.call(spec, req.messages if req.prompt is None else None, prompt=req.prompt)
     relay = Relay(top)
     async with contextlib.aclosing(_relayed(run_call(ctx.rt, spec, request, **ctx.files), relay)) as events:
-        async for ev in events:
-            yield ev
+        async for e in events:
+            yield e
     call: Call = relay.result
     steps = [call.step(top.task, "answer", 1.0, shown=True)]
     yield Done(assemble(call.text, call, top, "single", steps, t0=t0, t_first=relay.t_first,
@@ -91,8 +91,8 @@ async def routed(ctx: Context, top: Route | None, forced: str | None, decompose:
     if why and esc.considered(why):
         try:
             async with contextlib.aclosing(escalate(ctx, top, why, t0, t_route, system=not forced)) as events:
-                async for ev in events:
-                    yield ev
+                async for e in events:
+                    yield e
             return
         except CloudUnavailableError as exc:
             if forced:  # the caller asked for the cloud: there is no device answer to fall back to
@@ -103,14 +103,16 @@ async def routed(ctx: Context, top: Route | None, forced: str | None, decompose:
     else:
         parts = planned(ctx, top, decompose, t0, t_route)
     async with contextlib.aclosing(parts) as events:
-        async for ev in events:
-            yield ev
+        async for e in events:
+            yield e
 
 
 async def planned(ctx: Context, top: Route, decompose: bool, t0: float, t_route: float) -> Events:
     """A compound request's subtasks when it reads as one, else one task answered by its route's strategy."""
     registry, req = ctx.rt.registry, ctx.request
-    subtasks, step, material = [], None, ""
+    subtasks: list[Subtask] = []
+    step: Step | None = None
+    material = ""
     if decompose and registry.router.decompose:
         subtasks, step, material = await subtasks_of(ctx.rt, req.text, cache_prompt=req.sampling.cache_prompt,
                                                      files=ctx.files)
@@ -121,8 +123,8 @@ async def planned(ctx: Context, top: Route, decompose: bool, t0: float, t_route:
     else:
         parts = one_task(ctx, top, [step] if step else [], t0, t_route)
     async with contextlib.aclosing(parts) as events:
-        async for ev in events:
-            yield ev
+        async for e in events:
+            yield e
 
 
 async def one_task(ctx: Context, top: Route, preface: list[Step], t0: float, t_route: float) -> Events:
@@ -133,17 +135,17 @@ async def one_task(ctx: Context, top: Route, preface: list[Step], t0: float, t_r
     try:
         answered = solve(ctx, top.task, top, ctx.request.chat(), strategy=strategy)
         async with contextlib.aclosing(_relayed(answered, relay)) as events:
-            async for ev in events:
-                yield ev
+            async for e in events:
+                yield e
     except LOCAL_FAILURES as exc:
         esc = ctx.esc
         why = f"local failure: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         if relay.started or not esc.config or not esc.config.on_local_failure or not esc.considered(why):
             raise
         try:
-            async with contextlib.aclosing(escalate(ctx, top, why, t0, t_route)) as events:
-                async for ev in events:
-                    yield ev
+            async with contextlib.aclosing(escalate(ctx, top, why, t0, t_route)) as answered_there:
+                async for out in answered_there:
+                    yield out
         except CloudUnavailableError as cloud_exc:
             esc.note(f"cloud unavailable ({cloud_exc})")
             raise exc from None
@@ -165,8 +167,8 @@ async def escalate(ctx: Context, top: Route, why: str, t0: float, t_route: float
     relay = Relay(up)
     answered = ctx.esc.answer(messages, ctx.request.sampling, why, top.task, [])
     async with contextlib.aclosing(_relayed(answered, relay)) as events:
-        async for ev in events:
-            yield ev
+        async for e in events:
+            yield e
     solved: Solved = relay.result
     yield Done(assemble(solved.call.text, solved.call, up, "cloud", solved.steps, t0=t0, t_first=relay.t_first,
                         t_end=time.perf_counter(), t_route=t_route))

@@ -3,7 +3,7 @@ implements it with scripted FAKE sessions, so the orchestration logic is tested 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +22,7 @@ class ModelSession(Protocol):
     model_id: str
     timings: dict[str, Any]
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Start | Token | Done[GenStats]]: ...
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[Start | Token | Done[GenStats], None]: ...
 
     async def embed(self, texts: list[str]) -> list[list[float]]: ...
 
@@ -34,7 +34,7 @@ class CloudPort(Protocol):
 
     def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None,
                     temperature: float, top_p: float, stop: list[str], seed: int | None,
-                    result: CloudResult) -> AsyncIterator[str]: ...
+                    result: CloudResult) -> AsyncGenerator[str, None]: ...
 
 
 class Runtime(Protocol):

@@ -66,7 +66,7 @@ def simulate(option: Option, table: dict[tuple[str, str], dict[str, dict]], ids:
     ids = [i for i in ids if i in first and i in final]  # a split (or model) without answers counts nothing
     for i in ids:
         total += first[i]["latency_s"]
-        if option.strategy == "single" or _accepted(first[i], option.min_logprob):
+        if option.strategy == "single" or _accepted(first[i], option.min_logprob or 0.0):
             correct += bool(first[i]["ok"])
         else:
             correct += bool(final[i]["ok"])
@@ -193,7 +193,7 @@ def route_update(decision: Decision, route) -> dict[str, Any]:
                            "system": route.system if o.variant == "system" else "",
                            "tool": route.tool if o.variant == route.tool else None}
     if o.strategy == "cascade":
-        upd["min_logprob"] = round(float(o.min_logprob), 4)
+        upd["min_logprob"] = round(float(o.min_logprob or 0.0), 4)
     return upd
 
 

@@ -42,10 +42,11 @@ def report(decisions: dict[str, Decision], records: list[dict], models: list[str
         lines.append(f"| {task} | {d.chosen.label()} | {dev_c}/{dev_n} | {test_c}/{test_n} | "
                      f"{f'{test_lat:.2f}' if test_n else '-'} | "
                      + " | ".join(cells) + " |")
-    for key, (c, n, lat) in totals.items():
+    for key, (right, count, seconds) in totals.items():
         test = key.endswith(":test")
-        summary["totals"][key] = {"correct": c, "n": n, "accuracy": round(c / n, 4) if n else None,
-                                  "mean_latency_s": round(lat / n, 3) if n and test else None}
+        summary["totals"][key] = {"correct": int(right), "n": int(count),
+                                  "accuracy": round(right / count, 4) if count else None,
+                                  "mean_latency_s": round(seconds / count, 3) if count and test else None}
     t = summary["totals"]
 
     def frac(key: str) -> str:

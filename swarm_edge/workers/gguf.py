@@ -88,14 +88,14 @@ class GGUFBackend:
         finish = None
         try:
             if request.messages is not None and self.kind == "chat":
-                chunks = self.llm.create_chat_completion(messages=request.messages, **common)
+                chunks = self.llm.create_chat_completion(messages=request.messages, **common)  # type: ignore[arg-type]
                 get = _chat_text
             else:
                 prompt = request.prompt if request.prompt is not None else _flatten(request.messages or [])
-                chunks = self.llm.create_completion(prompt=prompt, **common)
+                chunks = self.llm.create_completion(prompt=prompt, **common)  # type: ignore[assignment]
                 get = _completion_text
             for chunk in chunks:
-                text, reason = get(chunk)
+                text, reason = get(chunk)  # type: ignore[arg-type]
                 if reason:
                     finish = reason
                 if text:
@@ -129,10 +129,10 @@ class GGUFBackend:
 
                     eos, bos = self.llm.token_eos(), self.llm.token_bos()
                     text = self.llm._model.token_get_text
-                    self._formatter = Jinja2ChatFormatter(
+                    self._formatter = Jinja2ChatFormatter(  # type: ignore[assignment]
                         template=self.llm.metadata["tokenizer.chat_template"], eos_token=text(eos) if eos != -1 else "",
                         bos_token=text(bos) if bos != -1 else "", stop_token_ids=[eos])
-                prompt = self._formatter(messages=request.messages).prompt
+                prompt = self._formatter(messages=request.messages).prompt  # type: ignore[misc]
             else:
                 prompt = request.prompt if request.prompt is not None else _flatten(request.messages or [])
             return len(self.llm.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1
@@ -180,7 +180,7 @@ class _LogprobMeter:
                 self.values.append(float(self._prev[token]) - self._prev_lse)
         top = float(scores.max())
         self._prev_lse = top + float(np.log(np.exp(scores - top).sum()))
-        self._prev = np.array(scores, dtype=np.float32, copy=True)
+        self._prev = np.array(scores, dtype=np.float32, copy=True)  # type: ignore[assignment]
         return scores
 
     def mean(self) -> float | None:
@@ -229,4 +229,4 @@ def _avoid_amx() -> None:
         return params
 
     llama_module.llama_cpp.llama_model_default_params = default_params
-    llama_cpp._swarm_edge_no_amx = True
+    llama_cpp._swarm_edge_no_amx = True  # type: ignore[attr-defined]

@@ -141,14 +141,14 @@ class ONNXBackend:
                 raise ModelLoadError(f"{model_path} (with {tok_name}): cannot embed {what} (largest {ids.max()}): "
                                      f"{exc}") from exc
             shape, kind = getattr(hidden, "shape", ()), getattr(getattr(hidden, "dtype", None), "kind", "")
-            if len(shape) != 3 or shape[:2] != ids.shape or shape[2] < 1 or kind != "f":
+            if len(shape) != 3 or shape[:2] != ids.shape or shape[2] < 1 or kind != "f":  # type: ignore[misc]
                 got = f"{tuple(shape)} {getattr(hidden, 'dtype', type(hidden).__name__)}"
                 raise ModelLoadError(f"{model_path}: the graph's first output for {what} is {got}, not float "
                                      "(batch, tokens, dim)")
             if not np.isfinite(hidden).all():
                 raise ModelLoadError(f"{model_path}: the graph's output for {what} is not finite (NaN or infinity): "
                                      "damaged weights?")
-            dims.add(int(shape[2]))
+            dims.add(int(shape[2]))  # type: ignore[misc]
             pooled.append(hidden[0, :int(mask[0].sum())].mean(axis=0))  # the first text's vector
         if len(dims) != 1:
             raise ModelLoadError(f"{model_path}: the graph's vectors change size with the batch: {sorted(dims)}")

@@ -79,7 +79,7 @@ def _die_with_the_daemon() -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
             os.close(fd)
-        server._forkserver_alive_fd = None
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict
 from typing import Any
 
@@ -204,7 +204,7 @@ class Worker:
         self._inflight = True
         self._start_watch()
 
-    async def generate(self, request: GenerateRequest, *, sent: bool = False) -> AsyncIterator[dict]:
+    async def generate(self, request: GenerateRequest, *, sent: bool = False) -> AsyncGenerator[dict, None]:
         """Stream events of one generation; closing the iterator early cancels it in the worker."""
         if not sent:
             await self.begin(request)

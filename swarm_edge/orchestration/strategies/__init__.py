@@ -4,11 +4,11 @@ route has that tool. Each strategy yields Start (once, for the answer shown), To
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 
-from swarm_edge.events import Done, Start, Token
+from swarm_edge.events import Done
+from swarm_edge.orchestration.answer import Step
 from swarm_edge.orchestration.calls import replay
-from swarm_edge.orchestration.context import Context, Solved
+from swarm_edge.orchestration.context import Context, Solved, Solving
 from swarm_edge.orchestration.plan import order
 from swarm_edge.orchestration.request import Msg, has_system, with_system
 from swarm_edge.orchestration.strategies import calculator, cascade, ensemble
@@ -16,11 +16,11 @@ from swarm_edge.router import Route
 
 
 async def solve(ctx: Context, task: str, route: Route, messages: list[Msg], *,
-                strategy: str = "single") -> AsyncIterator[Start | Token | Done[Solved]]:
+                strategy: str = "single") -> Solving:
     """Answer one task by its route's strategy."""
     spec_route = ctx.rt.registry.routes.get(task)
     models = order(route, spec_route, strategy)
-    tried = []
+    tried: list[Step] = []
     if spec_route is not None and spec_route.tool == "calculator" and not has_system(messages):
         call, tried = await calculator.attempt(ctx, task, route, models, messages, spec_route.min_logprob)
         if call is not None:
@@ -36,8 +36,8 @@ async def solve(ctx: Context, task: str, route: Route, messages: list[Msg], *,
         threshold = spec_route.min_logprob if spec_route is not None else 0.0
         run = cascade.run(ctx, task, route, models, messages, tried, threshold, judge_last=strategy == "cascade")
     async with contextlib.aclosing(run) as events:
-        async for ev in events:
-            yield ev
+        async for e in events:
+            yield e
 
 
 __all__ = ["Solved", "solve"]

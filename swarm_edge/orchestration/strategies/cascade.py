@@ -6,13 +6,12 @@ A single model is a cascade without tries."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 
 from swarm_edge.errors import CloudUnavailableError
-from swarm_edge.events import Done, Start, Token
+from swarm_edge.events import Done
 from swarm_edge.orchestration.answer import Step
 from swarm_edge.orchestration.calls import Call, replay
-from swarm_edge.orchestration.context import Context, Solved
+from swarm_edge.orchestration.context import Context, Solved, Solving
 from swarm_edge.orchestration.judge import judge, why_unsure
 from swarm_edge.orchestration.request import Msg
 from swarm_edge.router import Route
@@ -28,7 +27,7 @@ async def judged(ctx: Context, task: str, route: Route, model: str, messages: li
 
 
 async def run(ctx: Context, task: str, route: Route, models: list[str], messages: list[Msg], steps: list[Step],
-              threshold: float, *, judge_last: bool) -> AsyncIterator[Start | Token | Done[Solved]]:
+              threshold: float, *, judge_last: bool) -> Solving:
     *tries, final = models
     for mid in tries:
         call, keep = await judged(ctx, task, route, mid, messages, steps, threshold, "cascade")
@@ -41,16 +40,16 @@ async def run(ctx: Context, task: str, route: Route, models: list[str], messages
     if judge_last and ctx.esc.usable and cfg is not None and cfg.on_cascade_unsure:
         async with contextlib.aclosing(unsure_to_the_cloud(ctx, task, route, final, messages, steps,
                                                            threshold)) as events:
-            async for ev in events:
-                yield ev
+            async for e in events:
+                yield e
         return
     async with contextlib.aclosing(streamed(ctx, task, route, final, messages, steps)) as events:
-        async for ev in events:
-            yield ev
+        async for e in events:
+            yield e
 
 
 async def unsure_to_the_cloud(ctx: Context, task: str, route: Route, final: str, messages: list[Msg],
-                              steps: list[Step], threshold: float) -> AsyncIterator[Start | Token | Done[Solved]]:
+                              steps: list[Step], threshold: float) -> Solving:
     """The last local model is measured too and held back: if it is unsure as well, the cloud answers (and if the
     cloud is unavailable before its first text, the last local answer is shown after all)."""
     call, keep = await judged(ctx, task, route, final, messages, steps, threshold, "cascade-final")
@@ -60,8 +59,8 @@ async def unsure_to_the_cloud(ctx: Context, task: str, route: Route, final: str,
         try:
             async with contextlib.aclosing(ctx.esc.answer(messages, ctx.request.sampling, why, task,
                                                           steps)) as events:
-                async for ev in events:
-                    yield ev
+                async for e in events:
+                    yield e
             return
         except CloudUnavailableError as exc:  # raised only before any cloud text was shown
             ctx.esc.note(f"cloud unavailable ({exc}); the last local answer is shown")
@@ -73,7 +72,7 @@ async def unsure_to_the_cloud(ctx: Context, task: str, route: Route, final: str,
 
 
 async def streamed(ctx: Context, task: str, route: Route, model: str, messages: list[Msg],
-                   steps: list[Step]) -> AsyncIterator[Start | Token | Done[Solved]]:
+                   steps: list[Step]) -> Solving:
     """The model's answer, streamed as it comes."""
     call = None
     async with contextlib.aclosing(ctx.stream(model, ctx.request.sampling.call(ctx.rt.registry.get(model),

@@ -4,12 +4,11 @@ model), free text is chosen by mean log-probability."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 
-from swarm_edge.events import Done, Start, Token
+from swarm_edge.events import Done
 from swarm_edge.orchestration.answer import Step
 from swarm_edge.orchestration.calls import Call, replay
-from swarm_edge.orchestration.context import Context, Solved
+from swarm_edge.orchestration.context import Context, Solved, Solving
 from swarm_edge.orchestration.request import LABEL_PUNCTUATION, Msg
 from swarm_edge.router import Route
 
@@ -36,7 +35,7 @@ def vote(task: str, calls: list[Call]) -> Call:
 
 
 async def run(ctx: Context, task: str, route: Route, models: list[str], messages: list[Msg],
-              tried: list[Step]) -> AsyncIterator[Start | Token | Done[Solved]]:
+              tried: list[Step]) -> Solving:
     registry, sampling = ctx.rt.registry, ctx.request.sampling
     calls = [await ctx.quiet(mid, sampling.call(registry.get(mid), messages, logprobs=True)) for mid in models]
     winner = vote(task, calls)
