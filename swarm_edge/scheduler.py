@@ -22,22 +22,33 @@ import functools
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from swarm_edge.errors import BudgetError, BusyError, ModelLoadError, SwarmEdgeError
+from swarm_edge.scheduling import (  # noqa: F401  (re-exported: the policies and counters tests use)
+    Candidate,
+    Policy,
+    State,
+    Stats,
+    WorkerHandle,
+    lru,
+    plan_aware,
+)
+
+W = TypeVar("W", bound=WorkerHandle)
 
 MiB = 1 << 20
 
 
 @dataclass
-class Resident:
+class Resident(Generic[W]):
     """A model that is loading, loaded or stopping, and the bytes it holds against the budget."""
 
     model_id: str
     reserved: int
     pinned: bool = False
-    state: str = "loading"                 # loading -> ready -> stopping
-    worker: Any = None
+    state: State = State.LOADING           # loading -> ready -> stopping
+    worker: W | None = None                # None while loading
     refs: int = 0                          # leases holding or waiting for this model
     last_used: float = 0.0
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)   # one request at a time per context
@@ -46,52 +57,14 @@ class Resident:
     uses: int = 0
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """What an eviction policy sees of an idle, evictable model."""
-
-    model_id: str
-    last_used: float
-    reserved: int
-
-
-Policy = Callable[[list[Candidate], list[str], float], str]
-
-
-def lru(candidates: list[Candidate], future: list[str], now: float) -> str:
-    """Least recently used first."""
-    return min(candidates, key=lambda c: c.last_used).model_id
-
-
-def plan_aware(candidates: list[Candidate], future: list[str], now: float) -> str:
-    """Evict what the plan does not need (LRU among those), else what it needs furthest in the future."""
-    unneeded = [c for c in candidates if c.model_id not in future]
-    if unneeded:
-        return lru(unneeded, future, now)
-    return max(candidates, key=lambda c: future.index(c.model_id)).model_id
-
-
-@dataclass
-class Stats:
-    """Counters for status and /metrics."""
-
-    loads: int = 0
-    load_failures: int = 0
-    evictions: int = 0
-    ttl_unloads: int = 0
-    crashes: int = 0
-    busy_rejections: int = 0
-    prefetches: int = 0
-
-
-class Scheduler:
+class Scheduler(Generic[W]):
     """Leases, budget admission, eviction, TTL, pins, bounded waiting and plan hints."""
 
-    def __init__(self, budget: int, *, spawn: Callable[[str], Awaitable[Any]], estimate: Callable[[str], int],
+    def __init__(self, budget: int, *, spawn: Callable[[str], Awaitable[W]], estimate: Callable[[str], int],
                  measure_base: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic,
                  policy: Policy = plan_aware, max_waiting: int = 64, idle_ttl: float | None = None,
                  pins: frozenset[str] | set[str] = frozenset(), backoff: float = 2.0, max_backoff: float = 60.0,
-                 on_release: Callable[[str, Any], None] | None = None, admission_timeout: float = 600.0) -> None:
+                 on_release: Callable[[str, W], None] | None = None, admission_timeout: float = 600.0) -> None:
         self.budget = budget
         self._spawn, self._estimate, self._measure_base = spawn, estimate, measure_base
         self._clock, self.policy = clock, policy
@@ -118,7 +91,7 @@ class Scheduler:
 
     def ready(self) -> list[str]:
         """The models loaded and not being loaded or stopped."""
-        return [m for m, r in self.residents.items() if r.state == "ready"]
+        return [m for m, r in self.residents.items() if r.state is State.READY]
 
     def hint(self, upcoming: list[str]) -> None:
         """The models a plan will need next, in order: drives prefetch and furthest-future eviction."""
@@ -139,7 +112,7 @@ class Scheduler:
                 resident = await self._acquire(model_id)
                 try:
                     async with resident.busy:
-                        if not getattr(resident.worker, "alive", True):
+                        if not (resident.worker is None or resident.worker.alive):
                             continue  # died while we queued for it: the finally below drops it; load anew
                         self.waiting -= 1
                         counted = False
@@ -162,7 +135,7 @@ class Scheduler:
 
     async def _after_use(self, r: Resident) -> None:
         worker = r.worker
-        if worker is not None and not getattr(worker, "alive", True):
+        if worker is not None and not worker.alive:
             await self._drop_dead(r)  # a dead worker holds no memory: free its budget, the next lease reloads
             return
         if worker is not None and self._on_release:
@@ -174,7 +147,7 @@ class Scheduler:
     async def _acquire(self, model_id: str) -> Resident:
         while True:
             r = self.residents.get(model_id)
-            if r is not None and r.state != "stopping":
+            if r is not None and r.state is not State.STOPPING:
                 r.refs += 1
                 try:
                     await r.ready.wait()
@@ -186,7 +159,7 @@ class Scheduler:
                     if not isinstance(r.error, Exception):  # the load was cancelled: shutting down
                         raise ModelLoadError(f"the load of {model_id} was cancelled")
                     raise r.error
-                if getattr(r.worker, "alive", True):
+                if r.worker is None or r.worker.alive:
                     return r
                 r.refs -= 1
                 await self._drop_dead(r)
@@ -248,7 +221,7 @@ class Scheduler:
             raise
         self._failures.pop(r.model_id, None)
         self.stats.loads += 1
-        r.state = "ready"
+        r.state = State.READY
         r.ready.set()
         await self._correct(r)
         async with self._changed:
@@ -257,7 +230,7 @@ class Scheduler:
     async def _correct(self, r: Resident) -> None:
         """If the worker measures more than was reserved, hold what it really uses and evict idle models to
         get back under the budget."""
-        measured = getattr(r.worker, "last_pss", 0) or 0
+        measured = (r.worker.last_pss if r.worker is not None else 0) or 0
         if measured > r.reserved:
             r.reserved = measured
         if self.used() > self.budget:  # a worker grew, or the base did: give idle models back
@@ -278,13 +251,13 @@ class Scheduler:
 
     def _candidates(self, exclude: str) -> list[Candidate]:
         return [Candidate(r.model_id, r.last_used, r.reserved) for r in self.residents.values()
-                if r.state == "ready" and r.refs == 0 and not r.pinned and r.model_id != exclude]
+                if r.state is State.READY and r.refs == 0 and not r.pinned and r.model_id != exclude]
 
     async def _make_room(self, need: int, *, exclude: str, wait: bool) -> bool:
         """Evict idle models until `need` more bytes fit: True once they do. With `wait`, sleep until memory is
         freed when nothing is evictable and return False, so the caller looks at the world again."""
-        for r in [r for r in self.residents.values() if r.state == "ready" and r.refs == 0
-                  and not getattr(r.worker, "alive", True)]:
+        for r in [r for r in self.residents.values() if r.state is State.READY and r.refs == 0
+                  and not (r.worker is None or r.worker.alive)]:
             await self._drop_dead(r)  # died while idle: its memory is already back, stop counting it
         while self.used() + need > self.budget:
             cands = self._candidates(exclude)
@@ -293,7 +266,7 @@ class Scheduler:
                 continue
             if not wait:
                 return False
-            busy = any(r.refs > 0 or r.state == "loading" for r in self.residents.values()) or self._stopping
+            busy = any(r.refs > 0 or r.state is State.LOADING for r in self.residents.values()) or self._stopping
             if not busy:  # nothing in use, loading or exiting: waiting would never end
                 raise BudgetError(
                     f"{exclude} needs about {need / MiB:,.0f} MiB; {self.used() / MiB:,.0f} MiB of the "
@@ -326,7 +299,7 @@ class Scheduler:
         """Remove a resident and wait for its worker to exit; its bytes count until the process is gone."""
         if self.residents.get(r.model_id) is r:
             del self.residents[r.model_id]
-        r.state = "stopping"
+        r.state = State.STOPPING
         self._stopping[id(r)] = r.reserved
         try:
             if r.worker is not None:
@@ -396,7 +369,8 @@ class Scheduler:
             "budget": self.budget, "used": self.used(), "base": self._measure_base(), "waiting": self.waiting,
             "residents": [{"model": r.model_id, "state": r.state, "reserved": r.reserved, "pinned": r.pinned,
                            "in_use": r.refs, "uses": r.uses,
-                           "pss": getattr(r.worker, "last_pss", None), "pid": getattr(r.worker, "pid", None)}
+                           "pss": r.worker.last_pss if r.worker is not None else None,
+                           "pid": r.worker.pid if r.worker is not None else None}
                           for r in self.residents.values()],
             "stats": vars(self.stats).copy(),
         }

@@ -26,6 +26,7 @@ class FakeWorker:
 
     def __init__(self, model_id: str, pss: int = 0) -> None:
         self.model_id, self.alive, self.last_pss, self.stopped = model_id, True, pss, False
+        self.pid = None  # no process behind this fake
 
     async def stop(self) -> None:
         await asyncio.sleep(0)
