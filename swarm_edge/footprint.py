@@ -104,9 +104,6 @@ def onnx_formula(model_bytes: int, tokenizer_bytes: int) -> dict[str, int]:
     return {"weights": int(model_bytes * ONNX_FACTOR), "tokenizer": tokenizer_bytes * 8, "process": PROCESS_BASE}
 
 
-_FACTS_MEMO: dict[str, dict[str, Any]] = {}  # facts by file sha256: a file's facts never change
-
-
 class FootprintStore:
     """Cached GGUF facts and calibrated peaks under SWARM_EDGE_HOME. Thread-safe."""
 
@@ -118,18 +115,28 @@ class FootprintStore:
         # (path, size, mtime_ns, inode) of the files this store has structure-checked; a set's add and
         # membership test are atomic, and two threads checking one file at once merely repeat the walk
         self._checked: set[tuple[str, int, int, int]] = set()
+        self._facts: dict[str, dict[str, Any]] = {}  # facts by file sha256 (a file's facts never change); _lock
+
+    def _memo(self, sha256: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._facts.get(sha256)
+
+    def _remember(self, sha256: str, facts: dict[str, Any]) -> None:
+        with self._lock:
+            self._facts[sha256] = facts
 
     def facts(self, sha256: str, path: Path) -> dict[str, Any]:
         """GGUF facts for the file with this sha256, computed once (by the structure check) and cached on disk."""
-        if sha256 in _FACTS_MEMO:
-            return _FACTS_MEMO[sha256]
+        known = self._memo(sha256)
+        if known is not None:
+            return known
         cache = self.facts_dir / f"{sha256}.json"
         try:
             facts = json.loads(cache.read_text())
         except (OSError, ValueError):
             facts = gguf_facts(path)  # raises CorruptModelError naming the file and the reason
             self._keep(sha256, facts)
-        _FACTS_MEMO[sha256] = facts
+        self._remember(sha256, facts)
         return facts
 
     def checked_facts(self, sha256: str, path: Path) -> dict[str, Any]:
@@ -146,13 +153,14 @@ class FootprintStore:
         except OSError as exc:
             raise CorruptModelError(f"cannot open {path}: {exc}") from exc
         key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-        if key in self._checked and sha256 in _FACTS_MEMO:
-            return _FACTS_MEMO[sha256]
+        known = self._memo(sha256)
+        if key in self._checked and known is not None:
+            return known
         info = inspect_gguf(path)
         facts = facts_from_info(info)
-        if _FACTS_MEMO.get(sha256) != facts:  # first sight, or a cache written by an older version
+        if known != facts:  # first sight, or a cache written by an older version
             self._keep(sha256, facts)
-            _FACTS_MEMO[sha256] = facts
+            self._remember(sha256, facts)
         self._checked.add((str(path), *info.stat_key))  # the file walked, even if the path changed since
         return facts
 

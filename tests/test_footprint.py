@@ -53,9 +53,7 @@ def test_facts_are_cached_per_sha(tmp_path, model_files):
     sha = "cd" * 32
     first = store.facts(sha, model_files["smollm2-135m"]["model"])
     assert (tmp_path / "footprint" / f"{sha}.json").exists()
-    from swarm_edge import footprint
-
-    footprint._FACTS_MEMO.clear()  # force the on-disk cache to answer
+    # a new store remembers nothing yet: the on-disk cache answers
     assert FootprintStore(tmp_path).facts(sha, tmp_path / "not-read-again.gguf") == first
 
 
@@ -115,7 +113,6 @@ def test_the_daemon_path_never_uses_gguf_reader(tmp_path, model_files, monkeypat
         raise AssertionError("GGUFReader used")
 
     monkeypatch.setattr(gguf, "GGUFReader", forbidden)
-    monkeypatch.setattr(footprint, "_FACTS_MEMO", {})
     store = FootprintStore(tmp_path)
     path = model_files["smollm2-135m"]["model"]
     assert store.checked_facts("ab" * 32, path)["n_vocab"] == 49152
@@ -153,7 +150,6 @@ def test_checked_facts_walk_each_file_once_and_never_trust_the_cache(tmp_path, m
     walks = []
     real_inspect = gguf_check.inspect_gguf
     monkeypatch.setattr(gguf_check, "inspect_gguf", lambda p: walks.append(p) or real_inspect(p))
-    monkeypatch.setattr(footprint, "_FACTS_MEMO", {})
     store = FootprintStore(tmp_path)
     good = built(tmp_path, [("llama.block_count", U32, 5)])
     assert store.checked_facts("11" * 32, good)["n_layer"] == 5

@@ -43,7 +43,7 @@ class Pool:
 
     def __init__(self, preload: list[str] | None = None, spare: bool = True) -> None:
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
+        self.preload = PRELOAD if preload is None else preload
         self.spawned = 0
         self._want_spare = spare
         self._spare: tuple[Any, Any] | None = None    # (process, parent end of its pipe)
@@ -54,9 +54,16 @@ class Pool:
         """Start the forkserver now (it imports the runtimes once), so the first load does not pay for it."""
         from multiprocessing import forkserver
 
+        self._configure()
         forkserver.ensure_running()
 
+    def _configure(self) -> None:
+        # The forkserver is one per process (multiprocessing's): what it preloads is set here, where it may start,
+        # not when a Pool is built (it only takes effect if the server is not running yet)
+        self._ctx.set_forkserver_preload(self.preload)
+
     def _fork(self) -> tuple[Any, Any]:
+        self._configure()
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=worker_main, name="swarm-edge-worker", args=(child,), daemon=True)
         process.start()
