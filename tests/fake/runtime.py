@@ -266,7 +266,8 @@ class FakeCloud:
         result.usage = {"prompt_tokens": 11, "completion_tokens": result.tokens}
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.config.model, "breaker": "closed"}
+        return {"model": self.config.model, "host": self.config.host, "breaker": "closed",
+                "calls": {"ok": len(self.calls), "failed": 0, "cancelled": 0, "refused_open_circuit": 0}}
 
     async def aclose(self) -> None:
         return None
