@@ -11,8 +11,8 @@ translate  when the request names a target language, the answer is written in it
 rewrite    a rewrite that keeps the wording (voice, tense, spelling, grammar, punctuation) keeps at least half of
            the text's content words; paraphrases and changes of tone are not checked
 
-tune.py measures each check's precision and recall on dev (how often a flagged answer was wrong, how many
-wrong answers were flagged).
+swarm-edge tune (swarm_edge/tune/) measures each check's precision and recall on dev (how often a flagged answer was
+wrong, how many wrong answers were flagged).
 """
 
 from __future__ import annotations

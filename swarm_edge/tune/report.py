@@ -98,7 +98,7 @@ def write_config(source: Path, target: Path, decisions: dict[str, Decision], reg
         raise ConfigError(f"--write {target}: cannot write there ({exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"# written by `swarm-edge tune` from {source}; the rule: swarm_edge/tune.py\n")
+            f.write(f"# written by `swarm-edge tune` from {source}; the rule: swarm_edge/tune/__init__.py\n")
             yaml.safe_dump(doc, f, sort_keys=False, allow_unicode=True, width=120)
             f.flush()
             os.fsync(f.fileno())
