@@ -138,7 +138,8 @@ class CloudClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """`text` with the key replaced by [key] (for errors and the audit log)."""
         return text.replace(self._key, "[key]") if self._key else text
 
     def _headers(self) -> dict[str, str]:
@@ -224,7 +225,7 @@ class CloudClient:
                      "model": self.config.model, "bytes_sent": res.bytes_sent,
                      "request_sha256": hashlib.sha256(payload).hexdigest(), "redacted": res.redacted,
                      "attempts": res.attempts, "statuses": res.statuses, "tokens": res.tokens,
-                     "outcome": self._scrub(outcome)[:300]}
+                     "outcome": self.scrub(outcome)[:300]}
             try:
                 audit.write(json.dumps(entry) + "\n")
                 audit.flush()
@@ -251,12 +252,12 @@ class CloudClient:
                         yield text
                 return
             except _Retryable as exc:
-                last_error = self._scrub(str(exc))
+                last_error = self.scrub(str(exc))
                 if res.tokens:  # text already shown cannot be taken back
                     raise CloudUnavailableError(f"the cloud stream broke after {res.tokens} chunks: {last_error}",
                                                 partial=True) from None
             except httpx2.HTTPError as exc:  # anything else httpx2 raises (protocol errors): not retried
-                raise CloudUnavailableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
+                raise CloudUnavailableError(self.scrub(f"{type(exc).__name__}: {exc}")) from None
         raise CloudUnavailableError(f"{last_error} (after {res.attempts} attempts)")
 
     async def _within(self, aw, what: str, res: CloudResult, deadline: float):
@@ -298,7 +299,7 @@ class CloudClient:
                 if response.status_code in RETRY_STATUS:
                     res.retry_after = retry_after_seconds(response.headers.get("retry-after"))
                     raise _Retryable(msg)
-                raise CloudUnavailableError(self._scrub(msg))
+                raise CloudUnavailableError(self.scrub(msg))
             ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype == "application/json" or ctype.endswith("+json"):
                 # several OpenAI-compatible proxies ignore `stream` and answer with one JSON completion
@@ -378,8 +379,8 @@ def make_client(registry, settings):
     inherited = EgressClient.inherited(config, os.environ)  # `serve` started it, then ran again without the key
     if inherited is not None:
         return inherited
-    sock, pid = start(config, key, settings.home / "audit" / "cloud.jsonl")
-    return EgressClient(config, sock, pid)
+    audit = settings.home / "audit" / "cloud.jsonl"
+    return EgressClient(config, starter=lambda: start(config, key, audit))  # started by the first cloud call
 
 
 __all__ = ["CircuitBreaker", "CloudClient", "CloudConfig", "CloudResult", "backoff_delay", "cloud_policy",

@@ -20,11 +20,14 @@ import contextlib
 import functools
 import itertools
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -32,14 +35,16 @@ from typing import Any
 from swarm_edge.cloud_config import KEY_ENV, CloudConfig
 from swarm_edge.errors import CloudUnavailableError, ConfigError
 
+log = logging.getLogger("swarm_edge.egress")
 FD_ENV = "SWARM_EDGE_EGRESS_FD"     # set by `serve` for the process it re-executes: the egress socket's fd
 PID_ENV = "SWARM_EDGE_EGRESS_PID"
 START_TIMEOUT_S = 30.0
-LINE_LIMIT = 16 << 20               # one line: a chunk of text, or a request's messages (bodies are capped at 1 MiB)
+LINE_LIMIT = 64 << 20               # one line: a chunk of text (an 8 MiB JSON answer, escaped) or a request
 
 
-def start(config: CloudConfig, key: str | None, audit_path: Path) -> tuple[socket.socket, int]:
-    """Start the egress process; (our end of its socket, its pid). The key goes over the socket, once."""
+def start(config: CloudConfig, key: str | None, audit_path: Path) -> tuple[socket.socket, subprocess.Popen]:
+    """Start the egress process (blocking: about 0.7 s); (our end of its socket, the process). The key goes over the
+    socket, once. A key file it cannot use is a ConfigError here."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, FD_ENV, PID_ENV)}
     proc = subprocess.Popen([sys.executable, "-m", "swarm_edge.egress", str(theirs.fileno())], env=env,
@@ -59,20 +64,25 @@ def start(config: CloudConfig, key: str | None, audit_path: Path) -> tuple[socke
             proc.kill()
             proc.wait(5)
         raise ConfigError(reply["error"])
-    return ours, proc.pid
+    return ours, proc
 
 
 class EgressClient:
-    """The daemon's side: the cloud client's interface, over the egress process's socket."""
+    """The daemon's side: the cloud client's interface, over the egress process's socket.
 
-    def __init__(self, config: CloudConfig, sock: socket.socket, pid: int) -> None:
-        self.config, self._sock, self.pid = config, sock, pid
+    Built with a running egress (`inherited`, after `serve` re-executed itself), or with `starter`, which starts one
+    on the first call (so an in-process answer that never goes to the cloud never pays for the process)."""
+
+    def __init__(self, config: CloudConfig, sock: socket.socket | None = None, pid: int = 0, *,
+                 proc: subprocess.Popen | None = None, starter: Callable[[], Any] | None = None) -> None:
+        self.config, self._sock, self.pid, self._proc, self._starter = config, sock, pid, proc, starter
         self._described: dict[str, Any] = {"model": config.model, "host": config.host, "breaker": "closed",
                                            "calls": {"ok": 0, "failed": 0, "cancelled": 0, "refused_open_circuit": 0}}
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Queue] = {}
+        self._waiting: dict[int, asyncio.Queue[dict]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
+        self._connecting: asyncio.Lock | None = None
         self._gone: str | None = None
 
     @classmethod
@@ -88,19 +98,36 @@ class EgressClient:
     def handoff(cls, config: CloudConfig, key: str | None, audit_path: Path) -> dict[str, str]:
         """Start the egress for a process about to re-execute itself: the environment entries that let the new
         image take it over (`inherited`)."""
-        sock, pid = start(config, key, audit_path)
+        sock, proc = start(config, key, audit_path)
         os.set_inheritable(sock.fileno(), True)
-        return {FD_ENV: str(sock.detach()), PID_ENV: str(pid)}
+        return {FD_ENV: str(sock.detach()), PID_ENV: str(proc.pid)}
 
     def __repr__(self) -> str:
         return f"EgressClient({self.config.base_url!r}, model={self.config.model!r}, pid={self.pid})"
 
     def describe(self) -> dict[str, Any]:
-        """The egress's last report: model, host, breaker state, calls by outcome (never the key)."""
-        return self._described
+        """The egress's last report: model, host, breaker state, calls by outcome (never the key). The breaker's
+        open -> half-open turn is computed here, as time passes (one clock: CLOCK_MONOTONIC is system-wide)."""
+        d = {k: v for k, v in self._described.items() if k != "opened_at"}
+        opened = self._described.get("opened_at")
+        if d.get("breaker") == "open" and opened is not None and \
+                time.monotonic() - opened >= self.config.breaker_reset_s:
+            d["breaker"] = "half-open"
+        return d
 
     async def _connect(self) -> None:
-        if self._writer is None:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:  # two first calls at once must not open two transports on one socket
+            if self._writer is not None:
+                return
+            if self._sock is None:
+                assert self._starter is not None
+                try:
+                    self._sock, self._proc = await asyncio.to_thread(self._starter)
+                except ConfigError as exc:
+                    raise CloudUnavailableError(f"the cloud egress did not start: {exc}") from None
+                self.pid = self._proc.pid if self._proc is not None else 0
             reader, self._writer = await asyncio.open_unix_connection(sock=self._sock, limit=LINE_LIMIT)
             self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
 
@@ -113,15 +140,23 @@ class EgressClient:
                 queue = self._waiting.get(msg.get("id"))
                 if queue is not None:
                     queue.put_nowait(msg)
-        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-            self._gone = f"the cloud egress process's socket failed: {exc}"
-        self._gone = self._gone or "the cloud egress process exited"
-        for queue in self._waiting.values():
-            queue.put_nowait({"error": self._gone})
+        except asyncio.CancelledError:  # aclose(), or the loop ending
+            self._gone = "the cloud egress was closed"
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken socket or a bad line: the egress is gone either way
+            self._gone = f"the cloud egress process's socket failed: {type(exc).__name__}: {exc}"
+        finally:  # every waiting stream learns it, whatever ended the reading
+            if self._gone is None:
+                self._gone = "the cloud egress process exited"
+            if self._gone != "the cloud egress was closed":
+                self._described = {**self._described, "breaker": "unavailable"}
+                log.warning("%s; cloud calls fail until the daemon restarts", self._gone)
+            for queue in self._waiting.values():
+                queue.put_nowait({"error": self._gone})
 
     def _send(self, msg: dict) -> None:
         assert self._writer is not None
-        self._writer.write(json.dumps(msg, ensure_ascii=False).encode() + b"\n")
+        self._writer.write(json.dumps(msg, ensure_ascii=True).encode() + b"\n")
 
     async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None = None,
                           temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
@@ -159,18 +194,29 @@ class EgressClient:
             self._writer.close()
             with contextlib.suppress(Exception):
                 await self._writer.wait_closed()
-        else:
+        elif self._sock is not None:
             self._sock.close()
         if self._reader_task is not None:
             self._reader_task.cancel()
-        for _ in range(50):  # up to 5 s for it to exit by itself
-            with contextlib.suppress(ChildProcessError):
-                if not self.pid or os.waitpid(self.pid, os.WNOHANG)[0]:
-                    return
-            await asyncio.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(self.pid, 9)
-            os.waitpid(self.pid, 0)
+        await asyncio.to_thread(self._reap)
+
+    def _reap(self) -> None:
+        if self._proc is not None:  # ours: Popen knows whether it was reaped, and never signals a recycled pid
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            return
+        if self.pid:  # handed over by `serve` before it re-executed itself: still our child
+            for _ in range(50):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(self.pid, os.WNOHANG)[0]:
+                        return
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
 
 
 def _fill(result: Any, data: dict | None) -> None:
@@ -195,9 +241,17 @@ async def _chat(client: Any, msg: dict, send) -> None:
             send({"id": rid, "text": text})
     except CloudUnavailableError as exc:
         send({"id": rid, "error": str(exc), "partial": exc.partial, "breaker": exc.breaker, "result": asdict(res),
-              "describe": client.describe()})
+              "describe": _described(client)})
         return
-    send({"id": rid, "end": asdict(res), "describe": client.describe()})
+    except Exception as exc:  # noqa: BLE001 - anything else is this call's failure, never a silent hang
+        send({"id": rid, "error": client.scrub(f"the cloud call failed: {type(exc).__name__}: {exc}"),
+              "partial": bool(res.tokens), "result": asdict(res), "describe": _described(client)})
+        return
+    send({"id": rid, "end": asdict(res), "describe": _described(client)})
+
+
+def _described(client: Any) -> dict[str, Any]:
+    return {**client.describe(), "opened_at": client.breaker.opened_at}
 
 
 async def serve(sock: socket.socket) -> None:
@@ -206,8 +260,8 @@ async def serve(sock: socket.socket) -> None:
 
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
 
-    def send(obj: dict) -> None:
-        writer.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+    def send(obj: dict) -> None:  # surrogates a stream may carry are escaped, never an encoding error
+        writer.write(json.dumps(obj, ensure_ascii=True).encode() + b"\n")
 
     hello = json.loads(await reader.readline())
     config = CloudConfig(**hello["config"])
@@ -244,6 +298,10 @@ def _forget(tasks: dict[int, asyncio.Task], rid: int, _done: object) -> None:
 
 
 def main() -> None:
+    # Ctrl-C in the terminal and a service manager's SIGTERM reach the daemon's whole process group: the egress lets
+    # in-flight calls finish and exits when the daemon closes its socket (or dies)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd = int(sys.argv[1])
     try:
         asyncio.run(serve(socket.socket(fileno=fd)))

@@ -45,15 +45,18 @@ if TYPE_CHECKING:
     from swarm_edge.registry import Registry
 
 
-def stream(rt: Runtime, *, allow_cloud: bool = True, **kwargs: Any) -> Events:
+async def stream(rt: Runtime, *, allow_cloud: bool = True, **kwargs: Any) -> Events:
     """Answer chat `messages` (or a plain `prompt`): yields Start, Token..., Done (with the Answer).
 
     Keyword arguments: messages | prompt, model_id (a model id, "auto", "cloud" or "pipeline:NAME"),
     max_tokens, temperature, top_p, stop, seed, cache_prompt, progress_factory, fetch, decompose, task (answer as
     this task's route: no routing, no plan), logprobs (every call measures its mean token log-prob). `allow_cloud=False`
-    keeps this request on the device whatever the configuration says.
+    keeps this request on the device whatever the configuration says. (An async generator: a bad argument is raised
+    on the first iteration, where callers handle the stream's errors.)
     """
-    return execute(rt, Request.of(allow_cloud=allow_cloud, **kwargs))
+    async with contextlib.aclosing(execute(rt, Request.of(allow_cloud=allow_cloud, **kwargs))) as events:
+        async for event in events:
+            yield event
 
 
 def ask(prompt: str, registry: Registry, settings: Settings, *, budget: int | str | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -97,18 +98,31 @@ class LocalSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: Any = None
         self._router: Any = None
+        if keep:  # a chat: its engine and workers now, so a bad budget or configuration fails here, not per turn
+            self._run(lambda engine: asyncio.sleep(0))
+
+    def _engine_for_a_call(self) -> Any:
+        from swarm_edge.engine import Engine
+
+        if self._engine is not None and self.keep:
+            return self._engine
+        engine = Engine(self.registry, self.settings, budget=self.budget, spare=self.keep)
+        if self.keep:
+            assert self._loop is not None
+            try:
+                self._loop.run_until_complete(engine.start())
+            except BaseException:
+                self._loop.run_until_complete(engine.close())
+                raise
+            self._engine = engine
+        return engine
 
     def _run(self, coro_fn: Callable[[Any], Any]) -> Any:
         """Run `coro_fn(engine)` on this session's loop; Ctrl-C cancels it (and its model call) cleanly."""
-        from swarm_edge.engine import Engine
-
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-        if self._engine is None or not self.keep:
-            self._engine = Engine(self.registry, self.settings, budget=self.budget, spare=self.keep)
-            if self.keep:
-                self._loop.run_until_complete(self._engine.start())
-        engine = self._engine
+        loop = self._loop
+        engine = self._engine_for_a_call()
 
         async def run() -> Any:
             try:
@@ -117,13 +131,18 @@ class LocalSession:
                 if not self.keep:
                     await engine.close()
 
-        task = self._loop.create_task(run())
+        task = loop.create_task(run())
+        # Ctrl-C cancels the task (its model call and lease are released in order), as asyncio.run does, instead of
+        # landing as a KeyboardInterrupt inside whichever task step is running
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
         try:
-            return self._loop.run_until_complete(task)
-        except KeyboardInterrupt:
-            task.cancel()
-            self._loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
-            raise
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+        finally:
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.remove_signal_handler(signal.SIGINT)
 
     def ask(self, messages: list[dict[str, str]], *, model: str | None = None, max_tokens: int | None = None,
             temperature: float = 0.0, offline: bool = False, on_token: OnToken | None = None) -> Answer:
@@ -151,10 +170,12 @@ class LocalSession:
     def close(self) -> None:
         if self._loop is None:
             return
+        loop, self._loop = self._loop, None
         if self._engine is not None and self.keep:
-            self._loop.run_until_complete(self._engine.close())
-        self._loop.close()
-        self._loop = None
+            loop.run_until_complete(self._engine.close())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
 
 
 def find_daemon(settings: Settings, local: bool, **in_process_only: Any) -> tuple[Any, list[str]]:

@@ -310,14 +310,26 @@ def test_the_key_leaves_this_process_for_the_egress_process(tmp_path):
             "from types import SimpleNamespace\n"
             "reg = SimpleNamespace(offline=False, cloud=None)  # what make_client reads of a registry\n"
             "c = make_client(reg, Settings.load(home=sys.argv[1]))\n"
-            "assert type(c).__name__ == 'EgressClient' and c.pid != os.getpid(), c\n"
-            "key = sys.argv[2].encode()\n"
-            "mine = open('/proc/self/environ', 'rb').read().count(key)\n"
-            "theirs = [open(f'/proc/{c.pid}/{n}', 'rb').read().count(key) for n in ('environ', 'cmdline')]\n"
-            "print(mine, *theirs, 'SWARM_EDGE_CLOUD_API_KEY' in os.environ)\n")
+            "assert type(c).__name__ == 'EgressClient' and c.pid == 0, c  # started by the first call\n"
+            "import asyncio\n"
+            "from swarm_edge.cloud import CloudResult\n"
+            "async def call():\n"
+            "    try:\n"
+            "        async for _ in c.stream_chat([{'role': 'user', 'content': 'hi'}], reason='test'):\n"
+            "            pass\n"
+            "    except Exception as exc:  # nothing listens on port 9: the egress tried and said so\n"
+            "        assert 'cannot connect' in str(exc), exc\n"
+            "    assert c.pid not in (0, os.getpid())\n"
+            "    key = sys.argv[2].encode()\n"
+            "    mine = open('/proc/self/environ', 'rb').read().count(key)\n"
+            "    theirs = [open(f'/proc/{c.pid}/{n}', 'rb').read().count(key) for n in ('environ', 'cmdline')]\n"
+            "    alive = open(f'/proc/{c.pid}/cmdline', 'rb').read().count(b'swarm_edge.egress')\n"
+            "    print(mine, *theirs, alive, 'SWARM_EDGE_CLOUD_API_KEY' in os.environ)\n"
+            "    await c.aclose()\n"
+            "asyncio.run(call())\n")
     env = {**os.environ, "SWARM_EDGE_CLOUD_API_KEY": KEY,
            "SWARM_EDGE_CLOUD_URL": "http://127.0.0.1:9/v1", "SWARM_EDGE_CLOUD_MODEL": "m"}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path), KEY], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0", "0", "0", "False"]
+    assert out.stdout.split() == ["0", "0", "0", "1", "False"]

@@ -24,7 +24,10 @@ def status(as_json: Json = False, budget: Budget = None, config: Config = None, 
 
     try:
         settings, registry = setup(config, offline=True, socket=socket)
-        client, _ = find_daemon(settings, local, budget=budget, config=config)
+        client, given = find_daemon(settings, local, budget=budget, config=config)
+        if given:
+            flags = ", ".join(f"--{k}" for k in given)
+            typer.secho(f"({flags} given: answering in-process, not through the daemon)", err=True, dim=True)
         session = DaemonSession(client) if client is not None else LocalSession(registry, settings, budget=budget)
         try:
             snap = session.status()
