@@ -199,3 +199,22 @@ def test_embed_picks_the_first_embedding_model():
 def test_embed_refuses_a_model_that_generates():
     with pytest.raises(ConfigError, match="not an embedding model; embedding models here: embedder"):
         asyncio.run(orchestrator.embed(FakeRuntime(), ["x"], "small"))
+
+
+def test_a_client_gone_while_the_model_waits_releases_it():
+    # ordered by an event, not a sleep: the model is held before its first token until the test lets it go
+    async def go():
+        gate = asyncio.Event()
+        rt = FakeRuntime(replies={"small": Reply(["never", "shown"], gate=gate)})
+        events = orchestrator.stream(rt, messages=[{"role": "user", "content": HELLO}])
+        first = await events.__anext__()
+        assert first["type"] == "start" and rt.open_sessions == 1
+        waiting = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0)  # let it reach the gate (a yield to the loop, not a wait for time)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await events.aclose()
+        return rt
+    rt = asyncio.run(go())
+    assert rt.records[0].closed_early and rt.open_sessions == 0 and rt.records[0].events == ["start"]
