@@ -17,14 +17,14 @@ import errno
 import hashlib
 import json
 import os
-import re
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from swarm_edge.config import Settings
 from swarm_edge.errors import BackendUnavailableError, ChecksumError, FetchError, ModelFileError
 from swarm_edge.fetchers import (  # noqa: F401  (_pip_download: re-exported for the tests)
+    CHUNK,
+    Progress,
     _atomic_target,
     _fetch_hf,
     _fetch_lock,
@@ -33,18 +33,6 @@ from swarm_edge.fetchers import (  # noqa: F401  (_pip_download: re-exported for
     _sweep,
 )
 from swarm_edge.registry import FileSpec, ModelSpec, Source
-
-CHUNK = 1 << 20
-PIP_BATCH = 4  # wheels per pip call: amortises pip's start-up without holding many parts on disk
-SPACE_MARGIN = 16 << 20  # free space kept beyond what a fetch writes: a full disk breaks more than the fetch
-LOCK_NAME = ".fetch.lock"
-STALE_STAMP_S = 60.0  # a stamp's temp file lives for microseconds; one this old lost its writer
-# Our temp names (model file names start with a letter or digit, never with "."): the .part of a download,
-# pip's wheel directory, and the staging directory of older versions' Hub downloads.
-_LEFTOVER = re.compile(r"\..+\.part|\.wheels-.+|\.hf-.+", re.DOTALL)
-_STAMP_TMP = re.compile(r"\..+\.verified\.json\..+\.tmp", re.DOTALL)
-Progress = Callable[[int], None]
-
 
 # ---------------------------------------------------------------- hashing and stamps
 
