@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarm_edge.router import instruction_head
@@ -82,9 +82,6 @@ class Request:
     def chat(self) -> list[Msg]:
         """The request as chat messages (a raw prompt becomes one user message)."""
         return self.messages if self.messages is not None else [{"role": "user", "content": self.text}]
-
-    def named(self, task: str) -> Request:
-        return replace(self, task=task)
 
 
 def last_user_text(messages: list[Msg]) -> str:
