@@ -40,9 +40,16 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
-    """Point SWARM_EDGE_HOME at a fresh temp dir so no test touches the user's data."""
-    monkeypatch.setenv("SWARM_EDGE_HOME", str(tmp_path / "home"))
+def _isolated_home(request, tmp_path, monkeypatch):
+    """Point SWARM_EDGE_HOME at a fresh temp dir so no test touches the user's data.
+
+    A test that uses the real models gets the measured footprints in it (see `calibrated_home`), unless it is
+    marked `fresh_home`: it then starts with an empty home and pays the first-load calibration itself.
+    """
+    home = tmp_path / "home"
+    if "model_files" in request.fixturenames and request.node.get_closest_marker("fresh_home") is None:
+        seed_home(request.getfixturevalue("calibrated_home"), home)
+    monkeypatch.setenv("SWARM_EDGE_HOME", str(home))
     monkeypatch.delenv("SWARM_EDGE_CONFIG", raising=False)
     monkeypatch.setenv("SWARM_EDGE_THREADS", "2")
 
@@ -144,6 +151,53 @@ router:
   embedder: minilm-l6
   planner: smollm2-135m
 """
+
+
+CALIBRATION_SEEDS = ("calibration.json", "footprint")  # what a first load measures and a later one reuses
+
+
+def seed_home(calibrated: Path, home: Path) -> None:
+    """Give `home` the footprints measured in `calibrated` (the calibration file and the cached GGUF facts)."""
+    import shutil
+
+    home.mkdir(parents=True, exist_ok=True)
+    for name in CALIBRATION_SEEDS:
+        src = calibrated / name
+        if src.is_dir():
+            shutil.copytree(src, home / name, dirs_exist_ok=True)
+        elif src.exists():
+            shutil.copy2(src, home / name)
+
+
+@pytest.fixture(scope="session")
+def calibrated_home(model_files, tmp_path_factory) -> Path:
+    """A home in which every test model was loaded once for real, so its calibration.json holds each model's
+    measured peak (a GGUF's first load evaluates a full batch: ~3 s for smollm2 on two cores, paid by every
+    test that starts from an empty home) and its footprint/ the GGUF facts. Tests get copies of both
+    (`_isolated_home`, the daemons of tests/api); the calibration path itself is tested with `fresh_home`."""
+    import asyncio
+
+    from swarm_edge.engine import Engine
+
+    home = tmp_path_factory.mktemp("calibrated")
+    text = registry_yaml(model_files, twin=True)
+    # the default swarm runs smollm2 with n_ctx 2048, the test registries with 1024: both are measured
+    text = text.replace("  - id: smollm2-135m-b\n    format: gguf\n    tasks: [rewrite]\n    n_ctx: 1024",
+                        "  - id: smollm2-135m-b\n    format: gguf\n    tasks: [rewrite]\n    n_ctx: 2048")
+    registry = parse_registry(text, home / "models.yaml")
+    assert {s.n_ctx for s in registry if s.format == "gguf"} == {1024, 2048}, text
+
+    async def load_each() -> None:
+        engine = Engine(registry, Settings.load(home=home, threads=2, offline=True), budget="8GiB", spare=False)
+        try:
+            for spec in registry:
+                async with engine.session(spec.id, compute=False):
+                    pass
+        finally:
+            await engine.close()
+
+    asyncio.run(load_each())
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import registry_yaml
+from tests.conftest import registry_yaml, seed_home
 
 SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
 
@@ -21,8 +21,10 @@ SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
 class Daemon:
     """One daemon process; `http` speaks HTTP over its socket."""
 
-    def __init__(self, root: Path, config: Path, *args: str, env: dict | None = None, offline: bool = True) -> None:
+    def __init__(self, root: Path, config: Path, *args: str, env: dict | None = None, offline: bool = True,
+                 seed: Path | None = None) -> None:
         self.root = root
+        self.seed = seed  # a home with measured footprints to start from (tests.conftest.calibrated_home)
         self.socket = root / "run" / "swarm-edge.sock"
         self.home = root / "home"
         self.log = root / f"daemon-{time.monotonic_ns()}.log"
@@ -34,6 +36,8 @@ class Daemon:
         self.http: httpx2.Client | None = None
 
     def start(self, timeout: float = 60.0) -> Daemon:
+        if self.seed is not None:
+            seed_home(self.seed, self.home)
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._logf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -90,12 +94,12 @@ def api_config(model_files, tmp_path_factory) -> Path:
     return path
 
 
-def serve(config: Path):
+def serve(config: Path, seed: Path | None = None):
     """Run a daemon on `config` in a private directory for as long as the generator is open (fixture body)."""
     import shutil
 
     root = private_root()
-    d = Daemon(root, config).start()
+    d = Daemon(root, config, seed=seed).start()
     yield d
     code = d.stop()
     assert code == 0, d.output()
@@ -103,20 +107,21 @@ def serve(config: Path):
 
 
 @pytest.fixture(scope="module")
-def daemon(api_config):
-    """A daemon shared by a test module (default budget)."""
-    yield from serve(api_config)
+def daemon(api_config, calibrated_home):
+    """A daemon shared by a test module (default budget), its home seeded with the measured footprints."""
+    yield from serve(api_config, calibrated_home)
 
 
 @pytest.fixture()
-def make_daemon(api_config):
-    """Factory for daemons with their own flags; all stopped (and their dirs removed) after the test."""
+def make_daemon(api_config, calibrated_home):
+    """Factory for daemons with their own flags, their homes seeded with the measured footprints (`fresh=True`:
+    an empty home); all stopped (and their dirs removed) after the test."""
     import shutil
 
     made: list[Daemon] = []
 
-    def make(*args: str, root: Path | None = None, start: bool = True, **kw) -> Daemon:
-        d = Daemon(root or private_root(), api_config, *args, **kw)
+    def make(*args: str, root: Path | None = None, start: bool = True, fresh: bool = False, **kw) -> Daemon:
+        d = Daemon(root or private_root(), api_config, *args, seed=None if fresh else calibrated_home, **kw)
         made.append(d)
         return d.start() if start else d
 

@@ -205,6 +205,7 @@ def test_load_failure_from_missing_runtime_is_clear(test_registry, settings, mon
         run(main())
 
 
+@pytest.mark.fresh_home
 def test_first_load_calibrates_and_the_formula_is_an_upper_bound(test_registry, settings):
     async def main():
         engine = Engine(test_registry, settings, budget="4GiB")
