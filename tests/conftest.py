@@ -201,6 +201,13 @@ def calibrated_home(model_files, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_router_cache(tmp_path_factory) -> Path:
+    """One cache directory for the default swarm's router head in this session: the first test that needs the
+    head trains it for real (it embeds every example: ~25 s here), the others load it by its examples' hash."""
+    return tmp_path_factory.mktemp("router-cache")
+
+
+@pytest.fixture(scope="session")
 def standin(model_files, tmp_path_factory):
     """The stand-in cloud: llama-cpp-python's OpenAI-compatible server on loopback serving qwen2.5-coder-0.5b,
     requiring STANDIN_KEY. One per test session (it idles between tests)."""

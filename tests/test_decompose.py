@@ -135,14 +135,14 @@ def test_too_many_steps_are_not_a_plan():
 
 
 @pytest.mark.real_model
-def test_frozen_test_split_with_the_real_router(model_files, tmp_path):
+def test_frozen_test_split_with_the_real_router(model_files, default_router_cache):
     """benchmarks/results/decompose.md: the reading on the frozen test split (never tuned on)."""
     from swarm_edge.config import DEFAULT_CONFIG
     from swarm_edge.registry import load_registry
     from swarm_edge.router import Router
 
     registry = load_registry(DEFAULT_CONFIG)
-    router = Router(registry, lambda mid: model_files[mid], threads=1, cache_dir=tmp_path)
+    router = Router(registry, lambda mid: model_files[mid], threads=1, cache_dir=default_router_cache)
 
     def route(piece):
         r = router.route(piece)

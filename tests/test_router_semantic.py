@@ -54,14 +54,13 @@ def test_a_bad_examples_file_names_its_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def router(model_files, tmp_path_factory):
+def router(model_files, default_router_cache):
     from swarm_edge.workers import open_backend
 
     registry = load_registry(DEFAULT_CONFIG)
     spec = registry.get("minilm-l6")
     backend = open_backend(spec, model_files["minilm-l6"], 1)
-    cache = tmp_path_factory.mktemp("router-cache")
-    return SemanticRouter(registry, backend, embedder_sha=spec.file("model").sha256, cache_dir=cache)
+    return SemanticRouter(registry, backend, embedder_sha=spec.file("model").sha256, cache_dir=default_router_cache)
 
 
 @pytest.mark.real_model
