@@ -156,7 +156,8 @@ class CloudClient:
 
     async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None = None,
                           temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
-                          seed: int | None = None, result: CloudResult | None = None) -> AsyncGenerator[str, None]:
+                          seed: int | None = None, result: CloudResult | None = None,
+                          response_format: dict[str, Any] | None = None) -> AsyncGenerator[str, None]:
         """Yield the answer's text as it streams (placeholders restored); fill `result` as it goes.
 
         Raises CloudUnavailableError (its text free of the key) when the call fails; `result.tokens` says
@@ -172,7 +173,8 @@ class CloudClient:
             self.outcomes["refused_open_circuit"] += 1
             raise
         redactor = Redactor()
-        payload = await self._payload(messages, redactor, res, max_tokens, temperature, top_p, stop, seed)
+        payload = await self._payload(messages, redactor, res, max_tokens, temperature, top_p, stop, seed,
+                                      response_format)
         try:
             audit = self._open_audit()
         except OSError as exc:
@@ -203,7 +205,7 @@ class CloudClient:
 
     async def _payload(self, messages: list[dict[str, str]], redactor: Redactor, res: CloudResult,
                        max_tokens: int | None, temperature: float, top_p: float, stop: list[str] | None,
-                       seed: int | None) -> bytes:
+                       seed: int | None, response_format: dict[str, Any] | None = None) -> bytes:
         """The request body, through the privacy gate (pure CPU, up to ~1 s per MiB of hostile text: off the event
         loop; redact_all also removes a secret split across two messages from both)."""
         contents = await asyncio.to_thread(redactor.redact_all, [m.get("content") or "" for m in messages])
@@ -216,6 +218,8 @@ class CloudClient:
             body["stop"] = [redactor.redact(s) for s in stop]
         if seed is not None:
             body["seed"] = seed
+        if response_format is not None:  # OpenAI's own shape (OutputFormat.openai): the schema is not redacted
+            body["response_format"] = response_format
         return json.dumps(body, ensure_ascii=False).encode()
 
     def _audit(self, audit, res: CloudResult, reason: str, payload: bytes, outcome: str) -> None:

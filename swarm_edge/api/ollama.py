@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from fastapi import APIRouter, Request
 
-from swarm_edge import __version__, errors, orchestrator
+from swarm_edge import __version__, errors, orchestrator, structured
 from swarm_edge.api.deps import deadline_of, engine_of, generation, metrics_of
 from swarm_edge.api.schemas import (
     EMBEDDING_STATUSES,
@@ -122,9 +122,11 @@ async def _lines(shape: _Shape, events):
 
 
 async def ollama_generation(request: Request, model: str, options, stream: bool, key: str, allow_cloud: bool = True,
-                            **kw: Any):
+                            fmt: Any = None, **kw: Any):
     metrics = metrics_of(request)
+    output = structured.from_ollama(fmt)  # a bad format is a 400 before anything runs
     events = generation(request, model_id=ollama_name(model), max_tokens=options.max_tokens, allow_cloud=allow_cloud,
+                        output=output,
                         temperature=options.temperature or 0.0, top_p=options.top_p or 1.0,
                         stop=options.stop, seed=options.seed, **kw)
     until = deadline_of(request)
@@ -153,7 +155,7 @@ async def ollama_chat(request: Request, body: OllamaChatRequest):
     if not messages:  # Ollama loads the model and answers done: a preload
         return await ollama_load(request, body.model, "message")
     return await ollama_generation(request, body.model, body.options, body.stream, "message", body.allow_cloud,
-                                   messages=messages, cache_prompt=body.cache_prompt)
+                                   body.format, messages=messages, cache_prompt=body.cache_prompt)
 
 
 @router.post("/api/generate", responses=responses(OllamaAnswer, *GENERATION_STATUSES, stream=NDJSON))
@@ -162,11 +164,11 @@ async def ollama_generate(request: Request, body: OllamaGenerateRequest):
         return await ollama_load(request, body.model, "response")
     if body.raw:
         return await ollama_generation(request, body.model, body.options, body.stream, "response", body.allow_cloud,
-                                       prompt=body.prompt, cache_prompt=body.cache_prompt)
+                                       body.format, prompt=body.prompt, cache_prompt=body.cache_prompt)
     messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
         [{"role": "user", "content": body.prompt}]
     return await ollama_generation(request, body.model, body.options, body.stream, "response", body.allow_cloud,
-                                   messages=messages, cache_prompt=body.cache_prompt)
+                                   body.format, messages=messages, cache_prompt=body.cache_prompt)
 
 
 @router.post("/api/embed", responses=responses(OllamaEmbeddings, *EMBEDDING_STATUSES))

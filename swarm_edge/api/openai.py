@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from fastapi import APIRouter, Request
 
-from swarm_edge import errors, orchestrator
+from swarm_edge import errors, orchestrator, structured
 from swarm_edge.api.deps import deadline_of, engine_of, generation, metrics_of
 from swarm_edge.api.errors import classify, error_body
 from swarm_edge.api.schemas import (
@@ -146,7 +146,9 @@ async def openai_generation(request: Request, body, kind: str, **kw: Any):
 
 @router.post("/v1/chat/completions", responses=responses(ChatCompletion, *GENERATION_STATUSES, stream=SSE))
 async def chat_completions(request: Request, body: ChatCompletionRequest):
-    return await openai_generation(request, body, "chat", messages=body.plain_messages(), max_tokens=body.limit)
+    output = structured.from_openai(body.response_format)  # a bad schema is a 400 before anything runs
+    return await openai_generation(request, body, "chat", messages=body.plain_messages(), max_tokens=body.limit,
+                                   output=output)
 
 
 @router.post("/v1/completions", responses=responses(Completion, *GENERATION_STATUSES, stream=SSE))

@@ -1,8 +1,8 @@
 """Request bodies of the HTTP API: OpenAI-compatible (/v1) and Ollama-compatible (/api).
 
 Clients send fields we do not use (user, presence_penalty, keep_alive, ...), so unknown fields are
-accepted and ignored; fields whose meaning we cannot honour (n > 1, tools, logprobs, images, a JSON
-response format) are refused with a 400 that names them, never silently dropped.
+accepted and ignored; fields whose meaning we cannot honour (n > 1, tools, logprobs, images) are refused
+with a 400 that names them, never silently dropped.
 """
 
 from __future__ import annotations
@@ -122,8 +122,6 @@ class ChatCompletionRequest(_Sampling):
     def _chat_unsupported(self):
         if self.tools or self.functions:
             raise ValueError("tools and function calling are not supported")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError(f"response_format {self.response_format.get('type')!r} is not supported (text only)")
         for m in self.messages:
             m.text()  # raises for image or audio parts
         return self
@@ -231,13 +229,7 @@ class _OllamaBase(_Lenient):
     cache_prompt: bool = True      # as in the OpenAI requests: false evaluates the whole prompt afresh
     stream: bool = True
     options: OllamaOptions = Field(default_factory=OllamaOptions)  # type: ignore[arg-type]
-    format: Any = None
-
-    @model_validator(mode="after")
-    def _no_format(self):
-        if self.format not in (None, ""):
-            raise ValueError("format (JSON mode) is not supported")
-        return self
+    format: Any = None             # "json" or a JSON schema: swarm_edge.structured.from_ollama reads it
 
 
 class OllamaChatRequest(_OllamaBase):

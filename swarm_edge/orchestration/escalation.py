@@ -12,6 +12,7 @@ from swarm_edge.orchestration.calls import Call
 from swarm_edge.orchestration.request import Msg, Sampling
 from swarm_edge.orchestration.runtime import Runtime
 from swarm_edge.router import Route
+from swarm_edge.structured import verdict
 from swarm_edge.workers.base import GenStats
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ class Escalation:
         call = Call(self.target)
         texts = self.client.stream_chat(messages, reason=why, max_tokens=sampling.max_tokens,
                                         temperature=sampling.temperature, top_p=sampling.top_p,
-                                        stop=list(sampling.stop), seed=sampling.seed, result=res)
+                                        stop=list(sampling.stop), seed=sampling.seed, result=res,
+                                        response_format=sampling.output.openai() if sampling.output else None)
         try:
             async with contextlib.aclosing(texts):
                 async for text in texts:
@@ -124,7 +126,8 @@ class Escalation:
                               prompt_tokens=(res.usage or {}).get("prompt_tokens"))
         call.timings = {"ttft_s": res.ttft_s, "generate_s": res.total_s, "total_s": res.total_s}
         steps.append(call.step(task, "cloud", None, shown=True, reason=why, redacted=res.redacted,
-                               attempts=res.attempts, bytes_sent=res.bytes_sent))
+                               attempts=res.attempts, bytes_sent=res.bytes_sent,
+                               **verdict(sampling.output, call.text)))
         yield Done(Solved(call, steps))
 
 

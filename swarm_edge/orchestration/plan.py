@@ -4,7 +4,8 @@ No function here does I/O or reads a clock, so every branch is a row of a table 
 run.py performs what a decision needs (routing, reading the request, the planner, the cloud) and asks again.
 
 The branch order of a request:
-  pipeline:NAME -> an explicit model id -> model "cloud" (forced) / a named task / routed
+  pipeline:NAME -> an explicit model id -> model "cloud" (forced) / a named task / a structured answer (task
+  "json" when models.yaml has it, else routed, never split) / routed
   -> escalate first? (a hard task, an unsure router, forced) -> a raw prompt (the routed model continues it)
   -> a compound request (decompose) -> the route's strategy (single, cascade, ensemble; calculator by tool)
 """
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 CLOUD = "cloud"
 PIPELINE_PREFIX = "pipeline:"
+JSON_TASK = "json"   # the route of requests whose answer must follow a JSON schema (response_format, format)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,10 @@ def entry(req: Request, registry: Registry, *, cloud_configured: bool, cloud_all
           why_not: str) -> Entry:
     """What a request is: a pipeline, one explicit model, the cloud, a named task, or one to route."""
     model_id = req.model_id
+    structured = req.sampling.output is not None
     if model_id and model_id.startswith(PIPELINE_PREFIX):
+        if structured:
+            raise ConfigError("a response format applies to one model's answer; pipelines cannot take one")
         return pipeline_entry(model_id[len(PIPELINE_PREFIX):], registry)
     if model_id and model_id not in (AUTO, CLOUD):
         spec = registry.get(model_id)
@@ -85,7 +90,11 @@ def entry(req: Request, registry: Registry, *, cloud_configured: bool, cloud_all
                                     + ", ".join(sorted(registry.routes)))
         return Entry("task", Route(task=req.task, model=registry.routes[req.task].models[0], confidence=1.0,
                                    reason="task chosen by the caller"), forced=forced, decompose=False)
-    return Entry("route", forced=forced, decompose=req.decompose)
+    if structured and JSON_TASK in registry.routes:  # the shape of the request decides: no routing, no split
+        return Entry("task", Route(task=JSON_TASK, model=registry.routes[JSON_TASK].models[0], confidence=1.0,
+                                   reason="the answer must follow a JSON schema: task json"), forced=forced,
+                     decompose=False)
+    return Entry("route", forced=forced, decompose=req.decompose and not structured)
 
 
 def pipeline_entry(name: str, registry: Registry) -> Entry:
@@ -100,9 +109,11 @@ def pipeline_entry(name: str, registry: Registry) -> Entry:
     return Entry("pipeline", top, subtasks)
 
 
-def strategy_of(registry: Registry, task: str) -> str:
-    """The route's strategy: single, cascade or ensemble (the calculator is a route's tool, on any strategy)."""
-    return registry.routes[task].strategy if task in registry.routes else "single"
+def strategy_of(registry: Registry, task: str, *, structured: bool = False) -> str:
+    """The route's strategy: single, cascade or ensemble (the calculator is a route's tool, on any strategy).
+    Answers that must follow a schema are checked, not voted on: an ensemble is a cascade for them."""
+    strategy = registry.routes[task].strategy if task in registry.routes else "single"
+    return "cascade" if structured and strategy == "ensemble" else strategy
 
 
 def order(route: Route, spec_route: RouteSpec | None, strategy: str) -> list[str]:
@@ -150,5 +161,5 @@ def subtask_route(sub: Subtask, routed: Route | None, registry: Registry, i: int
                  reason=f"subtask {i + 1}/{n}")
 
 
-__all__ = ["AUTO", "CLOUD", "FORCED", "PIPELINE_PREFIX", "Entry", "Subtask", "compound", "entry", "order",
+__all__ = ["AUTO", "CLOUD", "FORCED", "JSON_TASK", "PIPELINE_PREFIX", "Entry", "Subtask", "compound", "entry", "order",
            "pipeline_entry", "pipeline_prompt", "strategy_of", "subtask_prompt", "subtask_route"]

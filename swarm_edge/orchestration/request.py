@@ -13,6 +13,7 @@ from swarm_edge.workers.base import GenerateRequest
 
 if TYPE_CHECKING:
     from swarm_edge.registry import ModelSpec
+    from swarm_edge.structured import OutputFormat
 
 Msg = dict[str, str]
 
@@ -28,13 +29,15 @@ class Sampling:
     seed: int | None = None
     cache_prompt: bool = True
     logprobs: bool = False          # every call measures its mean token log-prob (swarm-edge tune reads the steps)
+    output: OutputFormat | None = None  # the answer must be JSON (following a schema): grammar-constrained
 
     def call(self, spec: ModelSpec, messages: list[Msg] | None, *, prompt: str | None = None,
              **over: Any) -> GenerateRequest:
         """The worker request for chat `messages` (or a raw completion `prompt`) on `spec`."""
         kw: dict[str, Any] = dict(max_tokens=self.max_tokens or spec.max_tokens, temperature=self.temperature,
                                   top_p=self.top_p, stop=list(self.stop), seed=self.seed,
-                                  cache_prompt=self.cache_prompt, logprobs=self.logprobs)
+                                  cache_prompt=self.cache_prompt, logprobs=self.logprobs,
+                                  json_schema=self.output.schema if self.output is not None else None)
         kw.update(over)
         if prompt is not None:
             return GenerateRequest(prompt=prompt, **kw)
@@ -67,10 +70,11 @@ class Request:
     def of(cls, *, messages: list[Msg] | None = None, prompt: str | None = None, model_id: str | None = None,
            max_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
            stop: list[str] | None = None, seed: int | None = None, cache_prompt: bool = True,
-           logprobs: bool = False, allow_cloud: bool = True, **kw: Any) -> Request:
+           logprobs: bool = False, allow_cloud: bool = True, output: OutputFormat | None = None,
+           **kw: Any) -> Request:
         """From `orchestrator.stream`'s keyword arguments."""
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()),
-                            seed=seed, cache_prompt=cache_prompt, logprobs=logprobs)
+                            seed=seed, cache_prompt=cache_prompt, logprobs=logprobs, output=output)
         return cls(messages=messages, prompt=prompt, model_id=model_id, sampling=sampling, allow_cloud=allow_cloud,
                    **kw)
 

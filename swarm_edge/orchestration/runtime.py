@@ -34,7 +34,8 @@ class CloudPort(Protocol):
 
     def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None,
                     temperature: float, top_p: float, stop: list[str], seed: int | None,
-                    result: CloudResult) -> AsyncGenerator[str, None]: ...
+                    result: CloudResult,
+                    response_format: dict[str, Any] | None = None) -> AsyncGenerator[str, None]: ...
 
 
 class Runtime(Protocol):

@@ -46,9 +46,9 @@ def test_generate_embed_tags_ps(daemon):
     assert {"smollm2-135m", "minilm-l6"} <= {p["name"] for p in ps} and all(p["size"] > 0 for p in ps)
     assert daemon.http.get("/api/version").json()["version"]
 
-    bad = daemon.http.post("/api/chat", json={"model": "smollm2-135m", "format": "json",
+    bad = daemon.http.post("/api/chat", json={"model": "smollm2-135m", "format": "yaml",
                                               "messages": [{"role": "user", "content": "x"}]})
-    assert bad.status_code == 400 and "format" in bad.json()["error"]
+    assert bad.status_code == 400 and "format must be \"json\" or a JSON schema" in bad.json()["error"]
 
 
 def test_health_status_metrics(daemon):

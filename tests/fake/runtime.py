@@ -248,9 +248,9 @@ class FakeCloud:
 
     async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None,
                           temperature: float, top_p: float, stop: list[str], seed: int | None,
-                          result: CloudResult) -> AsyncIterator[str]:
+                          result: CloudResult, response_format: dict | None = None) -> AsyncIterator[str]:
         self.calls.append({"messages": messages, "reason": reason, "max_tokens": max_tokens,
-                           "temperature": temperature})
+                           "temperature": temperature, "response_format": response_format})
         result.attempts = 1
         if self.fail_before:
             result.statuses.append(503)

@@ -19,9 +19,10 @@ async def solve(ctx: Context, task: str, route: Route, messages: list[Msg], *,
                 strategy: str = "single") -> Solving:
     """Answer one task by its route's strategy."""
     spec_route = ctx.rt.registry.routes.get(task)
+    structured = ctx.request.sampling.output is not None
     models = order(route, spec_route, strategy)
     tried: list[Step] = []
-    if spec_route is not None and spec_route.tool == "calculator" and not has_system(messages):
+    if spec_route is not None and spec_route.tool == "calculator" and not has_system(messages) and not structured:
         call, tried = await calculator.attempt(ctx, task, route, models, messages, spec_route.min_logprob)
         if call is not None:
             for ev in replay(call):

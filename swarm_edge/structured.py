@@ -1,0 +1,247 @@
+"""Structured outputs: answers that must be JSON, or JSON that follows a schema.
+
+A request's format (OpenAI `response_format`, Ollama `format`) becomes an `OutputFormat` in the daemon, before any
+model is used:
+- the schema must be a valid JSON schema (Draft 2020-12);
+- it may use only what the grammar converter (llama.cpp's JSON-schema-to-GBNF converter, the copy llama-cpp-python
+  ships) turns into grammar rules. A keyword the converter would drop without a word (`minimum`, `uniqueItems`,
+  `not`, a `maxLength` beside a `pattern`, a `format` it does not know, ...) is refused with its place in the
+  schema named: an answer is never less constrained than the caller asked;
+- the converter must take it: it runs here once, so a schema it chokes on is a 400 too, not a failed generation
+  (the worker converts the same schema again, with the same code, inside llama-cpp-python).
+After generation, `OutputFormat.problem(text)` parses the answer and validates it against the schema.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from swarm_edge.errors import ConfigError
+
+MAX_DEPTH = 32            # nesting of a schema: the converter and the validator recurse once per level
+MAX_SCHEMA_BYTES = 256 << 10
+
+# Keywords that describe and never constrain: any node may carry them.
+ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "$anchor",
+                         "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "contentMediaType",
+                         "contentEncoding"})
+STRING_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
+TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
+OBJECT = {"type": "object"}  # json_object mode: any JSON object
+
+
+class SchemaError(ConfigError):
+    """A schema that is not valid, or that the grammar cannot express (a 400 naming the field and the construct)."""
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """What an answer must be: a JSON object (`json_object`) or JSON valid against `schema`."""
+
+    schema: dict[str, Any]
+    name: str = "json_object"
+    strict: bool = True
+
+    @classmethod
+    def build(cls, schema: dict[str, Any], *, name: str = "json_object", strict: bool = True,
+              where: str = "response_format") -> OutputFormat:
+        """Check `schema` (`where` names the request field in errors), its grammar included."""
+        check(schema, where)
+        grammar_of(schema, where)
+        return cls(schema=schema, name=name, strict=strict)
+
+    def problem(self, text: str) -> str | None:
+        """Why `text` is not an answer in this format (it does not parse, or it does not validate), or None."""
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return f"the answer is not JSON ({exc})"
+        from jsonschema import Draft202012Validator
+
+        error = next(iter(Draft202012Validator(self.schema).iter_errors(value)), None)
+        if error is None:
+            return None
+        at = "".join(f"[{p!r}]" for p in error.absolute_path) or "the top level"
+        return f"the answer does not follow the schema at {at}: {error.message[:200]}"
+
+    def openai(self) -> dict[str, Any]:
+        """As OpenAI's `response_format` (what the cloud is sent)."""
+        if self.schema is OBJECT:
+            return {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.schema, "strict": self.strict}}
+
+
+def verdict(output: OutputFormat | None, text: str) -> dict[str, Any]:
+    """What a shown step records about its format: {} without one, else whether the answer is valid (and why not:
+    a generation cut off by max_tokens is the usual reason, the grammar sees to the rest)."""
+    if output is None:
+        return {}
+    problem = output.problem(text)
+    return {"valid": True} if problem is None else {"valid": False, "problem": problem}
+
+
+def from_openai(response_format: dict[str, Any] | None) -> OutputFormat | None:
+    """OpenAI's `response_format`: {type: text} (None), {type: json_object}, {type: json_schema, json_schema: {...}}."""
+    if not response_format:
+        return None
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat.build(OBJECT, where="response_format")
+    if kind != "json_schema":
+        raise SchemaError(f"response_format.type {kind!r} is not one of text, json_object, json_schema")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        raise SchemaError("response_format.json_schema must be an object with name and schema")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise SchemaError("response_format.json_schema.name must be a string of 1 to 64 characters")
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise SchemaError("response_format.json_schema.schema must be a JSON schema (an object)")
+    strict = spec.get("strict")
+    return OutputFormat.build(schema, name=name, strict=bool(strict) if strict is not None else False,
+                              where="response_format.json_schema.schema")
+
+
+def from_ollama(fmt: Any) -> OutputFormat | None:
+    """Ollama's `format`: "json" (any JSON object... Ollama allows any JSON value; an object is what clients expect)
+    or a JSON schema."""
+    if fmt in (None, ""):
+        return None
+    if fmt == "json":
+        return OutputFormat.build(OBJECT, where="format")
+    if isinstance(fmt, dict):
+        return OutputFormat.build(fmt, name="format", where="format")
+    raise SchemaError(f"format must be \"json\" or a JSON schema (an object), not {json.dumps(fmt)[:80]}")
+
+
+def check(schema: dict[str, Any], where: str) -> None:
+    """Raise SchemaError unless `schema` is a valid JSON schema whose every constraint the grammar expresses."""
+    try:
+        size = len(json.dumps(schema))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SchemaError(f"{where} is not JSON: {exc}") from None
+    if size > MAX_SCHEMA_BYTES:
+        raise SchemaError(f"{where} is {size:,} bytes; at most {MAX_SCHEMA_BYTES:,}")
+    _depth(schema, where, 0)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError as Invalid
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except Invalid as exc:
+        at = "/".join(str(p) for p in exc.absolute_path)
+        raise SchemaError(f"{where} is not a valid JSON schema{f' (at {at})' if at else ''}: {exc.message[:200]}") \
+            from None
+    dropped = list(_unexpressed(schema, "#", schema))
+    if dropped:
+        raise SchemaError(f"{where}: the grammar cannot enforce {'; '.join(dropped[:5])}"
+                          + (f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else "")
+                          + " - remove it, or check the value after the answer")
+
+
+def _depth(node: Any, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise SchemaError(f"{where} is nested more than {MAX_DEPTH} levels deep")
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        _depth(child, where, depth + 1)
+
+
+def _branch(node: dict[str, Any]) -> tuple[set[str], list[tuple[str, Any]]]:
+    """The keywords the converter's rule for `node` enforces, and the subschemas it visits (with their paths).
+
+    Mirrors SchemaConverter.visit in llama_cpp/llama_grammar.py: the first branch that matches wins, and whatever
+    else the node says is dropped."""
+    t = node.get("type")
+    if "$ref" in node:
+        return {"$ref"}, []
+    for union in ("oneOf", "anyOf"):
+        if union in node:
+            return {union}, [(f"{union}/{i}", s) for i, s in enumerate(node[union])]
+    if isinstance(t, list):
+        return {"type"}, []
+    if "const" in node:
+        return {"const", "type"}, []
+    if "enum" in node:
+        return {"enum", "type"}, []
+    if t in (None, "object") and ("properties" in node or node.get("additionalProperties", True) is not True):
+        subs = [(f"properties/{k}", s) for k, s in node.get("properties", {}).items()]
+        if isinstance(node.get("additionalProperties"), dict):
+            subs.append(("additionalProperties", node["additionalProperties"]))
+        return {"type", "properties", "required", "additionalProperties"}, subs
+    if t in (None, "array") and ("items" in node or "prefixItems" in node):
+        if "prefixItems" in node and "items" not in node:
+            return {"type", "prefixItems"}, [(f"prefixItems/{i}", s) for i, s in enumerate(node["prefixItems"])]
+        return {"type", "items", "minItems", "maxItems"}, [("items", node["items"])]
+    if t in (None, "string") and "pattern" in node:
+        return {"type", "pattern"}, []
+    if t in (None, "string") and node.get("format") in STRING_FORMATS:
+        return {"type", "format"}, []
+    if t == "string" and ("minLength" in node or "maxLength" in node):
+        return {"type", "minLength", "maxLength"}, []
+    return {"type"}, []
+
+
+def _unexpressed(node: Any, path: str, root: dict[str, Any]):
+    """Each constraint in `node` (and below) the grammar would not enforce, as "`keyword` at path"."""
+    if not isinstance(node, dict):  # `true` / `false` schemas
+        if node is False:
+            yield f"a `false` schema at {path}"
+        return
+    t = node.get("type")
+    if isinstance(t, str) and t not in TYPES or isinstance(t, list) and any(x not in TYPES for x in t):
+        yield f"`type` {json.dumps(t)} at {path}"
+    ref = node.get("$ref")
+    if isinstance(ref, str) and not ref.startswith("#/"):
+        yield f"`$ref` {ref!r} at {path} (only local references, #/...)"
+    if "allOf" in node:
+        yield f"`allOf` at {path}"
+    enforced, subs = _branch(node)
+    if not set(node) - ANNOTATIONS and t is None:
+        yield f"an empty schema (any value) at {path}"
+    for key in sorted(set(node) - enforced - ANNOTATIONS - {"allOf"}):
+        yield f"`{key}` at {path}"
+    for sub_path, sub in subs:
+        yield from _unexpressed(sub, f"{path}/{sub_path}", root)
+    for defs in ("$defs", "definitions"):
+        for name, sub in (node.get(defs) or {}).items() if path == "#" else ():
+            yield from _unexpressed(sub, f"#/{defs}/{name}", root)
+
+
+@functools.cache
+def _converter() -> ModuleType:
+    """llama-cpp-python's llama_grammar.py, loaded on its own: it is pure Python, and importing the llama_cpp
+    package would load the native library into this process (the daemon parses no model and runs no model)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ConfigError("structured outputs need llama-cpp-python (its JSON-schema-to-grammar converter)")
+    source = importlib.util.spec_from_file_location("swarm_edge._llama_grammar",
+                                                    Path(locations[0]) / "llama_grammar.py")
+    assert source is not None and source.loader is not None
+    module = importlib.util.module_from_spec(source)
+    source.loader.exec_module(module)
+    return module
+
+
+def grammar_of(schema: dict[str, Any], where: str = "schema") -> str:
+    """GBNF for `schema` (already checked)."""
+    try:
+        return _converter().json_schema_to_gbnf(json.dumps(schema))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the converter raises ValueError, KeyError, AssertionError, ...
+        raise SchemaError(f"{where}: the grammar converter cannot express it: {type(exc).__name__}: "
+                          f"{str(exc)[:200]}") from None
+
+
+__all__ = ["OBJECT", "OutputFormat", "SchemaError", "check", "from_ollama", "from_openai", "grammar_of", "verdict"]

@@ -1,0 +1,197 @@
+"""Structured outputs: reading OpenAI's response_format and Ollama's format, refusing what the grammar cannot
+enforce, and the orchestration of a request whose answer must follow a schema, over FAKE model sessions."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+from swarm_edge import structured
+from swarm_edge.errors import ConfigError
+from swarm_edge.structured import OBJECT, SchemaError, from_ollama, from_openai
+from tests.fake.helpers import ask
+from tests.fake.runtime import FAKE_YAML, FakeCloud, FakeRuntime, Reply, fake_registry
+
+pytestmark = pytest.mark.fake
+
+
+class Address(BaseModel):
+    city: str
+    postcode: str | None = None
+
+
+class Person(BaseModel):
+    name: str = Field(description="full name")
+    age: int
+    tags: list[str]
+    colour: Literal["red", "blue"]
+    home: Address
+    past: list[Address] = []
+
+
+PERSON = Person.model_json_schema()
+GOOD = {"name": "Ada", "age": 36, "tags": [], "colour": "red", "home": {"city": "London"}}
+
+
+def fmt(schema: dict, **kw) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, **kw}}
+
+
+# ---------------------------------------------------------------- reading the request
+
+def test_text_and_nothing_are_no_format():
+    assert from_openai(None) is None and from_openai({"type": "text"}) is None
+    assert from_ollama(None) is None and from_ollama("") is None
+
+
+def test_json_object_mode_is_any_object():
+    for out in (from_openai({"type": "json_object"}), from_ollama("json")):
+        assert out is not None and out.schema is OBJECT
+        assert out.problem('{"a": [1]}') is None
+        assert "not follow" in out.problem("[1, 2]")
+        assert out.openai() == {"type": "json_object"}
+
+
+def test_a_pydantic_schema_is_taken_whole():
+    out = from_openai(fmt(PERSON, strict=True))
+    assert out is not None and out.name == "answer" and out.strict is True
+    assert out.openai() == fmt(PERSON, strict=True)
+    assert out.problem(json.dumps(GOOD)) is None
+    assert from_ollama(PERSON) is not None
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"type": "json_schemas"}, "response_format.type 'json_schemas' is not one of"),
+    ({"type": "json_schema"}, "response_format.json_schema must be an object"),
+    ({"type": "json_schema", "json_schema": {"schema": OBJECT}}, "json_schema.name must be a string"),
+    ({"type": "json_schema", "json_schema": {"name": "x" * 65, "schema": OBJECT}}, "1 to 64 characters"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}, "schema must be a JSON schema"),
+    (fmt({"type": "strin"}), "is not a valid JSON schema (at type)"),
+    (fmt({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}),
+     "cannot enforce `minimum` at #/properties/n"),
+    (fmt({"type": "string", "pattern": "^a+$", "maxLength": 3}), "`maxLength` at #"),
+    (fmt({"type": "array", "items": {"type": "string"}, "uniqueItems": True}), "`uniqueItems` at #"),
+    (fmt({"type": "string", "format": "email"}), "`format` at #"),
+    (fmt({"$ref": "https://example.com/s.json"}), "only local references"),
+    (fmt({"allOf": [{"type": "object"}]}), "`allOf` at #"),
+    (fmt({"type": ["string", "null"], "maxLength": 3}), "`maxLength` at #"),
+    (fmt({"type": "object", "properties": {"x": {"description": "anything"}}}), "an empty schema (any value)"),
+    (fmt({"type": "object", "$defs": {"N": {"type": "number", "multipleOf": 2}}}), "`multipleOf` at #/$defs/N"),
+])
+def test_a_schema_the_grammar_cannot_enforce_is_refused_with_its_place(body, words):
+    with pytest.raises(SchemaError) as info:
+        from_openai(body)
+    assert words in str(info.value)
+    assert isinstance(info.value, ConfigError)  # a 400 at the API
+
+
+def test_ollama_format_must_be_json_or_a_schema():
+    with pytest.raises(SchemaError, match="format must be \"json\" or a JSON schema"):
+        from_ollama("yaml")
+    with pytest.raises(SchemaError, match=r"^format: the grammar cannot enforce `minimum`"):
+        from_ollama({"type": "integer", "minimum": 1})
+
+
+def test_a_deep_or_huge_schema_is_refused():
+    deep: dict = {"type": "string"}
+    for _ in range(40):
+        deep = {"type": "array", "items": deep}
+    with pytest.raises(SchemaError, match="nested more than"):
+        from_openai(fmt(deep))
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 100}
+                                             for i in range(3000)}}
+    with pytest.raises(SchemaError, match="bytes; at most"):
+        from_openai(fmt(wide))
+
+
+def test_problem_says_where_the_answer_breaks_the_schema():
+    out = from_openai(fmt(PERSON))
+    assert "is not JSON" in out.problem('{"name": ')
+    assert "at ['age']" in out.problem(json.dumps({**GOOD, "age": "36"}))
+    assert "at ['home']" in out.problem(json.dumps({**GOOD, "home": {}}))
+    assert structured.verdict(None, "x") == {}
+    assert structured.verdict(out, json.dumps(GOOD)) == {"valid": True}
+    assert structured.verdict(out, "{")["valid"] is False
+
+
+# ---------------------------------------------------------------- orchestration (FAKE model sessions)
+
+JSON_ROUTE = "  json: {models: [small, big], strategy: cascade, min_logprob: -0.5}\npipelines:"
+SURE = -0.1
+
+
+def json_registry():
+    return fake_registry(FAKE_YAML.replace("pipelines:", JSON_ROUTE, 1))
+
+
+def test_a_structured_request_goes_to_the_json_task_unrouted_and_unsplit():
+    out = from_openai(fmt(PERSON))
+    rt = FakeRuntime(json_registry(), replies={"small": Reply(json.dumps(GOOD), mean_logprob=SURE)})
+    run = ask(rt, "Rewrite and then translate this: Ada is 36", output=out)
+    assert rt.routed == [] and rt.models_called() == ["small"]  # no router, no planner
+    assert run.answer.route.task == "json" and run.answer.plan == "cascade"
+    assert rt.records[0].request.json_schema == PERSON  # the worker constrains by the schema's grammar
+    assert json.loads(run.text) == GOOD
+
+
+def test_an_answer_that_does_not_follow_the_schema_hands_over_to_the_next_model():
+    out = from_openai(fmt(PERSON))
+    rt = FakeRuntime(json_registry(), replies={"small": Reply('{"name": "Ada"}', mean_logprob=SURE),
+                                               "big": Reply(json.dumps(GOOD))})
+    run = ask(rt, "who is Ada?", output=out)
+    assert rt.models_called() == ["small", "big"] and json.loads(run.text) == GOOD
+    first, last = run.answer.steps
+    assert first["accepted"] is False and "does not follow the schema" in first["checks"][0]
+    assert last["valid"] is True and last["role"] == "cascade-final"
+
+
+def test_a_cut_off_answer_is_shown_and_marked_invalid():
+    out = from_openai({"type": "json_object"})
+    rt = FakeRuntime(json_registry(), replies={"small": Reply('{"a": ', mean_logprob=SURE),
+                                               "big": Reply('{"a": [1, 2', finish_reason="length")})
+    run = ask(rt, "anything", output=out)
+    last = run.answer.steps[-1]
+    assert run.answer.finish_reason == "length" and last["valid"] is False and "not JSON" in last["problem"]
+
+
+def test_without_a_json_route_the_router_decides_and_nothing_is_split():
+    out = from_openai({"type": "json_object"})
+    rt = FakeRuntime(replies={"small": Reply('{"ok": true}')})
+    run = ask(rt, "hello, rewrite this and then translate it", output=out)
+    assert rt.routed and [r.model for r in rt.records] == ["small"] and run.answer.plan != "decompose"
+
+
+def test_an_ensemble_route_is_a_cascade_and_the_calculator_stays_out():
+    out = from_openai({"type": "json_object"})
+    rt = FakeRuntime(replies={"small": Reply('{"label": "spam"}', mean_logprob=SURE)})
+    assert ask(rt, "classify this mail", output=out).answer.plan == "cascade"
+    rt = FakeRuntime(replies={"small": Reply('{"total": 36}', mean_logprob=SURE)})
+    run = ask(rt, "calculate 2 books at $12 and 4 pens at $3", output=out)
+    assert json.loads(run.text) == {"total": 36} and rt.models_called() == ["small"]
+    assert all(s["role"] != "calculator" for s in run.answer.steps)
+
+
+def test_an_explicit_model_is_constrained_and_judged():
+    out = from_openai(fmt(PERSON))
+    rt = FakeRuntime(replies={"big": Reply(json.dumps(GOOD))})
+    run = ask(rt, "who?", model_id="big", output=out)
+    assert rt.records[0].request.json_schema == PERSON and run.answer.steps[0]["valid"] is True
+
+
+def test_a_pipeline_cannot_take_a_format():
+    rt = FakeRuntime()
+    run = ask(rt, "hi", model_id="pipeline:polish", output=from_openai({"type": "json_object"}), raises=False)
+    assert isinstance(run.error, ConfigError) and "pipelines cannot take one" in str(run.error)
+    assert rt.records == []
+
+
+def test_the_cloud_is_sent_the_format_in_openais_shape():
+    out = from_openai(fmt(PERSON, strict=True))
+    cloud = FakeCloud(texts=[json.dumps(GOOD)])
+    rt = FakeRuntime(cloud=cloud)
+    run = ask(rt, "who?", model_id="cloud", output=out)
+    assert cloud.calls[0]["response_format"] == fmt(PERSON, strict=True)
+    assert run.answer.steps[-1]["valid"] is True
