@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swarm_edge import cloud_wire
 from swarm_edge.cloud_config import (  # noqa: F401  (re-exported: the configuration's public names)
     KEY_ENV,
     CloudConfig,
@@ -107,6 +108,7 @@ class CloudResult:
     usage: dict[str, Any] = field(default_factory=dict)
     statuses: list[int] = field(default_factory=list)
     retry_after: float | None = None  # from the last 429/503, for the next attempt
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # [{id, name, arguments (JSON text)}]
 
 
 class CloudClient:
@@ -157,7 +159,8 @@ class CloudClient:
     async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None = None,
                           temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
                           seed: int | None = None, result: CloudResult | None = None,
-                          response_format: dict[str, Any] | None = None) -> AsyncGenerator[str, None]:
+                          response_format: dict[str, Any] | None = None,
+                          tools: dict[str, Any] | None = None) -> AsyncGenerator[str, None]:
         """Yield the answer's text as it streams (placeholders restored); fill `result` as it goes.
 
         Raises CloudUnavailableError (its text free of the key) when the call fails; `result.tokens` says
@@ -174,7 +177,7 @@ class CloudClient:
             raise
         redactor = Redactor()
         payload = await self._payload(messages, redactor, res, max_tokens, temperature, top_p, stop, seed,
-                                      response_format)
+                                      response_format, tools)
         try:
             audit = self._open_audit()
         except OSError as exc:
@@ -205,11 +208,12 @@ class CloudClient:
 
     async def _payload(self, messages: list[dict[str, str]], redactor: Redactor, res: CloudResult,
                        max_tokens: int | None, temperature: float, top_p: float, stop: list[str] | None,
-                       seed: int | None, response_format: dict[str, Any] | None = None) -> bytes:
+                       seed: int | None, response_format: dict[str, Any] | None = None,
+                       tools: dict[str, Any] | None = None) -> bytes:
         """The request body, through the privacy gate (pure CPU, up to ~1 s per MiB of hostile text: off the event
         loop; redact_all also removes a secret split across two messages from both)."""
         contents = await asyncio.to_thread(redactor.redact_all, [m.get("content") or "" for m in messages])
-        sent = [{"role": m.get("role", "user"), "content": c} for m, c in zip(messages, contents, strict=True)]
+        sent = [cloud_wire.sent_message(m, c, redactor) for m, c in zip(messages, contents, strict=True)]
         res.redacted = redactor.summary()
         body: dict[str, Any] = {"model": self.config.model, "messages": sent, "stream": True,
                                 "max_tokens": min(max_tokens or self.config.max_tokens, self.config.max_tokens),
@@ -218,8 +222,8 @@ class CloudClient:
             body["stop"] = [redactor.redact(s) for s in stop]
         if seed is not None:
             body["seed"] = seed
-        if response_format is not None:  # OpenAI's own shape (OutputFormat.openai): the schema is not redacted
-            body["response_format"] = response_format
+        # OpenAI's own shapes (OutputFormat.openai; Toolset.wire: tools, tool_choice, parallel_tool_calls)
+        body.update({"response_format": response_format} if response_format else {}, **(tools or {}))
         return json.dumps(body, ensure_ascii=False).encode()
 
     def _audit(self, audit, res: CloudResult, reason: str, payload: bytes, outcome: str) -> None:
@@ -309,6 +313,8 @@ class CloudClient:
                 # several OpenAI-compatible proxies ignore `stream` and answer with one JSON completion
                 raw = await self._within(_read_capped(response, MAX_JSON_ANSWER), "reading the answer", res, deadline)
                 text = redactor.restore(_json_completion(raw, ctype, res, self.config.host))
+                for call in res.tool_calls:
+                    call["arguments"] = redactor.restore(call["arguments"])
                 res.ttft_s = round(self.clock() - t0, 4)
                 n = (res.usage or {}).get("completion_tokens")
                 res.tokens += n if isinstance(n, int) and n > 0 else 1
@@ -343,6 +349,7 @@ class CloudClient:
                 if event.get("usage"):
                     res.usage = event["usage"]
                 for choice in event.get("choices") or []:
+                    cloud_wire.add_calls(res, (choice.get("delta") or {}).get("tool_calls"))
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
                         text = restorer.feed(delta)
@@ -357,9 +364,11 @@ class CloudClient:
             with contextlib.suppress(RuntimeError, self._httpx.HTTPError):
                 await lines.aclose()
         tail = restorer.flush()
+        for call in res.tool_calls:  # placeholders in a call's arguments are put back once it is whole
+            call["arguments"] = redactor.restore(call["arguments"])
         if tail:
             yield tail
-        if not res.tokens:  # HTTP 200 and no text is not an answer: the local one stands, with a note
+        if not res.tokens and not res.tool_calls:  # HTTP 200 and no text is not an answer: the local one stands
             raise CloudUnavailableError(f"{self.config.host} streamed no answer text "
                                         f"(finish_reason {res.finish_reason!r})")
 

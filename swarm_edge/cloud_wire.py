@@ -64,7 +64,13 @@ def _json_completion(raw: bytes, ctype: str, res: Any, host: str) -> str:
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else None
     text = (message or {}).get("content")
-    if not isinstance(text, str) or not text:
+    calls = (message or {}).get("tool_calls")
+    if isinstance(calls, list) and calls:
+        res.tool_calls = [{"id": c.get("id"), "name": (c.get("function") or {}).get("name") or "",
+                           "arguments": (c.get("function") or {}).get("arguments") or "{}"}
+                          for c in calls if isinstance(c, dict)]
+        text = text if isinstance(text, str) else ""
+    elif not isinstance(text, str) or not text:
         raise CloudUnavailableError(f"{host} answered HTTP 200 without answer text")
     if isinstance(obj.get("usage"), dict):
         res.usage = obj["usage"]
@@ -87,3 +93,30 @@ def _error_text(body: str) -> str:
     except (ValueError, AttributeError):
         pass
     return body.strip()[:200] or "(empty body)"
+
+
+def sent_message(message: dict[str, Any], content: str, redactor: Any) -> dict[str, Any]:
+    """A message as sent: its redacted content, and its tool calls' arguments redacted too."""
+    out: dict[str, Any] = {"role": message.get("role", "user"), "content": content}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [{**c, "function": {**c["function"], "arguments": redactor.redact(
+            c["function"].get("arguments") or "{}")}} for c in message["tool_calls"]]
+    if message.get("tool_call_id"):
+        out["tool_call_id"] = message["tool_call_id"]
+    return out
+
+
+def add_calls(res: Any, deltas: Any) -> None:
+    """Streamed tool calls come in pieces by index: the id and name first, then fragments of the arguments."""
+    for d in deltas if isinstance(deltas, list) else ():
+        if not isinstance(d, dict):
+            continue
+        i = d.get("index", len(res.tool_calls))
+        while isinstance(i, int) and 0 <= i < 128 and len(res.tool_calls) <= i:
+            res.tool_calls.append({"id": None, "name": "", "arguments": ""})
+        if not isinstance(i, int) or not 0 <= i < len(res.tool_calls):
+            continue
+        call, fn = res.tool_calls[i], d.get("function") or {}
+        call["id"] = d.get("id") or call["id"]
+        call["name"] += fn.get("name") or ""
+        call["arguments"] += fn.get("arguments") or ""

@@ -161,7 +161,8 @@ class EgressClient:
     async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None = None,
                           temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
                           seed: int | None = None, result: Any = None,
-                          response_format: dict[str, Any] | None = None) -> AsyncGenerator[str, None]:
+                          response_format: dict[str, Any] | None = None,
+                          tools: dict[str, Any] | None = None) -> AsyncGenerator[str, None]:
         """As CloudClient.stream_chat: the text as it streams; `result` filled; CloudUnavailableError on failure."""
         await self._connect()
         if self._gone:
@@ -172,7 +173,7 @@ class EgressClient:
         try:
             self._send({"id": rid, "op": "chat", "messages": messages, "reason": reason, "max_tokens": max_tokens,
                         "temperature": temperature, "top_p": top_p, "stop": stop, "seed": seed,
-                        "response_format": response_format})
+                        "response_format": response_format, "tools": tools})
             while True:
                 msg = await queue.get()
                 if "text" in msg:
@@ -240,7 +241,7 @@ async def _chat(client: Any, msg: dict, send) -> None:
         async for text in client.stream_chat(msg["messages"], reason=msg["reason"], max_tokens=msg["max_tokens"],
                                              temperature=msg["temperature"], top_p=msg["top_p"], stop=msg["stop"],
                                              seed=msg["seed"], result=res,
-                                             response_format=msg.get("response_format")):
+                                             response_format=msg.get("response_format"), tools=msg.get("tools")):
             send({"id": rid, "text": text})
     except CloudUnavailableError as exc:
         send({"id": rid, "error": str(exc), "partial": exc.partial, "breaker": exc.breaker, "result": asdict(res),

@@ -311,6 +311,15 @@ class Engine:
         """The router's choice for `text` (blocking: the embedding runs here)."""
         return self.router.route(text, resident)
 
+    def tool_format(self, model_id: str) -> str | None:
+        """How the model's chat template renders tool calls (from its GGUF facts), or None: an ONNX model, a
+        template without tools, or files not prepared yet."""
+        spec = self.registry.get(model_id)
+        files = self._files.get(model_id)
+        if spec.format != "gguf" or spec.kind == "completion" or files is None:
+            return None
+        return self.store.facts(spec.file("model").sha256, files["model"]).get("tool_format")
+
     def named_tasks(self, text: str) -> list[str]:
         """The tasks the keyword rules find named in `text`, in order."""
         return self.router.keywords.named_tasks(text)

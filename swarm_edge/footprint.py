@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from swarm_edge.errors import CorruptModelError
+from swarm_edge.toolcalls import format_of
 
 MiB = 1 << 20
 PROCESS_BASE = 48 * MiB          # interpreter + llama_cpp/onnxruntime libraries, not shared with the forkserver
@@ -83,6 +84,7 @@ def facts_from_info(info) -> dict[str, Any]:
         "head_dim_v": num("attention.value_length", n_embd // n_head),
         "n_vocab": n_vocab, "n_ctx_train": num("context_length", 0),
         "tensor_bytes": meta["tensor_bytes"], "repacked_bytes": repacked, "file_bytes": info.file_bytes,
+        "tool_format": format_of(meta.get("chat_template")),  # how its template renders tool calls, if at all
     }
 
 

@@ -177,6 +177,10 @@ class CloudSpec(_Strict):
         return _path_text(value)
 
 
+# Routes chosen by the shape of a request, not by its words: never routed to by content, never planned.
+SHAPE_TASKS = {"json": "a JSON response format", "tools": "functions offered"}
+
+
 class RegistryFile(_Strict):
     """The whole of models.yaml."""
 
@@ -203,6 +207,11 @@ class Registry:
         self.router: RouterSpec = data.router
         self.cloud: CloudSpec | None = data.cloud
         self.offline = data.offline
+
+    @property
+    def content_tasks(self) -> list[str]:
+        """The tasks a request's words are routed and planned to (every route but the shape routes)."""
+        return [t for t in self.routes if t not in SHAPE_TASKS]
 
     def get(self, model_id: str) -> ModelSpec:
         """The model with this id, or UnknownModelError listing the known ones."""
@@ -276,8 +285,17 @@ def _check_references(parsed: RegistryFile, root: yaml.Node, file: str) -> None:
             if parsed.models[seen[mid]].kind == "embedding":
                 fail(f"route {task!r} names embedding model {mid!r}, which cannot generate text",
                      ("routes", task, "models", j))
+    for task in SHAPE_TASKS:
+        shaped = parsed.routes.get(task)
+        if shaped is not None and (shaped.keywords or shaped.examples or shaped.tool or shaped.strategy == "ensemble"):
+            which = "keywords" if shaped.keywords else "examples" if shaped.examples else "tool" if shaped.tool \
+                else "strategy"
+            fail(f"route {task!r} is chosen by the request's shape ({SHAPE_TASKS[task]}), never by its words: "
+                 f"{which} do not apply to it (cascade and single do)", ("routes", task, which))
     if parsed.routes and parsed.default_task not in parsed.routes:
         fail(f"default_task {parsed.default_task!r} has no route", ("default_task",))
+    if parsed.default_task in SHAPE_TASKS:
+        fail(f"default_task {parsed.default_task!r} is chosen by a request's shape, not a default", ("default_task",))
     for name, pipe in parsed.pipelines.items():
         for j, step in enumerate(pipe.steps):
             if step not in parsed.routes:

@@ -146,8 +146,9 @@ def router_examples(registry: Registry) -> list[tuple[str, str]]:
                 prompt, task = item["prompt"], item["task"]
             except (ValueError, KeyError, TypeError):
                 raise ConfigError(f"{path}:{n}: a router example is {{\"prompt\": ..., \"task\": ...}}") from None
-            if task not in registry.routes or not isinstance(prompt, str) or not prompt.strip():
-                raise ConfigError(f"{path}:{n}: task {task!r} has no route (or the prompt is empty)")
+            if task not in registry.content_tasks or not isinstance(prompt, str) or not prompt.strip():
+                raise ConfigError(f"{path}:{n}: task {task!r} has no route a request's words go to "
+                                  "(or the prompt is empty)")
             pairs.append((prompt, task))
     return pairs
 

@@ -27,10 +27,15 @@ from swarm_edge.errors import ConfigError
 MAX_DEPTH = 32            # nesting of a schema: the converter and the validator recurse once per level
 MAX_SCHEMA_BYTES = 256 << 10
 
-# Keywords that describe and never constrain: any node may carry them.
-ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "$anchor",
-                         "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "contentMediaType",
-                         "contentEncoding"})
+# The keywords that constrain a value (JSON Schema 2020-12's applicator and validation vocabularies). Anything
+# else describes and never constrains (title, description, default, examples, $defs, a tool's made-up
+# "optional": validators ignore unknown keywords), so any node may carry it.
+CONSTRAINTS = frozenset({
+    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
+    "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems", "maxContains", "minContains",
+    "contains", "maxProperties", "minProperties", "required", "dependentRequired", "dependentSchemas", "properties",
+    "patternProperties", "additionalProperties", "propertyNames", "items", "prefixItems", "unevaluatedItems",
+    "unevaluatedProperties", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$dynamicRef", "format"})
 STRING_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
 TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
 OBJECT = {"type": "object"}  # json_object mode: any JSON object
@@ -75,15 +80,6 @@ class OutputFormat:
         if self.schema is OBJECT:
             return {"type": "json_object"}
         return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.schema, "strict": self.strict}}
-
-
-def verdict(output: OutputFormat | None, text: str) -> dict[str, Any]:
-    """What a shown step records about its format: {} without one, else whether the answer is valid (and why not:
-    a generation cut off by max_tokens is the usual reason, the grammar sees to the rest)."""
-    if output is None:
-        return {}
-    problem = output.problem(text)
-    return {"valid": True} if problem is None else {"valid": False, "problem": problem}
 
 
 def from_openai(response_format: dict[str, Any] | None) -> OutputFormat | None:
@@ -206,9 +202,12 @@ def _unexpressed(node: Any, path: str, root: dict[str, Any]):
     if "allOf" in node:
         yield f"`allOf` at {path}"
     enforced, subs = _branch(node)
-    if not set(node) - ANNOTATIONS and t is None:
-        yield f"an empty schema (any value) at {path}"
-    for key in sorted(set(node) - enforced - ANNOTATIONS - {"allOf"}):
+    constraints = set(node) & CONSTRAINTS
+    if t not in (None, "string"):
+        constraints.discard("format")  # `format` constrains strings only ("float" on a number is a note)
+    if not constraints and node:
+        yield f"an untyped schema (any value) at {path}"
+    for key in sorted(constraints - enforced - {"allOf"}):
         yield f"`{key}` at {path}"
     for sub_path, sub in subs:
         yield from _unexpressed(sub, f"{path}/{sub_path}", root)
@@ -244,4 +243,4 @@ def grammar_of(schema: dict[str, Any], where: str = "schema") -> str:
                           f"{str(exc)[:200]}") from None
 
 
-__all__ = ["OBJECT", "OutputFormat", "SchemaError", "check", "from_ollama", "from_openai", "grammar_of", "verdict"]
+__all__ = ["OBJECT", "OutputFormat", "SchemaError", "check", "from_ollama", "from_openai", "grammar_of"]

@@ -7,6 +7,7 @@ import pytest
 from swarm_edge import footprint
 from swarm_edge.errors import CorruptModelError
 from swarm_edge.footprint import CALIBRATED_MARGIN, FootprintStore, estimate, gguf_facts, gguf_formula
+from swarm_edge.toolcalls import format_of
 from tests.workers.test_gguf_fuzz import ARRAY, I32, STRING, T_F32, U32, gguf_bytes
 
 MiB = 2**20
@@ -87,7 +88,7 @@ def reader_facts(path) -> dict:
         "head_dim_k": num("attention.key_length", n_embd // n_head if n_head else 0),
         "head_dim_v": num("attention.value_length", n_embd // n_head if n_head else 0),
         "n_vocab": len(tokens.data) if tokens is not None else (num("vocab_size", 0) or 0),
-        "n_ctx_train": num("context_length", 0),
+        "n_ctx_train": num("context_length", 0), "tool_format": format_of(field("tokenizer.chat_template")),
         "tensor_bytes": sum(int(t.n_bytes) for t in reader.tensors),
         "repacked_bytes": sum(int(t.n_bytes) for t in reader.tensors
                               if t.tensor_type.name in footprint.REPACKED_TYPES and t.name != "token_embd.weight"),

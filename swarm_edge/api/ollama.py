@@ -36,6 +36,7 @@ from swarm_edge.api.streaming import (
 )
 from swarm_edge.events import Done, Token
 from swarm_edge.orchestration.answer import Answer
+from swarm_edge.toolcalls import Toolset
 
 router = APIRouter()
 NEVER = "0001-01-01T00:00:00Z"  # what Ollama shows for "never"
@@ -103,6 +104,9 @@ class _Shape:
         prompt_eval = max(0.0, (t.get("ttft_s") or 0) - (t.get("files_s") or 0) - (t.get("queue_s") or 0)
                           - (t.get("load_s") or 0))
         d = self.piece(text)
+        if answer.tool_calls and self.key == "message":  # Ollama's shape: arguments as an object, no ids
+            d["message"]["tool_calls"] = [{"function": {"name": c["name"], "arguments": c["arguments"]}}
+                                          for c in answer.tool_calls]
         d.update({"done": True, "done_reason": answer.finish_reason, "total_duration": ns(t.get("total_s")),
                   "load_duration": ns(t.get("load_s")), "prompt_eval_count": answer.prompt_tokens or 0,
                   "prompt_eval_duration": ns(prompt_eval), "eval_count": answer.tokens,
@@ -122,9 +126,10 @@ async def _lines(shape: _Shape, events):
 
 
 async def ollama_generation(request: Request, model: str, options, stream: bool, key: str, allow_cloud: bool = True,
-                            fmt: Any = None, **kw: Any):
+                            fmt: Any = None, tools: Any = None, **kw: Any):
     metrics = metrics_of(request)
-    output = structured.from_ollama(fmt)  # a bad format is a 400 before anything runs
+    output = structured.from_ollama(fmt)  # a bad format or tool is a 400 before anything runs
+    kw["tools"] = Toolset.from_openai(tools)
     events = generation(request, model_id=ollama_name(model), max_tokens=options.max_tokens, allow_cloud=allow_cloud,
                         output=output,
                         temperature=options.temperature or 0.0, top_p=options.top_p or 1.0,
@@ -151,11 +156,11 @@ async def ollama_load(request: Request, model: str, key: str):
 
 @router.post("/api/chat", responses=responses(OllamaAnswer, *GENERATION_STATUSES, stream=NDJSON))
 async def ollama_chat(request: Request, body: OllamaChatRequest):
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    messages = [m.plain() for m in body.messages]
     if not messages:  # Ollama loads the model and answers done: a preload
         return await ollama_load(request, body.model, "message")
     return await ollama_generation(request, body.model, body.options, body.stream, "message", body.allow_cloud,
-                                   body.format, messages=messages, cache_prompt=body.cache_prompt)
+                                   body.format, body.tools, messages=messages, cache_prompt=body.cache_prompt)
 
 
 @router.post("/api/generate", responses=responses(OllamaAnswer, *GENERATION_STATUSES, stream=NDJSON))

@@ -31,6 +31,7 @@ from swarm_edge.api.schemas import (
 from swarm_edge.api.streaming import SSE, ClosingStream, final_answer, prime, sse, usage, within
 from swarm_edge.events import Done, Event, Token
 from swarm_edge.orchestration.answer import Answer
+from swarm_edge.toolcalls import Toolset
 
 router = APIRouter()
 
@@ -77,10 +78,18 @@ class _Reply:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
+    def calls(self, answer: Answer) -> list[dict]:
+        """The answer's tool calls in OpenAI's shape (arguments as a JSON string), each with an id of its own."""
+        return [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+                 "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+                for c in answer.tool_calls]
+
     def whole(self, answer: Answer) -> dict:
         if self.kind == "chat":
-            ch = {"index": 0, "message": {"role": "assistant", "content": answer.text}, "logprobs": None,
-                  "finish_reason": answer.finish_reason}
+            message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+            if answer.tool_calls:
+                message = {"role": "assistant", "content": answer.text or None, "tool_calls": self.calls(answer)}
+            ch = {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}
         else:
             ch = {"index": 0, "text": answer.text, "logprobs": None, "finish_reason": answer.finish_reason}
         return {"id": self.id, "object": self.object, "created": self.created, "model": answer.model, "choices": [ch],
@@ -89,6 +98,10 @@ class _Reply:
     def chunk(self, model: str, choices: list, **extra: Any) -> bytes:
         return sse({"id": self.id, "object": self.object + ".chunk" if self.kind == "chat" else self.object,
                     "created": self.created, "model": model, "choices": choices, **extra})
+
+
+def _delta(delta: dict) -> dict:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
 
 
 def sse_error(exc: Exception) -> bytes:
@@ -118,6 +131,11 @@ async def _chunks(reply: _Reply, model: str, events: AsyncIterator[Event], inclu
                 answer = ev.result
                 if role:  # no token at all
                     yield role
+                for i, call in enumerate(reply.calls(answer)):  # as OpenAI streams them: the call, then its arguments
+                    name = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+                    yield reply.chunk(model, [_delta({"tool_calls": [{"index": i, **name}]})])
+                    yield reply.chunk(model, [_delta({"tool_calls": [
+                        {"index": i, "function": {"arguments": call["function"]["arguments"]}}]})])
                 yield reply.chunk(model, [reply.choice(None if reply.kind == "chat" else "", answer.finish_reason)],
                                   swarm=answer.trace())
                 if include_usage:
@@ -146,9 +164,10 @@ async def openai_generation(request: Request, body, kind: str, **kw: Any):
 
 @router.post("/v1/chat/completions", responses=responses(ChatCompletion, *GENERATION_STATUSES, stream=SSE))
 async def chat_completions(request: Request, body: ChatCompletionRequest):
-    output = structured.from_openai(body.response_format)  # a bad schema is a 400 before anything runs
+    output = structured.from_openai(body.response_format)  # a bad schema or tool is a 400 before anything runs
+    tools = Toolset.from_openai(body.tools, body.tool_choice, body.parallel_tool_calls)
     return await openai_generation(request, body, "chat", messages=body.plain_messages(), max_tokens=body.limit,
-                                   output=output)
+                                   output=output, tools=tools)
 
 
 @router.post("/v1/completions", responses=responses(Completion, *GENERATION_STATUSES, stream=SSE))

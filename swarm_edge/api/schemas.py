@@ -1,7 +1,7 @@
 """Request bodies of the HTTP API: OpenAI-compatible (/v1) and Ollama-compatible (/api).
 
 Clients send fields we do not use (user, presence_penalty, keep_alive, ...), so unknown fields are
-accepted and ignored; fields whose meaning we cannot honour (n > 1, tools, logprobs, images) are refused
+accepted and ignored; fields whose meaning we cannot honour (n > 1, logprobs, images) are refused
 with a 400 that names them, never silently dropped.
 """
 
@@ -44,13 +44,41 @@ class ContentPart(_Lenient):
     _valid = _unicode_fields("type", "text")
 
 
-class ChatMessage(_Lenient):
-    """An OpenAI chat message."""
+class FunctionCall(_Lenient):
+    """The function of an assistant's tool call: its name and its arguments (a JSON string, as OpenAI sends it)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = "{}"
+
+    _valid = _unicode_fields("name", "arguments")
+
+
+class ToolCall(_Lenient):
+    """One tool call of an assistant message in the history."""
+
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Lenient):
+    """An OpenAI chat message (tool calls of the assistant and the tools' results included)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(None, max_length=200)
 
     _valid = _unicode_fields("content")
+
+    def plain(self) -> dict[str, Any]:
+        """{role, content} with the tool fields where they apply ('developer' is OpenAI's new name for 'system')."""
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump(include={"id", "type", "function"}) for c in self.tool_calls]
+        if self.role == "tool":
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
     def text(self) -> str:
         """The message's text; a non-text part is an error."""
@@ -114,21 +142,28 @@ class ChatCompletionRequest(_Sampling):
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
-    tools: list[Any] | None = None
+    tools: list[Any] | None = None          # checked by toolcalls.Toolset.from_openai (400s name the field)
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _chat_unsupported(self):
-        if self.tools or self.functions:
-            raise ValueError("tools and function calling are not supported")
-        for m in self.messages:
+        if self.functions:
+            raise ValueError("functions (the legacy form of tools) are not supported: send tools")
+        calls: set[str] = set()
+        for i, m in enumerate(self.messages):
             m.text()  # raises for image or audio parts
+            calls.update(c.id for c in m.tool_calls or ())
+            if m.role == "tool" and m.tool_call_id not in calls:
+                raise ValueError(f"messages[{i}] is a tool result whose tool_call_id {m.tool_call_id!r} answers no "
+                                 "call of an earlier assistant message")
         return self
 
-    def plain_messages(self) -> list[dict[str, str]]:
-        """Messages as {role, content} strings ('developer' is OpenAI's new name for 'system')."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+    def plain_messages(self) -> list[dict[str, Any]]:
+        """Messages as {role, content} strings, with the tool fields where they apply."""
+        return [m.plain() for m in self.messages]
 
     @property
     def limit(self) -> int | None:
@@ -214,13 +249,20 @@ class OllamaOptions(_Lenient):
 
 
 class OllamaMessage(_Lenient):
-    """An Ollama chat message."""
+    """An Ollama chat message (an assistant's tool calls, with arguments as objects, and tool results included)."""
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
     _valid = _unicode_fields("content")
+
+    def plain(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        return out
 
 
 class _OllamaBase(_Lenient):
@@ -236,12 +278,10 @@ class OllamaChatRequest(_OllamaBase):
     """POST /api/chat."""
 
     messages: list[OllamaMessage] = Field(default_factory=list, max_length=1000)
-    tools: list[Any] | None = None
+    tools: list[Any] | None = None          # OpenAI's shape; checked by toolcalls.Toolset.from_openai
 
     @model_validator(mode="after")
     def _chat_unsupported(self):
-        if self.tools:
-            raise ValueError("tools are not supported")
         if any(m.images for m in self.messages):
             raise ValueError("images are not supported")
         return self

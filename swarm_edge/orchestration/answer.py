@@ -69,13 +69,15 @@ class Answer:
     plan: str = "single"
     steps: list[Step] = field(default_factory=list)
     escalation: dict[str, Any] | None = None  # the cloud fallback: why, what was redacted, what happened
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # [{name, arguments}]: the answer calls tools
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what `ask --json` prints)."""
         return {"text": self.text, "model": self.model, "route": self.route.to_dict(),
                 "finish_reason": self.finish_reason, "timings": self.timings, "tokens": self.tokens,
                 "prompt_tokens": self.prompt_tokens, "left_device": self.left_device, "plan": self.plan,
-                "steps": [s.to_dict() for s in self.steps], "escalation": self.escalation}
+                "steps": [s.to_dict() for s in self.steps], "escalation": self.escalation,
+                **({"tool_calls": self.tool_calls} if self.tool_calls else {})}
 
     def trace(self) -> dict[str, Any]:
         """The `swarm` object of API responses: who answered, why, every step, and where the time went."""
@@ -107,7 +109,7 @@ def assemble(text: str, last: Any, top: Route, plan: str, steps: list[Step], *, 
                "generate_s": total("generate_s"), "total_s": rounded(t_end - t0)}
     return Answer(text=text, model=last.model, route=top, finish_reason=last.stats.finish_reason,
                   tokens=sum(s.tokens for s in steps if s.shown), prompt_tokens=last.stats.prompt_tokens,
-                  timings=timings, plan=plan, steps=steps)
+                  timings=timings, plan=plan, steps=steps, tool_calls=list(last.stats.tool_calls or []))
 
 
 __all__ = ["Answer", "Step", "assemble"]

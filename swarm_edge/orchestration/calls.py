@@ -46,16 +46,19 @@ async def run_call(rt: Runtime, spec: ModelSpec, request: GenerateRequest, *, fe
     if spec.kind == "embedding":
         raise ConfigError(f"{spec.id} is an embedding model; pick a model that generates text")
     call = Call(spec.id)
-    async with rt.session(spec.id, fetch=fetch, progress_factory=progress_factory) as session, \
-            contextlib.aclosing(session.generate(request)) as events:
-        async for event in events:
-            if isinstance(event, Token):
-                call.chunks.append(event.text)
-                yield event
-            elif isinstance(event, Start):
-                yield event
-            else:
-                call.stats = event.result
+    async with rt.session(spec.id, fetch=fetch, progress_factory=progress_factory) as session:
+        if request.tools and rt.tool_format(spec.id) is None:
+            raise ConfigError(f"{spec.id} cannot call tools: its chat template has no tool support (give models.yaml "
+                              "a `tools` route listing models that have it, or pick one)")
+        async with contextlib.aclosing(session.generate(request)) as events:
+            async for event in events:
+                if isinstance(event, Token):
+                    call.chunks.append(event.text)
+                    yield event
+                elif isinstance(event, Start):
+                    yield event
+                else:
+                    call.stats = event.result
     call.text = "".join(call.chunks)
     call.timings = session.timings
     yield Done(call)

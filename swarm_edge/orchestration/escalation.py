@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import TYPE_CHECKING, Any
 
 from swarm_edge.errors import CloudUnavailableError
 from swarm_edge.events import Done, Start, Token
+from swarm_edge.orchestration import shape
 from swarm_edge.orchestration.answer import Step
 from swarm_edge.orchestration.calls import Call
 from swarm_edge.orchestration.request import Msg, Sampling
 from swarm_edge.orchestration.runtime import Runtime
 from swarm_edge.router import Route
-from swarm_edge.structured import verdict
 from swarm_edge.workers.base import GenStats
 
 if TYPE_CHECKING:
@@ -102,7 +103,8 @@ class Escalation:
         texts = self.client.stream_chat(messages, reason=why, max_tokens=sampling.max_tokens,
                                         temperature=sampling.temperature, top_p=sampling.top_p,
                                         stop=list(sampling.stop), seed=sampling.seed, result=res,
-                                        response_format=sampling.output.openai() if sampling.output else None)
+                                        response_format=sampling.output.openai() if sampling.output else None,
+                                        tools=sampling.tools.wire() if sampling.tools else None)
         try:
             async with contextlib.aclosing(texts):
                 async for text in texts:
@@ -123,12 +125,23 @@ class Escalation:
             yield Start(call.model)
         call.text = "".join(call.chunks)
         call.stats = GenStats(finish_reason=res.finish_reason, chunks=res.tokens,
-                              prompt_tokens=(res.usage or {}).get("prompt_tokens"))
+                              prompt_tokens=(res.usage or {}).get("prompt_tokens"),
+                              tool_calls=[cloud_call(c) for c in res.tool_calls] or None)
         call.timings = {"ttft_s": res.ttft_s, "generate_s": res.total_s, "total_s": res.total_s}
         steps.append(call.step(task, "cloud", None, shown=True, reason=why, redacted=res.redacted,
                                attempts=res.attempts, bytes_sent=res.bytes_sent,
-                               **verdict(sampling.output, call.text)))
+                               **shape.verdict(sampling, call)))
         yield Done(Solved(call, steps))
 
 
-__all__ = ["CLOUD", "Escalation"]
+def cloud_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A cloud tool call as the device's: {name, arguments} with the arguments parsed (left as text, and then
+    invalid for the schema, when the cloud sent something that is not JSON)."""
+    try:
+        args: Any = json.loads(call.get("arguments") or "{}")
+    except ValueError:
+        args = call.get("arguments")
+    return {"name": call.get("name") or "", "arguments": args}
+
+
+__all__ = ["CLOUD", "Escalation", "cloud_call"]

@@ -4,13 +4,10 @@ The cascades use it on the device; `swarm-edge tune` uses it to simulate them.""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from swarm_edge import selfcheck
 from swarm_edge.orchestration.request import Msg, echoes, last_user_text, material
-
-if TYPE_CHECKING:
-    from swarm_edge.structured import OutputFormat
 
 
 def keeps(sure: float | None, threshold: float, *, echo: bool = False, flags: Sequence[str] = ()) -> bool:
@@ -18,14 +15,14 @@ def keeps(sure: float | None, threshold: float, *, echo: bool = False, flags: Se
     return (sure is None or sure >= threshold) and not echo and not flags
 
 
-def judge(task: str, text: str, sure: float | None, messages: list[Msg], threshold: float,
-          output: OutputFormat | None = None) -> tuple[bool, dict]:
-    """(keep, what the step records: accepted, threshold, echo when true, checks when any). With an `output`
-    format, an answer that does not parse or follow the schema is not kept either."""
-    echo = output is None and echoes(text, messages)  # a rewrite or translation that copies its input
+def judge(task: str, text: str, sure: float | None, messages: list[Msg], threshold: float, *,
+          shaped: bool = False, problem: str | None = None) -> tuple[bool, dict]:
+    """(keep, what the step records: accepted, threshold, echo when true, checks when any). An answer that must
+    have a shape (`shaped`: JSON by a schema, tool calls) is judged by that (`problem`, shape.py), not by the
+    free-text checks."""
+    echo = not shaped and echoes(text, messages)  # a rewrite or translation that copies its input
     request = last_user_text(messages)
-    if output is not None:
-        problem = output.problem(text)
+    if shaped:
         flags = [problem] if problem else []
     else:
         flags = selfcheck.problems(task, request, material(request), text)

@@ -4,8 +4,8 @@ No function here does I/O or reads a clock, so every branch is a row of a table 
 run.py performs what a decision needs (routing, reading the request, the planner, the cloud) and asks again.
 
 The branch order of a request:
-  pipeline:NAME -> an explicit model id -> model "cloud" (forced) / a named task / a structured answer (task
-  "json" when models.yaml has it, else routed, never split) / routed
+  pipeline:NAME -> an explicit model id -> model "cloud" (forced) / a named task / tools offered (task "tools") /
+  a structured answer (task "json"; either routed, never split, when models.yaml has no such route) / routed
   -> escalate first? (a hard task, an unsure router, forced) -> a raw prompt (the routed model continues it)
   -> a compound request (decompose) -> the route's strategy (single, cascade, ensemble; calculator by tool)
 """
@@ -26,6 +26,7 @@ AUTO = "auto"
 CLOUD = "cloud"
 PIPELINE_PREFIX = "pipeline:"
 JSON_TASK = "json"   # the route of requests whose answer must follow a JSON schema (response_format, format)
+TOOLS_TASK = "tools"  # the route of requests that offer the model functions to call
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,13 @@ def entry(req: Request, registry: Registry, *, cloud_configured: bool, cloud_all
           why_not: str) -> Entry:
     """What a request is: a pipeline, one explicit model, the cloud, a named task, or one to route."""
     model_id = req.model_id
-    structured = req.sampling.output is not None
+    tools, output = req.sampling.tools is not None, req.sampling.output is not None
+    if tools and output:
+        raise ConfigError("tools and a JSON response format in one request are not supported: send one or the other")
+    structured = tools or output
     if model_id and model_id.startswith(PIPELINE_PREFIX):
         if structured:
-            raise ConfigError("a response format applies to one model's answer; pipelines cannot take one")
+            raise ConfigError("tools and response formats apply to one model's answer; pipelines cannot take them")
         return pipeline_entry(model_id[len(PIPELINE_PREFIX):], registry)
     if model_id and model_id not in (AUTO, CLOUD):
         spec = registry.get(model_id)
@@ -90,10 +94,11 @@ def entry(req: Request, registry: Registry, *, cloud_configured: bool, cloud_all
                                     + ", ".join(sorted(registry.routes)))
         return Entry("task", Route(task=req.task, model=registry.routes[req.task].models[0], confidence=1.0,
                                    reason="task chosen by the caller"), forced=forced, decompose=False)
-    if structured and JSON_TASK in registry.routes:  # the shape of the request decides: no routing, no split
-        return Entry("task", Route(task=JSON_TASK, model=registry.routes[JSON_TASK].models[0], confidence=1.0,
-                                   reason="the answer must follow a JSON schema: task json"), forced=forced,
-                     decompose=False)
+    shaped = TOOLS_TASK if tools else JSON_TASK if output else None
+    if shaped is not None and shaped in registry.routes:  # the shape of the request decides: no routing, no split
+        why = "functions offered" if tools else "the answer must follow a JSON schema"
+        return Entry("task", Route(task=shaped, model=registry.routes[shaped].models[0], confidence=1.0,
+                                   reason=f"{why}: task {shaped}"), forced=forced, decompose=False)
     return Entry("route", forced=forced, decompose=req.decompose and not structured)
 
 
@@ -161,5 +166,5 @@ def subtask_route(sub: Subtask, routed: Route | None, registry: Registry, i: int
                  reason=f"subtask {i + 1}/{n}")
 
 
-__all__ = ["AUTO", "CLOUD", "FORCED", "JSON_TASK", "PIPELINE_PREFIX", "Entry", "Subtask", "compound", "entry", "order",
-           "pipeline_entry", "pipeline_prompt", "strategy_of", "subtask_prompt", "subtask_route"]
+__all__ = ["AUTO", "CLOUD", "FORCED", "JSON_TASK", "PIPELINE_PREFIX", "TOOLS_TASK", "Entry", "Subtask", "compound",
+           "entry", "order", "pipeline_entry", "pipeline_prompt", "strategy_of", "subtask_prompt", "subtask_route"]

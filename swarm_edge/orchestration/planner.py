@@ -67,7 +67,7 @@ async def make_plan(rt: Runtime, text: str, *, fetch: bool | None = None, progre
     registry = rt.registry
     assert registry.router.planner is not None
     planner = registry.get(registry.router.planner)
-    tasks = list(registry.routes)
+    tasks = registry.content_tasks
     head = instruction(text)
     # the reading of the request goes with it: the 0.5B planner alone mixed up summarize and translate
     # in 6 of 22 compound requests (benchmarks/bench_decompose.py, the old suite)

@@ -14,6 +14,7 @@ from swarm_edge.workers.base import GenerateRequest
 if TYPE_CHECKING:
     from swarm_edge.registry import ModelSpec
     from swarm_edge.structured import OutputFormat
+    from swarm_edge.toolcalls import Toolset
 
 Msg = dict[str, str]
 
@@ -30,6 +31,7 @@ class Sampling:
     cache_prompt: bool = True
     logprobs: bool = False          # every call measures its mean token log-prob (swarm-edge tune reads the steps)
     output: OutputFormat | None = None  # the answer must be JSON (following a schema): grammar-constrained
+    tools: Toolset | None = None        # functions the model may (or must) call
 
     def call(self, spec: ModelSpec, messages: list[Msg] | None, *, prompt: str | None = None,
              **over: Any) -> GenerateRequest:
@@ -38,6 +40,9 @@ class Sampling:
                                   top_p=self.top_p, stop=list(self.stop), seed=self.seed,
                                   cache_prompt=self.cache_prompt, logprobs=self.logprobs,
                                   json_schema=self.output.schema if self.output is not None else None)
+        if self.tools is not None:
+            kw.update(tools=self.tools.openai(), tool_choice=self.tools.openai_choice(),
+                      parallel_tool_calls=self.tools.parallel)
         kw.update(over)
         if prompt is not None:
             return GenerateRequest(prompt=prompt, **kw)
@@ -71,10 +76,11 @@ class Request:
            max_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
            stop: list[str] | None = None, seed: int | None = None, cache_prompt: bool = True,
            logprobs: bool = False, allow_cloud: bool = True, output: OutputFormat | None = None,
-           **kw: Any) -> Request:
+           tools: Toolset | None = None, **kw: Any) -> Request:
         """From `orchestrator.stream`'s keyword arguments."""
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()),
-                            seed=seed, cache_prompt=cache_prompt, logprobs=logprobs, output=output)
+                            seed=seed, cache_prompt=cache_prompt, logprobs=logprobs, output=output,
+                            tools=tools)
         return cls(messages=messages, prompt=prompt, model_id=model_id, sampling=sampling, allow_cloud=allow_cloud,
                    **kw)
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 
 from swarm_edge.errors import BudgetError, BusyError, CloudUnavailableError, InferenceError, ModelLoadError
 from swarm_edge.events import Done, Start, Token
-from swarm_edge.orchestration import multistep
+from swarm_edge.orchestration import multistep, shape
 from swarm_edge.orchestration.answer import Answer, Step, assemble
 from swarm_edge.orchestration.calls import Call, run_call
 from swarm_edge.orchestration.context import Context, Relay, Solved
@@ -23,7 +23,6 @@ from swarm_edge.orchestration.request import Request, with_system
 from swarm_edge.orchestration.runtime import Runtime
 from swarm_edge.orchestration.strategies import solve
 from swarm_edge.router import Route
-from swarm_edge.structured import verdict
 
 Events = AsyncGenerator[Start | Token | Done[Answer], None]
 # what `on_local_failure` escalates: a crash or failed generation, a load refused by the budget or one that failed
@@ -77,7 +76,7 @@ async def direct(ctx: Context, top: Route, t0: float) -> Events:
         async for e in events:
             yield e
     call: Call = relay.result
-    steps = [call.step(top.task, "answer", 1.0, shown=True, **verdict(req.sampling.output, call.text))]
+    steps = [call.step(top.task, "answer", 1.0, shown=True, **shape.verdict(req.sampling, call))]
     yield Done(assemble(call.text, call, top, "single", steps, t0=t0, t_first=relay.t_first,
                         t_end=time.perf_counter(), t_route=None))
 
@@ -131,7 +130,7 @@ async def planned(ctx: Context, top: Route, decompose: bool, t0: float, t_route:
 async def one_task(ctx: Context, top: Route, preface: list[Step], t0: float, t_route: float) -> Events:
     """The route's strategy answers; a local failure before anything was shown goes to the cloud (when allowed
     and cloud.on_local_failure)."""
-    strategy = strategy_of(ctx.rt.registry, top.task, structured=ctx.request.sampling.output is not None)
+    strategy = strategy_of(ctx.rt.registry, top.task, structured=shape.applies(ctx.request.sampling))
     relay = Relay(top)
     try:
         answered = solve(ctx, top.task, top, ctx.request.chat(), strategy=strategy)

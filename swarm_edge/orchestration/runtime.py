@@ -35,7 +35,8 @@ class CloudPort(Protocol):
     def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None,
                     temperature: float, top_p: float, stop: list[str], seed: int | None,
                     result: CloudResult,
-                    response_format: dict[str, Any] | None = None) -> AsyncGenerator[str, None]: ...
+                    response_format: dict[str, Any] | None = None,
+                    tools: dict[str, Any] | None = None) -> AsyncGenerator[str, None]: ...
 
 
 class Runtime(Protocol):
@@ -54,6 +55,10 @@ class Runtime(Protocol):
     def named_tasks(self, text: str) -> list[str]: ...
 
     def resident(self) -> frozenset[str]: ...
+
+    def tool_format(self, model_id: str) -> str | None:
+        """How the model's chat template renders tool calls (toolcalls.format_of), None if it cannot: known once
+        the model's files are prepared (a session was opened)."""
 
     def hint(self, upcoming: list[str]) -> None: ...
 

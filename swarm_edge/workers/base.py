@@ -15,7 +15,7 @@ from typing import Any, Protocol
 class GenerateRequest:
     """One generation: chat `messages`, or a plain `prompt` for completion models."""
 
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None   # OpenAI's shape; tool calls and tool results included
     prompt: str | None = None
     max_tokens: int = 256
     temperature: float = 0.0
@@ -25,6 +25,9 @@ class GenerateRequest:
     logprobs: bool = False          # report the mean log-probability of the sampled tokens (cascade confidence)
     json_schema: dict | None = None  # constrain the output to JSON matching this schema (grammar-constrained)
     cache_prompt: bool = True       # reuse the KV cache of a shared prompt prefix; False evaluates it afresh
+    tools: list[dict[str, Any]] | None = None  # OpenAI's `tools` (checked: toolcalls.Toolset), for chat messages
+    tool_choice: Any = None         # OpenAI's tool_choice ("auto", "required", or a named function)
+    parallel_tool_calls: bool | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -51,6 +54,7 @@ class GenStats:
     generate_s: float | None = None
     mean_logprob: float | None = None   # measured only when the request asked for logprobs
     min_logprob: float | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # [{name, arguments}] when the model called tools
 
     @classmethod
     def from_wire(cls, event: dict[str, Any]) -> GenStats:

@@ -11,7 +11,9 @@ from typing import Any
 from jinja2.exceptions import TemplateError
 
 from swarm_edge.errors import ContextLengthError, InferenceError, ModelLoadError
+from swarm_edge.toolcalls import template_messages
 from swarm_edge.workers.base import GenerateRequest, LoadInfo
+from swarm_edge.workers.gguf_calls import Calls as _Calls
 from swarm_edge.workers.gguf_check import check_gguf
 
 
@@ -74,7 +76,7 @@ class GGUFBackend:
         return common, meter
 
     def generate(self, request: GenerateRequest) -> Iterator[dict[str, Any]]:
-        """Stream token events, then a done event with counts and timings."""
+        """Stream token events, then a done event with counts and timings (and the tool calls, if any)."""
         if self._closed:
             raise InferenceError("model is closed")
         common, meter = self._sampling(request)
@@ -82,20 +84,13 @@ class GGUFBackend:
             # n_tokens = 0: llama-cpp-python finds no cached prefix and evaluates the whole prompt in the same batch
             # shapes as on a fresh context, so greedy output no longer depends on what this context ran before
             self.llm.reset()
+        calls = _Calls(self, request) if request.tools and request.messages is not None else None
         t0 = time.perf_counter()
         t_first = t_last = None
         n = 0
         finish = None
         try:
-            if request.messages is not None and self.kind == "chat":
-                chunks = self.llm.create_chat_completion(messages=request.messages, **common)  # type: ignore[arg-type]
-                get = _chat_text
-            else:
-                prompt = request.prompt if request.prompt is not None else _flatten(request.messages or [])
-                chunks = self.llm.create_completion(prompt=prompt, **common)  # type: ignore[assignment]
-                get = _completion_text
-            for chunk in chunks:
-                text, reason = get(chunk)  # type: ignore[arg-type]
+            for text, reason, shown in (calls.pieces(common) if calls else self._pieces(request, common)):
                 if reason:
                     finish = reason
                 if text:
@@ -103,7 +98,8 @@ class GGUFBackend:
                     if t_first is None:
                         t_first = t_last
                     n += 1
-                    yield {"type": "token", "text": text}
+                    if shown:
+                        yield {"type": "token", "text": text}
         except ValueError as exc:  # llama-cpp-python raises ValueError for prompts longer than n_ctx
             if "exceed context window" in str(exc):
                 raise ContextLengthError(str(exc)) from exc
@@ -111,6 +107,10 @@ class GGUFBackend:
         except TemplateError as exc:  # includes the sandbox's SecurityError for a hostile chat template
             raise InferenceError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from exc
         t_end = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if calls is not None and calls.found:
+            extra = {"tool_calls": calls.found}
+            finish = "tool_calls" if finish != "length" else finish
         yield {
             "type": "done", "finish_reason": finish or "stop", "chunks": n,
             "prompt_tokens": self._prompt_tokens(request),  # counted after the answer: off the TTFT path
@@ -118,21 +118,42 @@ class GGUFBackend:
             "decode_tok_s": (n - 1) / (t_last - t_first) if t_first and t_last and n > 1 and t_last > t_first else None,
             "generate_s": t_end - t0,
             **({"mean_logprob": meter.mean(), "min_logprob": meter.min()} if meter is not None else {}),
+            **extra,
         }
+
+    def _pieces(self, request: GenerateRequest, common: dict[str, Any]) -> Iterator[tuple[str, str | None, bool]]:
+        """(text, finish reason, shown) for a plain chat or completion request."""
+        if request.messages is not None and self.kind == "chat":
+            chunks = self.llm.create_chat_completion(messages=request.messages, **common)  # type: ignore[arg-type]
+            get = _chat_text
+        else:
+            prompt = request.prompt if request.prompt is not None else _flatten(request.messages or [])
+            chunks = self.llm.create_completion(prompt=prompt, **common)  # type: ignore[assignment]
+            get = _completion_text
+        for chunk in chunks:
+            text, reason = get(chunk)  # type: ignore[arg-type]
+            yield text, reason, True
+
+    def formatter(self):
+        """The GGUF's own chat template, rendered in llama-cpp-python's sandboxed Jinja environment."""
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos, bos = self.llm.token_eos(), self.llm.token_bos()
+            text = self.llm._model.token_get_text
+            self._formatter = Jinja2ChatFormatter(  # type: ignore[assignment]
+                template=self.llm.metadata["tokenizer.chat_template"], eos_token=text(eos) if eos != -1 else "",
+                bos_token=text(bos) if bos != -1 else "", stop_token_ids=[eos])
+        return self._formatter
 
     def _prompt_tokens(self, request: GenerateRequest) -> int | None:
         """Tokens of the prompt as llama-cpp-python evaluates it (template rendered, BOS added), or None."""
         try:
             if request.messages is not None and self.kind == "chat":
-                if self._formatter is None:
-                    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-                    eos, bos = self.llm.token_eos(), self.llm.token_bos()
-                    text = self.llm._model.token_get_text
-                    self._formatter = Jinja2ChatFormatter(  # type: ignore[assignment]
-                        template=self.llm.metadata["tokenizer.chat_template"], eos_token=text(eos) if eos != -1 else "",
-                        bos_token=text(bos) if bos != -1 else "", stop_token_ids=[eos])
-                prompt = self._formatter(messages=request.messages).prompt  # type: ignore[misc]
+                if request.tools:
+                    prompt = self.formatter()(messages=template_messages(request.messages), tools=request.tools).prompt
+                else:
+                    prompt = self.formatter()(messages=request.messages).prompt
             else:
                 prompt = request.prompt if request.prompt is not None else _flatten(request.messages or [])
             return len(self.llm.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1

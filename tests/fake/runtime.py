@@ -97,6 +97,7 @@ class Reply:
     fail_after: int | None = None               # raise `fail_with` after this many tokens
     fail_with: BaseException | None = None
     gate: Any = None                            # an asyncio.Event the first token waits for
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # the calls it "makes": [{name, arguments}]
 
     def chunks(self) -> list[str]:
         return [self.text] if isinstance(self.text, str) else list(self.text)
@@ -149,7 +150,8 @@ class FakeSession:
         self.timings.update(ttft_s=0.001, model_ttft_s=0.001, decode_tok_s=100.0, generate_s=0.01, total_s=0.01)
         self.record.events.append("done")
         yield Done(GenStats(finish_reason=r.finish_reason, chunks=n, prompt_tokens=r.prompt_tokens, ttft_s=0.001,
-                            decode_tok_s=100.0, generate_s=0.01, mean_logprob=lp, min_logprob=lp))
+                            decode_tok_s=100.0, generate_s=0.01, mean_logprob=lp, min_logprob=lp,
+                            tool_calls=list(r.tool_calls) or None))
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         self.timings.update(embed_s=0.001, total_s=0.001, tokens=sum(len(t.split()) for t in texts))
@@ -166,7 +168,7 @@ class FakeRuntime:
     def __init__(self, registry: Registry | None = None, *, replies: dict[str, Any] | None = None,
                  routes: dict[str, Any] | Callable[[str], Route] | None = None, cloud: FakeCloud | None = None,
                  cloud_policy: CloudConfig | None = None, offline: bool = False,
-                 resident: frozenset[str] = frozenset()) -> None:
+                 resident: frozenset[str] = frozenset(), no_tools: frozenset[str] = frozenset()) -> None:
         self.registry = registry if registry is not None else fake_registry()
         self.replies = dict(replies or {})
         self.routes = routes
@@ -175,6 +177,7 @@ class FakeRuntime:
         self.cloud_policy = cloud_policy if cloud_policy is not None else (cloud.config if cloud else None)
         self.offline = offline
         self._resident = resident
+        self.no_tools = no_tools  # models whose (imagined) chat template cannot render tools
         self.records: list[Record] = []
         self.hints: list[list[str]] = []
         self.routed: list[str] = []
@@ -224,6 +227,9 @@ class FakeRuntime:
     def resident(self) -> frozenset[str]:
         return self._resident
 
+    def tool_format(self, model_id: str) -> str | None:
+        return None if model_id in self.no_tools else "hermes"
+
     def hint(self, upcoming: list[str]) -> None:
         self.hints.append(list(upcoming))
 
@@ -244,13 +250,16 @@ class FakeCloud:
         self.config = config or cloud_config()
         self.texts = texts if texts is not None else ["cloud ", "answer"]
         self.fail_before, self.fail_after = fail_before, fail_after
+        self.tool_calls: list[dict[str, Any]] = []  # [{id, name, arguments (JSON text)}] the cloud "calls"
         self.calls: list[dict[str, Any]] = []
 
     async def stream_chat(self, messages: list[dict[str, str]], *, reason: str, max_tokens: int | None,
                           temperature: float, top_p: float, stop: list[str], seed: int | None,
-                          result: CloudResult, response_format: dict | None = None) -> AsyncIterator[str]:
+                          result: CloudResult, response_format: dict | None = None,
+                          tools: dict | None = None) -> AsyncIterator[str]:
         self.calls.append({"messages": messages, "reason": reason, "max_tokens": max_tokens,
-                           "temperature": temperature, "response_format": response_format})
+                           "temperature": temperature, "response_format": response_format, "tools": tools})
+        result.tool_calls = [dict(c) for c in self.tool_calls]
         result.attempts = 1
         if self.fail_before:
             result.statuses.append(503)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from swarm_edge.events import Done
+from swarm_edge.orchestration import shape
 from swarm_edge.orchestration.answer import Step
 from swarm_edge.orchestration.calls import replay
 from swarm_edge.orchestration.context import Context, Solved, Solving
@@ -19,7 +20,7 @@ async def solve(ctx: Context, task: str, route: Route, messages: list[Msg], *,
                 strategy: str = "single") -> Solving:
     """Answer one task by its route's strategy."""
     spec_route = ctx.rt.registry.routes.get(task)
-    structured = ctx.request.sampling.output is not None
+    structured = shape.applies(ctx.request.sampling)
     models = order(route, spec_route, strategy)
     tried: list[Step] = []
     if spec_route is not None and spec_route.tool == "calculator" and not has_system(messages) and not structured:

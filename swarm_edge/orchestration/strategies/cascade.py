@@ -9,20 +9,22 @@ import contextlib
 
 from swarm_edge.errors import CloudUnavailableError
 from swarm_edge.events import Done
+from swarm_edge.orchestration import shape
 from swarm_edge.orchestration.answer import Step
 from swarm_edge.orchestration.calls import Call, replay
 from swarm_edge.orchestration.context import Context, Solved, Solving
 from swarm_edge.orchestration.judge import judge, why_unsure
 from swarm_edge.orchestration.request import Msg
 from swarm_edge.router import Route
-from swarm_edge.structured import verdict
 
 
 async def judged(ctx: Context, task: str, route: Route, model: str, messages: list[Msg], steps: list[Step],
                  threshold: float, role: str) -> tuple[Call, bool]:
     """A held-back answer with its token log-probs measured, and whether it is sure enough to keep."""
     call = await ctx.quiet(model, ctx.request.sampling.call(ctx.rt.registry.get(model), messages, logprobs=True))
-    keep, extra = judge(task, call.text, call.stats.mean_logprob, messages, threshold, ctx.request.sampling.output)
+    sampling = ctx.request.sampling
+    keep, extra = judge(task, call.text, call.stats.mean_logprob, messages, threshold, shaped=shape.applies(sampling),
+                        problem=shape.problem(sampling, call))
     steps.append(call.step(task, role, route.confidence, shown=keep, **extra))
     return call, keep
 
@@ -85,7 +87,7 @@ async def streamed(ctx: Context, task: str, route: Route, model: str, messages: 
                 yield ev
     assert call is not None
     steps.append(call.step(task, "answer" if not steps else "cascade-final", route.confidence, shown=True,
-                           **verdict(ctx.request.sampling.output, call.text)))
+                           **shape.verdict(ctx.request.sampling, call)))
     yield Done(Solved(call, steps))
 
 

@@ -1,0 +1,215 @@
+"""Tool calls, measured with the Berkeley Function Calling Leaderboard: its data and its own AST checker, the
+requests sent through a real daemon's OpenAI API as an agent would send them.
+
+Categories (bfcl-eval's BFCL_v4 files): simple_python (400), multiple (200), parallel (200), parallel_multiple
+(200), irrelevance (240): 1,240 cases. Each case's functions go through BFCL's own conversion to OpenAI tools
+(convert_to_tool: dots in names become underscores, "dict" -> "object", ...) with its Python-syntax note, the
+question is the messages, no system prompt, greedy, tool_choice auto: what BFCL's OpenAI-style FC handler sends.
+The answer's tool calls are decoded as BFCL decodes them (json.loads of the arguments, names mapped back) and
+scored by bfcl_eval's ast_checker; irrelevance is right when no function is called.
+
+Cases are split into dev and test by evalsets.split_of(case id) (the rule every evaluation set here uses): the
+tools route was chosen on dev only; report the test split.
+
+Configurations: each model alone (its id as the request's model) and `auto` (the `tools` route of models.yaml).
+
+Needs bfcl-eval, installed without its 6 GB of dependencies (model SDKs, torch):
+  .venv/bin/pip install --no-deps bfcl-eval==2026.3.23 filelock tenacity tree_sitter==0.21.3 \\
+      tree-sitter-java==0.21.0 tree-sitter-javascript==0.21.4
+Rerun:  .venv/bin/python benchmarks/bench_tools.py --split test [--configs auto qwen2.5-coder-0.5b] [--limit N]
+Writes: benchmarks/results/tools-SPLIT.json and .md (published figures beside ours in the .md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import evalsets
+from results_io import write_results
+
+CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
+DEFAULT_CONFIGS = ["auto", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+DOTS = "swarm-edge-dots"  # the checker's model name: our decoded calls carry the original dotted names
+# The leaderboard's own figures (gorilla gh-pages data_non_live.csv; columns as above): Qwen2.5 instruct models
+# on BFCL V3 (2025-04-25, the last snapshot listing them; same categories, earlier data revision), and models of
+# the same size on V4 (2025-12-16: the data and checker of bfcl-eval 2026.3.23).
+PUBLISHED = [
+    ("Qwen2.5-0.5B-Instruct (FC), V3", [81.50, 78.00, 60.00, 50.00, 39.17]),
+    ("Qwen2.5-1.5B-Instruct (FC), V3", [92.25, 87.00, 81.50, 75.50, 64.58]),
+    ("Hammer2.1-0.5b (FC), V4", [83.25, 81.00, 69.00, 51.50, 85.00]),
+    ("Qwen3-0.6B (FC), V4", [86.50, 86.00, 67.50, 69.50, 82.50]),
+    ("Llama-3.2-1B-Instruct (FC), V4", [75.00, 50.50, 44.00, 15.00, 35.83]),
+]
+
+
+def bfcl():
+    """bfcl-eval's data, conversion and checker, imported without its model registry (which imports every
+    provider SDK); it also writes result/ and score/ directories under BFCL_PROJECT_ROOT at import."""
+    os.environ.setdefault("BFCL_PROJECT_ROOT", tempfile.mkdtemp(prefix="bfcl-"))
+    try:
+        import bfcl_eval
+    except ImportError:
+        raise SystemExit("bfcl-eval is not installed; see this script's docstring for the command") from None
+    stub = types.ModuleType("bfcl_eval.constants.model_config")
+    stub.MODEL_CONFIG_MAPPING = {DOTS: types.SimpleNamespace(underscore_to_dot=False)}  # type: ignore[attr-defined]
+    sys.modules.setdefault("bfcl_eval.constants.model_config", stub)
+    from bfcl_eval.constants.enums import Language, ModelStyle
+    from bfcl_eval.constants.type_mappings import GORILLA_TO_OPENAPI
+    from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
+    from bfcl_eval.model_handler.utils import convert_to_tool
+    from bfcl_eval.utils import (
+        _func_doc_language_specific_pre_processing,
+        is_empty_output,
+        is_function_calling_format_output,
+    )
+
+    return types.SimpleNamespace(
+        data=Path(bfcl_eval.__file__).parent / "data", Language=Language, ModelStyle=ModelStyle,
+        GORILLA_TO_OPENAPI=GORILLA_TO_OPENAPI, ast_checker=ast_checker, convert_to_tool=convert_to_tool,
+        pre=_func_doc_language_specific_pre_processing, is_empty_output=is_empty_output,
+        is_fc=is_function_calling_format_output)
+
+
+def load(b, category: str, split: str | None) -> list[tuple[dict, object]]:
+    def jsonl(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    cases = jsonl(b.data / f"BFCL_v4_{category}.json")
+    answers_path = b.data / "possible_answer" / f"BFCL_v4_{category}.json"
+    answers = {a["id"]: a["ground_truth"] for a in jsonl(answers_path)} if answers_path.exists() else {}
+    return [(c, answers.get(c["id"])) for c in cases if split is None or evalsets.split_of(c["id"]) == split]
+
+
+def request_of(b, case: dict, category: str) -> tuple[list[dict], list[dict], dict[str, str]]:
+    """What BFCL's OpenAI-style FC handler sends: (messages, tools, sent name -> original name)."""
+    functions = b.pre(copy.deepcopy(case["function"]), category)
+    tools = b.convert_to_tool(functions, b.GORILLA_TO_OPENAPI, b.ModelStyle.OPENAI_COMPLETIONS)
+    names = {re.sub(r"\.", "_", f["name"]): f["name"] for f in case["function"]}
+    return copy.deepcopy(case["question"][0]), tools, names
+
+
+def judge(b, case: dict, answer, category: str, message: dict, names: dict[str, str]) -> tuple[bool, str]:
+    calls = message.get("tool_calls") or []
+    try:
+        output = [{names.get(c["function"]["name"], c["function"]["name"]): json.loads(c["function"]["arguments"])}
+                  for c in calls] or None
+    except (ValueError, KeyError, TypeError) as exc:
+        return False, f"undecodable call: {exc}"
+    if category == "irrelevance":
+        right = output is None or b.is_empty_output(output)
+        return right, "" if right else "called a function"
+    if output is None:
+        return False, "no tool call"
+    if not b.is_fc(output):
+        return False, "bad call format"
+    verdict = b.ast_checker(case["function"], output, answer, b.Language.PYTHON, category, DOTS)
+    return bool(verdict["valid"]), "; ".join(map(str, verdict.get("error") or []))[:300]
+
+
+class Daemon:
+    """`swarm-edge serve` on the default swarm, on a private socket (offline: fetched models only)."""
+
+    def __init__(self) -> None:
+        import httpx2
+
+        self.dir = Path(tempfile.mkdtemp(prefix="se-bfcl-"))
+        self.socket = self.dir / "s.sock"
+        exe = str(Path(sys.executable).with_name("swarm-edge"))
+        self.log = open(self.dir / "daemon.log", "wb")
+        self.proc = subprocess.Popen([exe, "serve", "--socket", str(self.socket), "--offline",
+                                      "--request-timeout", "900"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(self.socket)), base_url="http://swarm-edge",
+                                  timeout=900)
+        for _ in range(600):
+            try:
+                if self.http.get("/health").status_code == 200:
+                    return
+            except httpx2.HTTPError:
+                time.sleep(0.1)
+        raise SystemExit(f"the daemon did not start: see {self.dir / 'daemon.log'}")
+
+    def close(self) -> None:
+        self.http.close()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def run(b, daemon: Daemon, config: str, cases: dict[str, list], max_tokens: int) -> list[dict]:
+    out = []
+    for category, items in cases.items():
+        for case, answer in items:
+            messages, tools, names = request_of(b, case, category)
+            t0 = time.perf_counter()
+            r = daemon.http.post("/v1/chat/completions", json={
+                "model": config, "messages": messages, "tools": tools, "temperature": 0, "max_tokens": max_tokens})
+            latency = time.perf_counter() - t0
+            if r.status_code == 200:
+                body = r.json()
+                message = body["choices"][0]["message"]
+                right, why = judge(b, case, answer, category, message, names)
+                models = [s["model"] for s in body["swarm"]["steps"]]
+            else:
+                message, right, why, models = {}, False, f"HTTP {r.status_code}: {r.text[:200]}", []
+            out.append({"id": case["id"], "category": category, "right": right, "why": why,
+                        "latency_s": round(latency, 3), "models": models,
+                        "calls": message.get("tool_calls"), "text": (message.get("content") or "")[:200]})
+            print(f"  {config:<20} {case['id']:<24} {'ok ' if right else 'BAD'} {latency:6.2f}s {why[:80]}",
+                  file=sys.stderr, flush=True)
+    return out
+
+
+def table(split: str, results: dict[str, list[dict]]) -> list[str]:
+    head = "| configuration | " + " | ".join(CATEGORIES) + " | all | mean latency (s) |"
+    lines = [f"# Tool calls: BFCL (bfcl-eval 2026.3.23, BFCL_v4 data), {split} split, scored by BFCL's AST checker",
+             "", head, "|---" * (len(CATEGORIES) + 3) + "|"]
+    for config, recs in results.items():
+        cells = []
+        for cat in CATEGORIES:
+            rs = [r for r in recs if r["category"] == cat]
+            cells.append(f"{100 * sum(r['right'] for r in rs) / len(rs):.1f} ({len(rs)})" if rs else "-")
+        total = 100 * sum(r["right"] for r in recs) / max(1, len(recs))
+        mean = sum(r["latency_s"] for r in recs) / max(1, len(recs))
+        lines.append(f"| {config} | " + " | ".join(cells) + f" | {total:.1f} ({len(recs)}) | {mean:.2f} |")
+    lines += ["", "Published, for comparison (all cases of each category; the leaderboard's own runs):", "", head,
+              "|---" * (len(CATEGORIES) + 3) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " | | |" for name, vals in PUBLISHED]
+    lines += ["", f"Rerun: `.venv/bin/python benchmarks/bench_tools.py --split {split}`"]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", choices=["dev", "test", "all"], required=True)
+    ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    ap.add_argument("--categories", nargs="+", default=CATEGORIES, choices=CATEGORIES)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N cases of each category")
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--name", default=None, help="results file name (default tools-SPLIT)")
+    args = ap.parse_args()
+    b = bfcl()
+    split = None if args.split == "all" else args.split
+    cases = {c: load(b, c, split)[:args.limit] if args.limit else load(b, c, split) for c in args.categories}
+    print(f"{sum(map(len, cases.values()))} cases: " + ", ".join(f"{c} {len(v)}" for c, v in cases.items()),
+          file=sys.stderr)
+    daemon = Daemon()
+    try:
+        results = {config: run(b, daemon, config, cases, args.max_tokens) for config in args.configs}
+    finally:
+        daemon.close()
+    write_results(args.name or f"tools-{args.split}", {"split": args.split, "limit": args.limit,
+                                                       "results": results}, table(args.split, results))
+
+
+if __name__ == "__main__":
+    main()
