@@ -67,7 +67,7 @@ class Calls:
         text, reason = "", None
         chunks: Any = llm.create_completion(prompt=tokens(rendered.prompt + said), **{**kw, "grammar": forced})
         for chunk in chunks:
-            choice: Any = chunk["choices"][0]  # type: ignore[index]
+            choice: Any = chunk["choices"][0]
             piece = choice.get("text") or ""
             text += piece
             reason = choice.get("finish_reason") or reason
