@@ -93,3 +93,19 @@ def test_humaneval_harness_keeps_the_prompts_helpers():
     assert not bench_humaneval.passes(problem, "```python\ndef decode_cyclic(s: str):\n    return s\n```")[0]
     # a bare continuation of the prompt works as before
     assert bench_humaneval.passes(problem, problem["canonical_solution"])[0]
+
+
+def test_the_extraction_set_is_well_formed_and_its_test_split_frozen():
+    """benchmarks/data/eval/extract.jsonl (structured outputs): every schema is one the daemon takes, every expected
+    answer follows it, and the test split is the one whose digest was recorded before anything was tuned."""
+    import bench_structured
+
+    from swarm_edge.structured import from_openai
+
+    items = bench_structured.load(None)
+    assert len(items) >= 50 and len({i["id"] for i in items}) == len(items)
+    for item in items:
+        out = from_openai({"type": "json_schema", "json_schema": {"name": "x", "schema": item["schema"]}})
+        assert out.problem(json.dumps(item["expected"])) is None, item["id"]
+    assert bench_structured.test_digest() == bench_structured.FROZEN.read_text().strip()
+    assert {evalsets.split_of(i["id"]) for i in items} == {"dev", "test"}
