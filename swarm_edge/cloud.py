@@ -295,6 +295,7 @@ class CloudClient:
         """One attempt: send, check the status, then read a JSON completion or the event stream."""
         request = self._client.build_request("POST", "/chat/completions", content=payload, headers=self._headers())
         res.bytes_sent += len(payload)
+        res.tool_calls = []  # a retried attempt starts its calls afresh
         response = await self._within(self._client.send(request, stream=True), "waiting for the response", res,
                                       deadline)
         res.left_device = True
@@ -313,8 +314,7 @@ class CloudClient:
                 # several OpenAI-compatible proxies ignore `stream` and answer with one JSON completion
                 raw = await self._within(_read_capped(response, MAX_JSON_ANSWER), "reading the answer", res, deadline)
                 text = redactor.restore(_json_completion(raw, ctype, res, self.config.host))
-                for call in res.tool_calls:
-                    call["arguments"] = redactor.restore(call["arguments"])
+                cloud_wire.restore_calls(res, redactor)
                 res.ttft_s = round(self.clock() - t0, 4)
                 n = (res.usage or {}).get("completion_tokens")
                 res.tokens += n if isinstance(n, int) and n > 0 else 1
@@ -364,8 +364,7 @@ class CloudClient:
             with contextlib.suppress(RuntimeError, self._httpx.HTTPError):
                 await lines.aclose()
         tail = restorer.flush()
-        for call in res.tool_calls:  # placeholders in a call's arguments are put back once it is whole
-            call["arguments"] = redactor.restore(call["arguments"])
+        cloud_wire.restore_calls(res, redactor)  # placeholders in calls' arguments: put back once they are whole
         if tail:
             yield tail
         if not res.tokens and not res.tool_calls:  # HTTP 200 and no text is not an answer: the local one stands

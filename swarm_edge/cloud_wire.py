@@ -107,16 +107,38 @@ def sent_message(message: dict[str, Any], content: str, redactor: Any) -> dict[s
 
 
 def add_calls(res: Any, deltas: Any) -> None:
-    """Streamed tool calls come in pieces by index: the id and name first, then fragments of the arguments."""
+    """Streamed tool calls come in pieces by index: the id and name first, then fragments of the arguments.
+    A piece that is not what OpenAI sends is a broken stream."""
     for d in deltas if isinstance(deltas, list) else ():
-        if not isinstance(d, dict):
-            continue
-        i = d.get("index", len(res.tool_calls))
-        while isinstance(i, int) and 0 <= i < 128 and len(res.tool_calls) <= i:
+        fn = d.get("function") if isinstance(d, dict) else None
+        i = d.get("index", max(0, len(res.tool_calls) - 1)) if isinstance(d, dict) else None
+        if not isinstance(fn, (dict, type(None))) or not isinstance(i, int) or not 0 <= i < 128:
+            raise CloudUnavailableError(f"the cloud sent a malformed tool call piece: {str(d)[:80]}")
+        fn = fn or {}
+        if not all(isinstance(fn.get(k) or "", str) for k in ("name", "arguments")):
+            raise CloudUnavailableError(f"the cloud sent a malformed tool call piece: {str(d)[:80]}")
+        while len(res.tool_calls) <= i:
             res.tool_calls.append({"id": None, "name": "", "arguments": ""})
-        if not isinstance(i, int) or not 0 <= i < len(res.tool_calls):
-            continue
-        call, fn = res.tool_calls[i], d.get("function") or {}
+        call = res.tool_calls[i]
         call["id"] = d.get("id") or call["id"]
         call["name"] += fn.get("name") or ""
         call["arguments"] += fn.get("arguments") or ""
+
+
+def restore_calls(res: Any, redactor: Any) -> None:
+    """Put the redactor's placeholders back inside the string values of each call's arguments (a restored value
+    may hold quotes or newlines, which a text replacement would leave as broken JSON)."""
+    def restored(value: Any) -> Any:
+        if isinstance(value, str):
+            return redactor.restore(value)
+        if isinstance(value, list):
+            return [restored(v) for v in value]
+        if isinstance(value, dict):
+            return {restored(k): restored(v) for k, v in value.items()}
+        return value
+
+    for call in res.tool_calls:
+        try:
+            call["arguments"] = json.dumps(restored(json.loads(call["arguments"] or "{}")), ensure_ascii=False)
+        except ValueError:  # not JSON: left as it came (the call is then invalid for its schema)
+            call["arguments"] = redactor.restore(call["arguments"])

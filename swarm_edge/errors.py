@@ -38,6 +38,10 @@ class ConfigError(SwarmEdgeError):
     exit_code = 2
 
 
+class SchemaError(ConfigError):
+    """A JSON schema (response format, tool parameters) that is invalid or that the grammar cannot enforce."""
+
+
 class RegistryError(ConfigError):
     """models.yaml is malformed; the message names the file, key path and line."""
 

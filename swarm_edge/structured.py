@@ -17,15 +17,20 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from swarm_edge.errors import ConfigError
+from swarm_edge.errors import ConfigError, SchemaError
 
 MAX_DEPTH = 32            # nesting of a schema: the converter and the validator recurse once per level
 MAX_SCHEMA_BYTES = 256 << 10
+MAX_GRAMMAR_BYTES = 256 << 10
+MAX_REPEAT = 1000         # minLength/maxLength/minItems/maxItems and {m,n}: llama.cpp's grammar parser refuses
+                          # (and past ~10^5 crashes on) large repetition counts, and the converter spells them out
+NESTED_REPEAT = re.compile(r"\([^()]*[+*}][^()]*\)\s*[+*{]")  # (a+)+ : exponential to check, so refused
 
 # The keywords that constrain a value (JSON Schema 2020-12's applicator and validation vocabularies). Anything
 # else describes and never constrains (title, description, default, examples, $defs, a tool's made-up
@@ -41,10 +46,6 @@ TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "
 OBJECT = {"type": "object"}  # json_object mode: any JSON object
 
 
-class SchemaError(ConfigError):
-    """A schema that is not valid, or that the grammar cannot express (a 400 naming the field and the construct)."""
-
-
 @dataclass(frozen=True)
 class OutputFormat:
     """What an answer must be: a JSON object (`json_object`) or JSON valid against `schema`."""
@@ -56,10 +57,10 @@ class OutputFormat:
     @classmethod
     def build(cls, schema: dict[str, Any], *, name: str = "json_object", strict: bool = True,
               where: str = "response_format") -> OutputFormat:
-        """Check `schema` (`where` names the request field in errors), its grammar included."""
-        check(schema, where)
-        grammar_of(schema, where)
-        return cls(schema=schema, name=name, strict=strict)
+        """Check `schema` (`where` names the request field in errors), its grammar included; keep it prepared."""
+        prepared = prepare(schema, where)
+        grammar_of(prepared, where)
+        return cls(schema=prepared, name=name, strict=strict)
 
     def problem(self, text: str) -> str | None:
         """Why `text` is not an answer in this format (it does not parse, or it does not validate), or None."""
@@ -77,7 +78,7 @@ class OutputFormat:
 
     def openai(self) -> dict[str, Any]:
         """As OpenAI's `response_format` (what the cloud is sent)."""
-        if self.schema is OBJECT:
+        if self.name == "json_object" and self.schema == OBJECT:
             return {"type": "json_object"}
         return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.schema, "strict": self.strict}}
 
@@ -115,12 +116,64 @@ def from_ollama(fmt: Any) -> OutputFormat | None:
     if fmt == "json":
         return OutputFormat.build(OBJECT, where="format")
     if isinstance(fmt, dict):
-        return OutputFormat.build(fmt, name="format", where="format")
+        return OutputFormat.build(fmt, name="format", strict=False, where="format")  # Ollama has no strict mode
     raise SchemaError(f"format must be \"json\" or a JSON schema (an object), not {json.dumps(fmt)[:80]}")
 
 
-def check(schema: dict[str, Any], where: str) -> None:
-    """Raise SchemaError unless `schema` is a valid JSON schema whose every constraint the grammar expresses."""
+def prepare(schema: dict[str, Any], where: str, prefix: str = "x--") -> dict[str, Any]:
+    """`schema`, checked (`check`), with every $defs entry (at any depth) moved to the top under a name of its
+    own, `prefix` + def-N, and every $ref pointed there: the converter names grammar rules after the last part of
+    a reference, so two definitions of one name, or one named like a property or a built-in rule, would share a
+    rule, and a recursive one with a name outside [A-Za-z0-9-] would leave an undefined rule."""
+    check(schema, where, prepared=False)
+    names: dict[str, str] = {}
+
+    def collect(node: Any, pointer: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}"
+                if key in ("$defs", "definitions") and isinstance(value, dict):
+                    for name in value:
+                        names[f"{here}/{name.replace('~', '~0').replace('/', '~1')}"] = f"{prefix}def-{len(names)}"
+                collect(value, here)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                collect(value, f"{pointer}/{i}")
+
+    collect(schema, "#")
+    defs: dict[str, Any] = {}
+
+    def rewrite(node: Any, pointer: str) -> Any:
+        if isinstance(node, list):
+            return [rewrite(v, f"{pointer}/{i}") for i, v in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            here = f"{pointer}/{key.replace('~', '~0').replace('/', '~1')}"
+            if key in ("$defs", "definitions") and isinstance(value, dict):
+                for name, sub in value.items():
+                    at = f"{here}/{name.replace('~', '~0').replace('/', '~1')}"
+                    defs[names[at]] = rewrite(sub, at)
+            elif key == "$ref" and isinstance(value, str):
+                if value not in names:
+                    raise SchemaError(f"{where}: `$ref` {value!r} at {pointer}: only references into $defs or "
+                                      "definitions are supported")
+                out[key] = f"#/$defs/{names[value]}"
+            else:
+                out[key] = rewrite(value, here)
+        return out
+
+    prepared = rewrite(schema, "#")
+    if defs:
+        prepared["$defs"] = defs
+    check(prepared, where)
+    return prepared
+
+
+def check(schema: dict[str, Any], where: str, *, prepared: bool = True) -> None:
+    """Raise SchemaError unless `schema` is a valid JSON schema whose every constraint the grammar expresses
+    (`prepared`: its definitions are all at the top, as `prepare` leaves them; only then are they all walked)."""
     try:
         size = len(json.dumps(schema))
     except (TypeError, ValueError, RecursionError) as exc:
@@ -137,6 +190,8 @@ def check(schema: dict[str, Any], where: str) -> None:
         at = "/".join(str(p) for p in exc.absolute_path)
         raise SchemaError(f"{where} is not a valid JSON schema{f' (at {at})' if at else ''}: {exc.message[:200]}") \
             from None
+    if not prepared:
+        return
     dropped = list(_unexpressed(schema, "#", schema))
     if dropped:
         raise SchemaError(f"{where}: the grammar cannot enforce {'; '.join(dropped[:5])}"
@@ -160,9 +215,11 @@ def _branch(node: dict[str, Any]) -> tuple[set[str], list[tuple[str, Any]]]:
     t = node.get("type")
     if "$ref" in node:
         return {"$ref"}, []
-    for union in ("oneOf", "anyOf"):
-        if union in node:
-            return {union}, [(f"{union}/{i}", s) for i, s in enumerate(node[union])]
+    if "oneOf" in node:  # generated as anyOf: "exactly one" is not enforced (unless there is only one)
+        return ({"oneOf"} if len(node["oneOf"]) == 1 else set()), [(f"oneOf/{i}", s)
+                                                                  for i, s in enumerate(node["oneOf"])]
+    if "anyOf" in node:
+        return {"anyOf"}, [(f"anyOf/{i}", s) for i, s in enumerate(node["anyOf"])]
     if isinstance(t, list):
         return {"type"}, []
     if "const" in node:
@@ -173,10 +230,13 @@ def _branch(node: dict[str, Any]) -> tuple[set[str], list[tuple[str, Any]]]:
         subs = [(f"properties/{k}", s) for k, s in node.get("properties", {}).items()]
         if isinstance(node.get("additionalProperties"), dict):
             subs.append(("additionalProperties", node["additionalProperties"]))
-        return {"type", "properties", "required", "additionalProperties"}, subs
+        props = node.get("properties", {})
+        required = {"required"} if set(node.get("required", [])) <= set(props) else set()  # else one never comes
+        return {"type", "properties", "additionalProperties"} | required, subs
     if t in (None, "array") and ("items" in node or "prefixItems" in node):
-        if "prefixItems" in node and "items" not in node:
-            return {"type", "prefixItems"}, [(f"prefixItems/{i}", s) for i, s in enumerate(node["prefixItems"])]
+        if "prefixItems" in node and node.get("items") in (None, False):  # a tuple, exactly
+            return {"type", "prefixItems", "items"}, [(f"prefixItems/{i}", s)
+                                                      for i, s in enumerate(node["prefixItems"])]
         return {"type", "items", "minItems", "maxItems"}, [("items", node["items"])]
     if t in (None, "string") and "pattern" in node:
         return {"type", "pattern"}, []
@@ -203,17 +263,27 @@ def _unexpressed(node: Any, path: str, root: dict[str, Any]):
         yield f"`allOf` at {path}"
     enforced, subs = _branch(node)
     constraints = set(node) & CONSTRAINTS
-    if t not in (None, "string"):
+    if isinstance(t, str) and t != "string":
         constraints.discard("format")  # `format` constrains strings only ("float" on a number is a note)
+    for key in ("minLength", "maxLength", "minItems", "maxItems"):
+        if isinstance(node.get(key), int) and node[key] > MAX_REPEAT:
+            yield f"`{key}` {node[key]} at {path} (at most {MAX_REPEAT})"
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        if "\\" in pattern:
+            yield f"`pattern` {pattern[:40]!r} at {path}: escapes (\\d, \\w, \\.) are not supported, write [0-9], [.]"
+        if NESTED_REPEAT.search(pattern):
+            yield f"`pattern` {pattern[:40]!r} at {path}: a repeated group with a repetition inside, as in (a+)+"
+        if any(int(n) > MAX_REPEAT for n in re.findall(r"\{(\d+)(?:,(\d*))?\}", pattern) for n in n if n):
+            yield f"`pattern` {pattern[:40]!r} at {path}: a repetition count over {MAX_REPEAT}"
     if not constraints and node:
         yield f"an untyped schema (any value) at {path}"
     for key in sorted(constraints - enforced - {"allOf"}):
         yield f"`{key}` at {path}"
     for sub_path, sub in subs:
         yield from _unexpressed(sub, f"{path}/{sub_path}", root)
-    for defs in ("$defs", "definitions"):
-        for name, sub in (node.get(defs) or {}).items() if path == "#" else ():
-            yield from _unexpressed(sub, f"#/{defs}/{name}", root)
+    for name, sub in (node.get("$defs") or {}).items() if path == "#" else ():  # all at the top (prepare)
+        yield from _unexpressed(sub, f"#/$defs/{name}", root)
 
 
 @functools.cache
@@ -235,12 +305,15 @@ def _converter() -> ModuleType:
 def grammar_of(schema: dict[str, Any], where: str = "schema") -> str:
     """GBNF for `schema` (already checked)."""
     try:
-        return _converter().json_schema_to_gbnf(json.dumps(schema))
+        gbnf = _converter().json_schema_to_gbnf(json.dumps(schema))
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converter raises ValueError, KeyError, AssertionError, ...
         raise SchemaError(f"{where}: the grammar converter cannot express it: {type(exc).__name__}: "
                           f"{str(exc)[:200]}") from None
+    if len(gbnf) > MAX_GRAMMAR_BYTES:
+        raise SchemaError(f"{where}: its grammar would be {len(gbnf):,} bytes; at most {MAX_GRAMMAR_BYTES:,}")
+    return gbnf
 
 
-__all__ = ["OBJECT", "OutputFormat", "SchemaError", "check", "from_ollama", "from_openai", "grammar_of"]
+__all__ = ["OBJECT", "OutputFormat", "SchemaError", "check", "from_ollama", "from_openai", "grammar_of", "prepare"]

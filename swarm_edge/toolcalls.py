@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from swarm_edge.structured import SchemaError, check, grammar_of
+from swarm_edge.errors import SchemaError
+from swarm_edge.structured import grammar_of, prepare
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TOOLS = 128
 HERMES = "hermes"
-_HERMES_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 TRIGGERS = {HERMES: "<tool_call>"}  # the text that starts a call in each format
 
 
@@ -71,7 +72,7 @@ class Toolset:
             return None
         if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
             raise SchemaError(f"{where} must be a list of at most {MAX_TOOLS} tools")
-        functions = tuple(_function(t, f"{where}[{i}]") for i, t in enumerate(tools))
+        functions = tuple(_function(t, f"{where}[{i}]", i) for i, t in enumerate(tools))
         names = [f.name for f in functions]
         if len(set(names)) < len(names):
             dup = next(n for n in names if names.count(n) > 1)
@@ -81,7 +82,9 @@ class Toolset:
             return None
         if parallel is not None and not isinstance(parallel, bool):
             raise SchemaError("parallel_tool_calls must be true or false")
-        return cls(functions, choice, parallel is not False)
+        made = cls(functions, choice, parallel is not False)
+        grammar(made)  # the call grammar is built now: a schema it cannot take is a 400, not a failed generation
+        return made
 
     def named(self, name: str) -> Function | None:
         return next((f for f in self.functions if f.name == name), None)
@@ -102,9 +105,13 @@ class Toolset:
         return self.choice if self.choice in ("auto", "required") else {"type": "function",
                                                                          "function": {"name": self.choice}}
 
-    def problem(self, calls: Sequence[dict[str, Any]] | None, finish_reason: str | None) -> str | None:
-        """Why an answer's calls do not do what was asked, or None."""
+    def problem(self, calls: Sequence[dict[str, Any]] | None, finish_reason: str | None,
+                unfinished: bool = False) -> str | None:
+        """Why an answer's calls do not do what was asked, or None (`unfinished`: the model began a call that
+        never ended, cut off by max_tokens)."""
         calls = list(calls or ())
+        if unfinished:
+            return "a tool call was begun but not finished" + (" (max_tokens)" if finish_reason == "length" else "")
         if not calls:
             if self.choice != "auto":
                 return "no tool call" + (" (cut off by max_tokens)" if finish_reason == "length" else "")
@@ -125,7 +132,7 @@ class Toolset:
         return None
 
 
-def _function(tool: Any, where: str) -> Function:
+def _function(tool: Any, where: str, index: int) -> Function:
     if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(
             tool.get("function"), dict):
         raise SchemaError(f"{where} must be {{\"type\": \"function\", \"function\": {{name, description, "
@@ -142,8 +149,8 @@ def _function(tool: Any, where: str) -> Function:
         params = {"type": "object", "properties": {}}
     if not isinstance(params, dict) or params.get("type", "object") != "object":
         raise SchemaError(f"{where}.function.parameters must be a JSON schema of an object")
-    check(params, f"{where}.function.parameters")
-    return Function(name, description, params)
+    # its definitions renamed apart from every other function's: all end up side by side in the call grammar
+    return Function(name, description, prepare(params, f"{where}.function.parameters", prefix=f"x--f{index}-"))
 
 
 def _choice(tool_choice: Any, names: list[str]) -> str:
@@ -153,7 +160,8 @@ def _choice(tool_choice: Any, names: list[str]) -> str:
         if tool_choice in ("auto", "none", "required"):
             return tool_choice
         raise SchemaError(f"tool_choice {tool_choice!r} is not one of auto, none, required or a function")
-    name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+    fn = tool_choice.get("function") if isinstance(tool_choice, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(name, str):
         raise SchemaError("tool_choice must be \"auto\", \"none\", \"required\" or "
                           "{\"type\": \"function\", \"function\": {\"name\": ...}}")
@@ -165,33 +173,18 @@ def _choice(tool_choice: Any, names: list[str]) -> str:
 # ---------------------------------------------------------------- the model's side (hermes)
 
 def call_schema(functions: Sequence[Function]) -> dict[str, Any]:
-    """One JSON object naming one of `functions` with arguments valid for it; each function's $defs hoisted to
-    the top under its own prefix, so references keep resolving."""
+    """One JSON object naming one of `functions` with arguments valid for it. Each function's parameters were
+    prepared with their definitions at their top under names of their own (x--fI-def-N): they are gathered at
+    the top of this schema, where the references already point."""
     defs: dict[str, Any] = {}
     variants = []
-    for i, fn in enumerate(functions):
+    for fn in functions:
         params = dict(fn.parameters)
-        prefix = f"f{i}_"
-        for key in ("$defs", "definitions"):
-            for name, sub in (params.pop(key, None) or {}).items():
-                defs[prefix + name] = _prefixed(sub, prefix)
-        variants.append({"type": "object", "properties": {"name": {"const": fn.name},
-                                                          "arguments": _prefixed(params, prefix)},
+        defs.update(params.pop("$defs", None) or {})
+        variants.append({"type": "object", "properties": {"name": {"const": fn.name}, "arguments": params},
                          "required": ["name", "arguments"], "additionalProperties": False})
     schema: dict[str, Any] = variants[0] if len(variants) == 1 else {"anyOf": variants}
     return {**schema, "$defs": defs} if defs else schema
-
-
-def _prefixed(node: Any, prefix: str) -> Any:
-    if isinstance(node, dict):
-        out = {k: _prefixed(v, prefix) for k, v in node.items()}
-        ref = node.get("$ref")
-        if isinstance(ref, str):
-            out["$ref"] = re.sub(r"^#/(\$defs|definitions)/", f"#/$defs/{prefix}", ref)
-        return out
-    if isinstance(node, list):
-        return [_prefixed(v, prefix) for v in node]
-    return node
 
 
 def grammar(tools: Toolset, fmt: str = HERMES) -> str:
@@ -205,16 +198,22 @@ def grammar(tools: Toolset, fmt: str = HERMES) -> str:
 
 
 def parse(text: str, fmt: str = HERMES) -> list[dict[str, Any]]:
-    """The calls in generated text, in order: [{"name", "arguments"}] (a malformed one is skipped)."""
-    calls = []
-    for m in _HERMES_CALL.finditer(text):
+    """The whole calls in generated text, in order: [{"name", "arguments"}]. Each is read as one JSON value after
+    its opening tag (so an argument that contains the closing tag does not cut it), and counts once its closing
+    tag follows; a call cut off, or not a {name, arguments} object, is not one."""
+    calls, decoder, at = [], json.JSONDecoder(), 0
+    while (start := text.find(_OPEN, at)) >= 0:
+        at = start + len(_OPEN)
+        body = text[at:]
+        lead = len(body) - len(body.lstrip())
         try:
-            obj = json.loads(m.group(1))
+            obj, end = decoder.raw_decode(body, lead)
         except ValueError:
             continue
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-            args = obj.get("arguments", {})
-            calls.append({"name": obj["name"], "arguments": args})
+        rest = body[end:].lstrip()
+        if rest.startswith(_CLOSE) and isinstance(obj, dict) and isinstance(obj.get("name"), str):
+            calls.append({"name": obj["name"], "arguments": obj.get("arguments", {})})
+            at += len(body) - len(rest) + len(_CLOSE)
     return calls
 
 

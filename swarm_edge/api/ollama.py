@@ -3,6 +3,7 @@ Errors here are Ollama's {"error": str} (errors.ERROR_FORMATS)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -107,7 +108,8 @@ class _Shape:
         if answer.tool_calls and self.key == "message":  # Ollama's shape: arguments as an object, no ids
             d["message"]["tool_calls"] = [{"function": {"name": c["name"], "arguments": c["arguments"]}}
                                           for c in answer.tool_calls]
-        d.update({"done": True, "done_reason": answer.finish_reason, "total_duration": ns(t.get("total_s")),
+        reason = "stop" if answer.finish_reason == "tool_calls" else answer.finish_reason  # Ollama's word for it
+        d.update({"done": True, "done_reason": reason, "total_duration": ns(t.get("total_s")),
                   "load_duration": ns(t.get("load_s")), "prompt_eval_count": answer.prompt_tokens or 0,
                   "prompt_eval_duration": ns(prompt_eval), "eval_count": answer.tokens,
                   "eval_duration": ns(max(0.0, (t.get("generate_s") or 0) - prompt_eval)), "swarm": answer.trace()})
@@ -128,8 +130,10 @@ async def _lines(shape: _Shape, events):
 async def ollama_generation(request: Request, model: str, options, stream: bool, key: str, allow_cloud: bool = True,
                             fmt: Any = None, tools: Any = None, **kw: Any):
     metrics = metrics_of(request)
-    output = structured.from_ollama(fmt)  # a bad format or tool is a 400 before anything runs
-    kw["tools"] = Toolset.from_openai(tools)
+    # a bad format or tool is a 400 before anything runs (checked off the event loop: a schema is bounded, but
+    # building its grammar is still CPU work)
+    output = await asyncio.to_thread(structured.from_ollama, fmt)
+    kw["tools"] = await asyncio.to_thread(Toolset.from_openai, tools)
     events = generation(request, model_id=ollama_name(model), max_tokens=options.max_tokens, allow_cloud=allow_cloud,
                         output=output,
                         temperature=options.temperature or 0.0, top_p=options.top_p or 1.0,
@@ -156,7 +160,7 @@ async def ollama_load(request: Request, model: str, key: str):
 
 @router.post("/api/chat", responses=responses(OllamaAnswer, *GENERATION_STATUSES, stream=NDJSON))
 async def ollama_chat(request: Request, body: OllamaChatRequest):
-    messages = [m.plain() for m in body.messages]
+    messages = body.plain_messages()
     if not messages:  # Ollama loads the model and answers done: a preload
         return await ollama_load(request, body.model, "message")
     return await ollama_generation(request, body.model, body.options, body.stream, "message", body.allow_cloud,

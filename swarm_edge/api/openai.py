@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import asyncio
 import base64
 import json
 import time
@@ -164,8 +165,9 @@ async def openai_generation(request: Request, body, kind: str, **kw: Any):
 
 @router.post("/v1/chat/completions", responses=responses(ChatCompletion, *GENERATION_STATUSES, stream=SSE))
 async def chat_completions(request: Request, body: ChatCompletionRequest):
-    output = structured.from_openai(body.response_format)  # a bad schema or tool is a 400 before anything runs
-    tools = Toolset.from_openai(body.tools, body.tool_choice, body.parallel_tool_calls)
+    # a bad schema or tool is a 400 before anything runs (checked off the event loop: building a grammar is CPU)
+    output = await asyncio.to_thread(structured.from_openai, body.response_format)
+    tools = await asyncio.to_thread(Toolset.from_openai, body.tools, body.tool_choice, body.parallel_tool_calls)
     return await openai_generation(request, body, "chat", messages=body.plain_messages(), max_tokens=body.limit,
                                    output=output, tools=tools)
 

@@ -7,6 +7,7 @@ with a 400 that names them, never silently dropped.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -259,10 +260,7 @@ class OllamaMessage(_Lenient):
     _valid = _unicode_fields("content")
 
     def plain(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.tool_calls:
-            out["tool_calls"] = self.tool_calls
-        return out
+        return {"role": self.role, "content": self.content}
 
 
 class _OllamaBase(_Lenient):
@@ -279,6 +277,28 @@ class OllamaChatRequest(_OllamaBase):
 
     messages: list[OllamaMessage] = Field(default_factory=list, max_length=1000)
     tools: list[Any] | None = None          # OpenAI's shape; checked by toolcalls.Toolset.from_openai
+
+    def plain_messages(self) -> list[dict[str, Any]]:
+        """The messages in OpenAI's shape, as the rest of swarm-edge takes them: an assistant's calls get ids and
+        JSON-text arguments, and each tool result the id of the call it answers (Ollama's answer the calls of
+        the assistant message before them, in order)."""
+        out, pending, n = [], [], 0
+        for m in self.messages:
+            d = m.plain()
+            if m.tool_calls:
+                calls = []
+                for c in m.tool_calls:
+                    fn: dict[str, Any] = c["function"] if isinstance(c.get("function"), dict) else c
+                    args = fn.get("arguments", {})
+                    n += 1
+                    calls.append({"id": f"call_{n}", "type": "function", "function": {
+                        "name": str(fn.get("name", "")),
+                        "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
+                d["tool_calls"], pending = calls, [c["id"] for c in calls]
+            elif m.role == "tool":
+                d["tool_call_id"] = pending.pop(0) if pending else None
+            out.append(d)
+        return out
 
     @model_validator(mode="after")
     def _chat_unsupported(self):

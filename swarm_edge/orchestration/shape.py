@@ -19,7 +19,8 @@ def problem(sampling: Sampling, call: Call) -> str | None:
     if sampling.output is not None:
         return sampling.output.problem(call.text)
     if sampling.tools is not None:
-        return sampling.tools.problem(call.stats.tool_calls, call.stats.finish_reason)
+        return sampling.tools.problem(call.stats.tool_calls, call.stats.finish_reason,
+                                      bool(call.stats.tool_call_unfinished))
     return None
 
 

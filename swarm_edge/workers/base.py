@@ -55,6 +55,7 @@ class GenStats:
     mean_logprob: float | None = None   # measured only when the request asked for logprobs
     min_logprob: float | None = None
     tool_calls: list[dict[str, Any]] | None = None  # [{name, arguments}] when the model called tools
+    tool_call_unfinished: bool | None = None        # it began a call that never ended (cut off)
 
     @classmethod
     def from_wire(cls, event: dict[str, Any]) -> GenStats:

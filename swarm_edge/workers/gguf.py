@@ -108,9 +108,9 @@ class GGUFBackend:
             raise InferenceError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from exc
         t_end = time.perf_counter()
         extra: dict[str, Any] = {}
-        if calls is not None and calls.found:
-            extra = {"tool_calls": calls.found}
-            finish = "tool_calls" if finish != "length" else finish
+        if calls is not None and (calls.found or calls.unfinished):
+            extra = {"tool_calls": calls.found, "tool_call_unfinished": calls.unfinished or None}
+            finish = "tool_calls" if finish != "length" and calls.found else finish
         yield {
             "type": "done", "finish_reason": finish or "stop", "chunks": n,
             "prompt_tokens": self._prompt_tokens(request),  # counted after the answer: off the TTFT path

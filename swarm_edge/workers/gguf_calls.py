@@ -28,6 +28,7 @@ Piece = tuple[str, "str | None", bool]  # text, finish reason, shown
 # write one without it)
 CALL_STARTS = ("<tool_call>", '```json{"name"', '```{"name"', '{"name"')
 _SPACE = re.compile(r"\s+")
+_NAMED = re.compile(r'^(?:```(?:json)?)?\{"name":"([^"\\]*)"')  # a bare call's name, once it is whole
 
 
 class Calls:
@@ -43,6 +44,8 @@ class Calls:
         assert tools is not None, "a tool request without tools"
         self.tools = tools
         self.found: list[dict[str, Any]] = []
+        self.unfinished = False  # a call was begun and never ended (max_tokens)
+        self.names = {f.name for f in tools.offered()}
 
     def pieces(self, common: dict[str, Any]) -> Iterator[Piece]:
         from llama_cpp.llama_grammar import LlamaGrammar
@@ -50,10 +53,12 @@ class Calls:
         llm = self.backend.llm
         rendered = self.backend.formatter()(messages=template_messages(self.request.messages or []),
                                             tools=self.tools.openai())
-        stop = list(common.get("stop") or []) + ([rendered.stop] if isinstance(rendered.stop, str)
-                                                 else list(rendered.stop or []))
-        kw = {**common, "stop": stop or None, "stopping_criteria": rendered.stopping_criteria}
+        own = [rendered.stop] if isinstance(rendered.stop, str) else list(rendered.stop or [])
+        kw = {**common, "stop": list(common.get("stop") or []) + own or None,
+              "stopping_criteria": rendered.stopping_criteria}
         kw.pop("grammar", None)
+        # the caller's stop strings end its text, not a call: a "\n" stop would cut every call at its first line
+        call_kw = {**kw, "stop": own or None}
 
         def tokens(text: str) -> list[int]:
             return llm.tokenize(text.encode("utf-8"), add_bos=not rendered.added_special, special=True)
@@ -65,7 +70,7 @@ class Calls:
                 return
         forced = LlamaGrammar.from_string(grammar(self.tools, self.format), verbose=False)
         text, reason = "", None
-        chunks: Any = llm.create_completion(prompt=tokens(rendered.prompt + said), **{**kw, "grammar": forced})
+        chunks: Any = llm.create_completion(prompt=tokens(rendered.prompt + said), **{**call_kw, "grammar": forced})
         for chunk in chunks:
             choice: Any = chunk["choices"][0]
             piece = choice.get("text") or ""
@@ -77,7 +82,8 @@ class Calls:
                 reason = "stop"
                 break
         calls = parse(text, self.format)
-        self.found = [c for i, c in enumerate(calls) if c not in calls[:i]]
+        self.found = [c for i, c in enumerate(calls) if c not in calls[:i]]  # a looping model's exact copies
+        self.unfinished = text.count("<tool_call>") > len(calls)
         yield "", reason, False
 
     def _free(self, chunks: Any) -> Generator[Piece, None, tuple[str, bool]]:
@@ -89,11 +95,13 @@ class Calls:
             held += choice.get("text") or ""
             if not said:  # the answer's beginning: is it a call, written some way?
                 start = _SPACE.sub("", held)
-                if any(start.startswith(s) for s in CALL_STARTS):
+                named = _NAMED.match(start)
+                if start.startswith(trigger) or named and named.group(1) in self.names:
                     chunks.close()
                     return "", True
-                if any(s.startswith(start) for s in CALL_STARTS) and not choice.get("finish_reason"):
-                    continue  # not known yet
+                undecided = any(s.startswith(start) or start.startswith(s) for s in CALL_STARTS[1:]) and not named
+                if (undecided or trigger.startswith(start)) and not choice.get("finish_reason"):
+                    continue  # not known yet (a JSON answer whose "name" is no function offered is text)
             at = held.find(trigger)
             if at >= 0:
                 before = held[:at]

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from swarm_edge.errors import ConfigError
-from swarm_edge.structured import OBJECT, SchemaError, from_ollama, from_openai
+from swarm_edge.structured import OBJECT, SchemaError, from_ollama, from_openai, prepare
 from tests.fake.helpers import ask
 from tests.fake.runtime import FAKE_YAML, FakeCloud, FakeRuntime, Reply, fake_registry
 
@@ -32,6 +32,7 @@ class Person(BaseModel):
 
 
 PERSON = Person.model_json_schema()
+PREPARED = prepare(PERSON, "test")  # its $defs renamed (x--def-N) and its refs pointed there: what models get
 GOOD = {"name": "Ada", "age": 36, "tags": [], "colour": "red", "home": {"city": "London"}}
 
 
@@ -48,7 +49,7 @@ def test_text_and_nothing_are_no_format():
 
 def test_json_object_mode_is_any_object():
     for out in (from_openai({"type": "json_object"}), from_ollama("json")):
-        assert out is not None and out.schema is OBJECT
+        assert out is not None and out.schema == OBJECT
         assert out.problem('{"a": [1]}') is None
         assert "not follow" in out.problem("[1, 2]")
         assert out.openai() == {"type": "json_object"}
@@ -57,7 +58,8 @@ def test_json_object_mode_is_any_object():
 def test_a_pydantic_schema_is_taken_whole():
     out = from_openai(fmt(PERSON, strict=True))
     assert out is not None and out.name == "answer" and out.strict is True
-    assert out.openai() == fmt(PERSON, strict=True)
+    assert out.openai() == fmt(PREPARED, strict=True)
+    assert PREPARED["properties"]["home"] == {"$ref": "#/$defs/x--def-0"} and set(PREPARED["$defs"]) == {"x--def-0"}
     assert out.problem(json.dumps(GOOD)) is None
     assert from_ollama(PERSON) is not None
 
@@ -74,11 +76,20 @@ def test_a_pydantic_schema_is_taken_whole():
     (fmt({"type": "string", "pattern": "^a+$", "maxLength": 3}), "`maxLength` at #"),
     (fmt({"type": "array", "items": {"type": "string"}, "uniqueItems": True}), "`uniqueItems` at #"),
     (fmt({"type": "string", "format": "email"}), "`format` at #"),
-    (fmt({"$ref": "https://example.com/s.json"}), "only local references"),
+    (fmt({"$ref": "https://example.com/s.json"}), "only references into $defs"),
     (fmt({"allOf": [{"type": "object"}]}), "`allOf` at #"),
     (fmt({"type": ["string", "null"], "maxLength": 3}), "`maxLength` at #"),
     (fmt({"type": "object", "properties": {"x": {"description": "anything"}}}), "an untyped schema (any value)"),
-    (fmt({"type": "object", "$defs": {"N": {"type": "number", "multipleOf": 2}}}), "`multipleOf` at #/$defs/N"),
+    (fmt({"type": "object", "$defs": {"N": {"type": "number", "multipleOf": 2}}}), "`multipleOf` at #/$defs/x--def-0"),
+    (fmt({"type": "object", "properties": {"a": {"$ref": "#/$defs/o/$defs/i"}},
+          "$defs": {"o": {"type": "object", "$defs": {"i": {"type": "integer", "minimum": 5}}}}}), "`minimum` at"),
+    (fmt({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]}), "`required` at #"),
+    (fmt({"type": ["string", "null"], "format": "date-time"}), "`format` at #"),
+    (fmt({"oneOf": [{"type": "integer"}, {"type": "number"}]}), "`oneOf` at #"),
+    (fmt({"type": "string", "maxLength": 100000}), "`maxLength` 100000 at # (at most 1000)"),
+    (fmt({"type": "string", "pattern": "^\\d{3}$"}), "escapes"),
+    (fmt({"type": "string", "pattern": "^(a+)+$"}), "a repeated group"),
+    (fmt({"type": "string", "pattern": "^a{1,5000}$"}), "a repetition count over 1000"),
 ])
 def test_a_schema_the_grammar_cannot_enforce_is_refused_with_its_place(body, words):
     with pytest.raises(SchemaError) as info:
@@ -129,7 +140,7 @@ def test_a_structured_request_goes_to_the_json_task_unrouted_and_unsplit():
     run = ask(rt, "Rewrite and then translate this: Ada is 36", output=out)
     assert rt.routed == [] and rt.models_called() == ["small"]  # no router, no planner
     assert run.answer.route.task == "json" and run.answer.plan == "cascade"
-    assert rt.records[0].request.json_schema == PERSON  # the worker constrains by the schema's grammar
+    assert rt.records[0].request.json_schema == PREPARED  # the worker constrains by the schema's grammar
     assert json.loads(run.text) == GOOD
 
 
@@ -174,7 +185,7 @@ def test_an_explicit_model_is_constrained_and_judged():
     out = from_openai(fmt(PERSON))
     rt = FakeRuntime(replies={"big": Reply(json.dumps(GOOD))})
     run = ask(rt, "who?", model_id="big", output=out)
-    assert rt.records[0].request.json_schema == PERSON and run.answer.steps[0]["valid"] is True
+    assert rt.records[0].request.json_schema == PREPARED and run.answer.steps[0]["valid"] is True
 
 
 def test_a_pipeline_cannot_take_a_format():
@@ -189,5 +200,26 @@ def test_the_cloud_is_sent_the_format_in_openais_shape():
     cloud = FakeCloud(texts=[json.dumps(GOOD)])
     rt = FakeRuntime(cloud=cloud)
     run = ask(rt, "who?", model_id="cloud", output=out)
-    assert cloud.calls[0]["response_format"] == fmt(PERSON, strict=True)
+    assert cloud.calls[0]["response_format"] == fmt(PREPARED, strict=True)
     assert run.answer.steps[-1]["valid"] is True
+
+
+def test_definitions_at_any_depth_and_of_any_name_keep_resolving():
+    schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/space"}, "b": {"$ref": "#/definitions/space"},
+                                               "c": {"$ref": "#/$defs/o/$defs/tree node"}},
+              "$defs": {"space": {"type": "integer"}, "o": {"$defs": {"tree node": {
+                  "type": "object", "properties": {"kids": {
+                      "type": "array", "items": {"$ref": "#/$defs/o/$defs/tree node"}, "maxItems": 2}}}}}},
+              "definitions": {"space": {"type": "string", "enum": ["x", "y"]}}}
+    out = from_openai(fmt(schema))
+    defs = out.schema["$defs"]
+    assert len(defs) == 4 and all(name.startswith("x--def-") for name in defs)
+    assert out.problem(json.dumps({"a": 1, "b": "x", "c": {"kids": [{"kids": []}]}})) is None
+    assert "at ['b']" in out.problem(json.dumps({"a": 1, "b": "z", "c": {}}))
+    with pytest.raises(SchemaError, match="only references into"):
+        from_openai(fmt({"type": "object", "properties": {"a": {"type": "string"}, "b": {"$ref": "#/properties/a"}}}))
+
+
+def test_a_tuple_with_items_false_is_taken():
+    assert from_openai(fmt({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}],
+                            "items": False})) is not None

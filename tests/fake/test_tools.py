@@ -47,6 +47,9 @@ def test_choices():
     ([WEATHER], {"type": "function", "function": {"name": "nope"}}, "tool_choice.function.name 'nope' is not one"),
     ([WEATHER], "always", "tool_choice 'always' is not one of"),
     ([WEATHER], 7, "tool_choice must be"),
+    ([WEATHER], {"type": "function", "function": "get_weather"}, "tool_choice must be"),
+    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "s": {"type": "string", "pattern": "abc"}}}}}], None, "cannot express it"),
     (None, "required", "tool_choice needs tools"),
     ([{"type": "function", "function": {"name": "a b"}}], None, "tools[0].function.name must be"),
     ([{"type": "retrieval"}], None, "tools[0] must be"),
@@ -71,6 +74,7 @@ def test_problem():
     assert "['a']" in auto.problem([{"name": "add", "arguments": {"a": "1", "b": 2}}], "stop")
     assert "'city' is a required property" in auto.problem([{"name": "get_weather", "arguments": {}}], "stop")
     assert "not a function offered" in auto.problem([{"name": "rm", "arguments": {}}], "stop")
+    assert "begun but not finished (max_tokens)" in auto.problem([], "length", unfinished=True)
     required = Toolset.from_openai([WEATHER], "required", False)
     assert required.problem([], "length") == "no tool call (cut off by max_tokens)"
     assert "parallel_tool_calls is false" in required.problem([PARIS, PARIS], "stop")
@@ -88,6 +92,8 @@ def test_the_call_grammar_and_the_parser_agree():
             '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>')
     assert toolcalls.parse(text) == [PARIS, {"name": "add", "arguments": {"a": 1, "b": 2}}]
     assert toolcalls.parse('<tool_call>\n{"name": "add", "arguments": {"a": 1,\n</tool_call>') == []
+    tricky = '<tool_call>\n{"name": "echo", "arguments": {"s": "}\\n</tool_call>"}}\n</tool_call>'
+    assert toolcalls.parse(tricky) == [{"name": "echo", "arguments": {"s": "}\n</tool_call>"}}]
 
 
 def test_each_functions_defs_keep_resolving_under_its_own_prefix():
@@ -95,8 +101,8 @@ def test_each_functions_defs_keep_resolving_under_its_own_prefix():
         "type": "object", "properties": {"to": {"$ref": "#/$defs/Address"}}, "required": ["to"],
         "$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}}}
     schema = toolcalls.call_schema(Toolset.from_openai([WEATHER, nested]).functions)
-    assert set(schema["$defs"]) == {"f1_Address"}
-    assert schema["anyOf"][1]["properties"]["arguments"]["properties"]["to"] == {"$ref": "#/$defs/f1_Address"}
+    assert set(schema["$defs"]) == {"x--f1-def-0"}
+    assert schema["anyOf"][1]["properties"]["arguments"]["properties"]["to"] == {"$ref": "#/$defs/x--f1-def-0"}
     toolcalls.grammar(Toolset.from_openai([WEATHER, nested], "required"))  # the converter resolves it
 
 
@@ -178,3 +184,86 @@ def test_the_cloud_is_sent_the_tools_and_its_calls_come_back_parsed():
     run = ask(rt, "weather in Paris", model_id="cloud", tools=tools)
     assert cloud.calls[0]["tools"] == tools.wire()
     assert run.answer.tool_calls == [PARIS] and run.answer.steps[-1]["valid"] is True
+
+
+# ---------------------------------------------------------------- the worker's "auto" reading (FAKE chunks)
+
+class _Chunks:
+    """FAKE llama-cpp-python completion chunks of `pieces` (closable, as a generator is)."""
+
+    def __init__(self, pieces, finish="stop"):
+        self.items = [{"choices": [{"text": p, "finish_reason": None}]} for p in pieces]
+        self.items.append({"choices": [{"text": "", "finish_reason": finish}]})
+        self.closed = False
+
+    def __iter__(self):
+        for item in self.items:
+            if self.closed:
+                return
+            yield item
+
+    def close(self):
+        self.closed = True
+
+
+def _free(pieces, names=("get_weather",)):
+    from swarm_edge.workers.gguf_calls import Calls
+
+    calls = Calls.__new__(Calls)
+    calls.format, calls.names = "hermes", set(names)
+    gen = calls._free(_Chunks(pieces))
+    shown = []
+    try:
+        while True:
+            text, _, _ = next(gen)
+            shown.append(text)
+    except StopIteration as stop:
+        return "".join(shown), stop.value
+
+
+@pytest.mark.parametrize("pieces, shown, said, triggered", [
+    (["Hello", " there"], "Hello there", "Hello there", False),
+    (["I will check.", "\n<tool", "_call>\n{"], "I will check.\n", "I will check.\n", True),
+    (["```json\n", '{"name": "get_', 'weather", "arguments"'], "", "", True),
+    (['{"name": "Ada", "age": 3}'], '{"name": "Ada", "age": 3}', '{"name": "Ada", "age": 3}', False),
+    (["```python\nprint(1)\n```"], "```python\nprint(1)\n```", "```python\nprint(1)\n```", False),
+    (["<tool"], "<tool", "<tool", False),  # held back, then shown when the answer ends without a call
+])
+def test_auto_streams_text_and_stops_where_a_call_begins(pieces, shown, said, triggered):
+    assert _free(pieces) == (shown, (said, triggered))
+
+
+# ---------------------------------------------------------------- the API's and the cloud's shapes
+
+def test_ollama_history_gets_openai_ids_and_json_arguments():
+    from swarm_edge.api.schemas import OllamaChatRequest
+
+    body = OllamaChatRequest(model="m", messages=[
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather",
+                                                                          "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18C"}])
+    _, asked, answered = body.plain_messages()
+    call = asked["tool_calls"][0]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert answered["tool_call_id"] == call["id"]
+
+
+def test_cloud_call_pieces_are_checked_and_restored_inside_strings():
+    from swarm_edge.cloud import CloudResult
+    from swarm_edge.cloud_wire import add_calls, restore_calls
+    from swarm_edge.errors import CloudUnavailableError
+    from swarm_edge.redact import Redactor
+
+    res = CloudResult("m")
+    add_calls(res, [{"index": 0, "id": "c1", "function": {"name": "send", "arguments": ""}}])
+    add_calls(res, [{"index": 0, "function": {"arguments": '{"to": "[EMAIL_1]"'}}])
+    add_calls(res, [{"index": 0, "function": {"arguments": "}"}}])
+    assert res.tool_calls == [{"id": "c1", "name": "send", "arguments": '{"to": "[EMAIL_1]"}'}]
+    redactor = Redactor()
+    redactor.redact('a "quoted"\nperson@example.com')
+    res.tool_calls[0]["arguments"] = json.dumps({"to": redactor.redact('x "q"@example.com')})
+    restore_calls(res, redactor)
+    assert json.loads(res.tool_calls[0]["arguments"])["to"] == 'x "q"@example.com'
+    with pytest.raises(CloudUnavailableError, match="malformed tool call"):
+        add_calls(res, [{"index": 0, "function": "send"}])
