@@ -116,7 +116,7 @@ def _fake_router(registry, probs_for):
     router._np, router.registry, router.spec = np, registry, registry.router
     from swarm_edge.router import KeywordRouter
 
-    router.keywords, router.tasks = KeywordRouter(registry), list(registry.routes)
+    router.keywords, router.tasks = KeywordRouter(registry), registry.content_tasks
     router.head = _FixedHead(probs_for)
 
     def features(text, head=None, shares=None):  # the fake head reads its probabilities by the first word
