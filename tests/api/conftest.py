@@ -81,6 +81,15 @@ def client(socket_path: Path, timeout: float = 120.0) -> httpx2.Client:
                          timeout=timeout)
 
 
+def openai_sdk(daemon: Daemon):
+    """The real openai SDK on a daemon's socket, for as long as the generator is open (fixture body)."""
+    import openai
+
+    http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(daemon.socket)))
+    yield openai.OpenAI(base_url="http://swarm-edge/v1", api_key="not-needed", http_client=http, max_retries=0)
+    http.close()
+
+
 def private_root() -> Path:
     """A short private directory (sun_path is limited to 108 bytes)."""
     return Path(tempfile.mkdtemp(prefix="se-"))

@@ -8,10 +8,11 @@ import json
 from typing import Literal
 
 import httpx
-import httpx2
 import openai
 import pytest
 from pydantic import BaseModel, Field
+
+from tests.api.conftest import openai_sdk
 
 pytestmark = pytest.mark.real_model
 
@@ -33,9 +34,7 @@ PROMPT = "Ana has a dog called Rex, aged 3, vaccinated, and a cat called Tom, ag
 
 @pytest.fixture(scope="module")
 def sdk(daemon):
-    http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(daemon.socket)))
-    yield openai.OpenAI(base_url="http://swarm-edge/v1", api_key="not-needed", http_client=http, max_retries=0)
-    http.close()
+    yield from openai_sdk(daemon)
 
 
 def test_the_openai_sdk_parses_a_pydantic_model(sdk):

@@ -10,13 +10,12 @@ import re
 from pathlib import Path
 
 import httpx
-import httpx2
 import openai
 import pytest
 
 from swarm_edge.config import DEFAULT_CONFIG
 from swarm_edge.registry import load_registry
-from tests.api.conftest import serve
+from tests.api.conftest import openai_sdk, serve
 
 pytestmark = pytest.mark.real_model
 
@@ -58,9 +57,7 @@ def tools_daemon(model_files, tmp_path_factory, calibrated_home):
 
 @pytest.fixture(scope="module")
 def sdk(tools_daemon):
-    http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(tools_daemon.socket)))
-    yield openai.OpenAI(base_url="http://swarm-edge/v1", api_key="not-needed", http_client=http, max_retries=0)
-    http.close()
+    yield from openai_sdk(tools_daemon)
 
 
 def _weather_call(call) -> dict:
