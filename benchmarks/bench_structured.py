@@ -13,6 +13,8 @@ Scores per configuration:
   exact     the whole object right
 Cost: tok/s of one model decoding the same prompt under the item's grammar vs without it (greedy, same
 max_tokens, each run twice, interleaved, best of two), over the first --cost-items items: the ratio's median.
+Through the worker's backend, so with its grammar-first sampler (workers/sampler.py). --cost-only measures
+just that (writes structured-SPLIT-cost.*).
 
 Rerun:  .venv/bin/python benchmarks/bench_structured.py --split dev|test [--configs auto qwen2.5-coder-0.5b ...]
 Writes: benchmarks/results/structured-SPLIT.json and .md
@@ -142,37 +144,32 @@ async def run_config(config: str, items: list[dict], max_tokens: int) -> list[di
 
 
 def cost(model_id: str, items: list[dict], max_tokens: int) -> list[float]:
-    """Grammar-constrained ÷ free decode tok/s on one model, per item (same prompt, same max_tokens)."""
-    from llama_cpp import Llama, LlamaGrammar
-
+    """Grammar-constrained ÷ free decode tok/s on one model, per item (same prompt, same max_tokens), through the
+    worker's own backend: what a request gets (grammar-first sampling, workers/sampler.py)."""
     from swarm_edge.config import DEFAULT_CONFIG, Settings
     from swarm_edge.registry import load_registry
     from swarm_edge.sources import ensure_model
+    from swarm_edge.workers import GenerateRequest, open_backend
 
     registry = load_registry(DEFAULT_CONFIG)
     spec = registry.get(model_id)
-    path = ensure_model(Settings.load(), spec, registry.base_dir, fetch=False)["model"]
-    llm = Llama(str(path), n_ctx=spec.n_ctx, n_threads=2, verbose=False)
+    backend = open_backend(spec, ensure_model(Settings.load(), spec, registry.base_dir, fetch=False), threads=2)
     ratios = []
-    for item in items:
-        grammar = LlamaGrammar.from_json_schema(json.dumps(item["schema"]), verbose=False)
-        speeds: dict[str, list[float]] = {"free": [], "grammar": []}
-        for _ in range(2):
-            for kind in ("free", "grammar"):
-                llm.reset()
-                t_first = None  # timed from the first token: decode only
-                n = 0
-                for _chunk in llm.create_chat_completion(messages=prompt_of(item), max_tokens=max_tokens,
-                                                         temperature=0, stream=True,
-                                                         grammar=grammar if kind == "grammar" else None):
-                    n += 1
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                if t_first is not None and n > 2:
-                    speeds[kind].append((n - 1) / (time.perf_counter() - t_first))
-        if speeds["free"] and speeds["grammar"]:
-            ratios.append(max(speeds["grammar"]) / max(speeds["free"]))
-    llm.close()
+    try:
+        for item in items:
+            speeds: dict[str, list[float]] = {"free": [], "grammar": []}
+            for _ in range(2):
+                for kind in ("free", "grammar"):
+                    done = list(backend.generate(GenerateRequest(
+                        messages=prompt_of(item), max_tokens=max_tokens, temperature=0.0, cache_prompt=False,
+                        json_schema=item["schema"] if kind == "grammar" else None)))[-1]
+                    if done.get("decode_tok_s"):  # timed from the first token: decode only
+                        speeds[kind].append(done["decode_tok_s"])
+            if speeds["free"] and speeds["grammar"]:
+                ratios.append(max(speeds["grammar"]) / max(speeds["free"]))
+            print(f"  cost {item['id']:<12} {ratios[-1] if ratios else float('nan'):.3f}", file=sys.stderr, flush=True)
+    finally:
+        backend.close()
     return ratios
 
 
@@ -191,7 +188,8 @@ def table(split: str, digest: str, results: dict[str, list[dict]], ratios: dict[
         if rs:
             lines += ["", f"Grammar cost on {model}: constrained ÷ free decode tok/s, median "
                           f"{statistics.median(rs):.3f} (min {min(rs):.3f}, {len(rs)} items)"]
-    lines += ["", "Rerun: `.venv/bin/python benchmarks/bench_structured.py --split " + split + "`"]
+    flags = "" if results else f" --cost-only --cost-items {len(next(iter(ratios.values()), []))}"
+    lines += ["", f"Rerun: `.venv/bin/python benchmarks/bench_structured.py --split {split}{flags}`"]
     return lines
 
 
@@ -203,14 +201,17 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=400)
     ap.add_argument("--cost-model", default="qwen2.5-coder-0.5b", help="the model the grammar's cost is measured on")
     ap.add_argument("--cost-items", type=int, default=8)
+    ap.add_argument("--cost-only", action="store_true", help="measure only the grammar's cost")
     args = ap.parse_args()
     digest = check_frozen()
     print(f"extraction test split sha256 {digest}", file=sys.stderr)
     items = load(args.split)[:args.limit] if args.limit else load(args.split)
-    results = {c: asyncio.run(run_config(c, items, args.max_tokens)) for c in args.configs}
+    results = {} if args.cost_only else {c: asyncio.run(run_config(c, items, args.max_tokens))
+                                         for c in args.configs}
     ratios = {args.cost_model: cost(args.cost_model, items[:args.cost_items], 48)} if args.cost_items else {}
-    write_results(f"structured-{args.split}", {"split": args.split, "test_sha256": digest, "items": len(items),
-                                               "results": results, "grammar_cost": ratios},
+    name = f"structured-{args.split}" + ("-cost" if args.cost_only else "")
+    write_results(name, {"split": args.split, "test_sha256": digest, "items": len(items),
+                         "results": results, "grammar_cost": ratios},
                   table(args.split, digest, results, ratios))
 
 

@@ -32,7 +32,9 @@ class GGUFBackend:
         self._closed = False
         self._formatter = None
         try:
-            from llama_cpp import Llama
+            from swarm_edge.workers.sampler import guided_llama
+
+            Llama = guided_llama()
         except ImportError as exc:
             from swarm_edge.errors import BackendUnavailableError
 
@@ -191,10 +193,14 @@ class _LogprobMeter:
         self.values: list[float] = []
         self._prev = None  # the previous step's logits and their log-sum-exp
         self._prev_lse = 0.0
+        self._seen = -1  # how many input ids the last call saw
 
     def __call__(self, input_ids, scores):
         import numpy as np
 
+        if len(input_ids) == self._seen:  # the same step again (a grammar rejected the free choice): measured
+            return scores
+        self._seen = len(input_ids)
         if self._prev is not None and len(input_ids):  # input_ids: the evaluated tokens, newest last
             token = int(input_ids[-1])
             if 0 <= token < self._prev.shape[0]:
