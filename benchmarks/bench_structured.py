@@ -34,6 +34,7 @@ from pathlib import Path
 
 import evalsets
 from results_io import write_results
+from route_fit import fit
 
 DATA = Path(__file__).resolve().parent / "data" / "eval" / "extract.jsonl"
 FROZEN = DATA.with_name("EXTRACT_TEST_SHA256")
@@ -109,7 +110,7 @@ def output_of(item: dict):
                                                               "strict": True}})
 
 
-async def run_config(config: str, items: list[dict], max_tokens: int) -> list[dict]:
+async def run_config(config: str, items: list[dict], max_tokens: int, measure: bool = False) -> list[dict]:
     from swarm_edge import orchestrator
     from swarm_edge.config import DEFAULT_CONFIG, Settings
     from swarm_edge.engine import Engine
@@ -125,7 +126,7 @@ async def run_config(config: str, items: list[dict], max_tokens: int) -> list[di
             t0 = time.perf_counter()
             try:
                 events = orchestrator.stream(engine, messages=prompt_of(item), model_id=model_id,
-                                             output=output_of(item), max_tokens=max_tokens)
+                                             output=output_of(item), max_tokens=max_tokens, logprobs=measure)
                 answer = await orchestrator.answer_of(events)
                 text, err = answer.text, None
                 problem = answer.steps[-1].get("problem") if answer.steps[-1].get("valid") is False else None
@@ -133,6 +134,7 @@ async def run_config(config: str, items: list[dict], max_tokens: int) -> list[di
                 answer, text, err, problem = None, "", f"{type(exc).__name__}: {exc}", "error"
             rec = {"id": item["id"], "latency_s": round(time.perf_counter() - t0, 3), "error": err,
                    "problem": problem, "models": [s["model"] for s in answer.steps] if answer else [],
+                   "sure": answer.steps[-1].mean_logprob if answer else None,
                    "answer": text[:600], **score(item, text, problem)}
             out.append(rec)
             print(f"  {config:<20} {item['id']:<12} {'valid' if rec['valid'] else 'INVALID':<8} "
@@ -202,17 +204,27 @@ def main() -> None:
     ap.add_argument("--cost-model", default="qwen2.5-coder-0.5b", help="the model the grammar's cost is measured on")
     ap.add_argument("--cost-items", type=int, default=8)
     ap.add_argument("--cost-only", action="store_true", help="measure only the grammar's cost")
+    ap.add_argument("--measure", action="store_true",
+                    help="measure each model's log-probs and choose the json route (dev split, models only; an "
+                         "answer counts as right when the whole object is)")
+    ap.add_argument("--epsilon", type=int, default=1, help="--measure: answers within which options tie")
     args = ap.parse_args()
     digest = check_frozen()
     print(f"extraction test split sha256 {digest}", file=sys.stderr)
     items = load(args.split)[:args.limit] if args.limit else load(args.split)
-    results = {} if args.cost_only else {c: asyncio.run(run_config(c, items, args.max_tokens))
+    if args.measure and (args.split != "dev" or "auto" in args.configs):
+        raise SystemExit("--measure chooses the route: the dev split, models only")
+    results = {} if args.cost_only else {c: asyncio.run(run_config(c, items, args.max_tokens, args.measure))
                                          for c in args.configs}
+    fitted = fit("json", {c: [{**r, "ok": r["exact"]} for r in recs] for c, recs in results.items()},
+                 args.epsilon) if args.measure else []
     ratios = {args.cost_model: cost(args.cost_model, items[:args.cost_items], 48)} if args.cost_items else {}
-    name = f"structured-{args.split}" + ("-cost" if args.cost_only else "")
+    name = f"structured-{args.split}" + ("-cost" if args.cost_only else "-measured" if args.measure else "")
     write_results(name, {"split": args.split, "test_sha256": digest, "items": len(items),
                          "results": results, "grammar_cost": ratios},
-                  table(args.split, digest, results, ratios))
+                  table(args.split, digest, results, ratios)[:-1]
+                  + [f"Rerun: `.venv/bin/python benchmarks/bench_structured.py {' '.join(sys.argv[1:])}`"]
+                  + ([""] + fitted if fitted else []))
 
 
 if __name__ == "__main__":

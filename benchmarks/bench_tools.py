@@ -23,6 +23,7 @@ Writes: benchmarks/results/tools-SPLIT.json and .md (published figures beside ou
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import os
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import evalsets
 from results_io import write_results
+from route_fit import CaseLog, fit
 
 CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
 DEFAULT_CONFIGS = ["auto", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
@@ -95,8 +97,7 @@ def request_of(b, case: dict, category: str) -> tuple[list[dict], list[dict], di
     """What BFCL's OpenAI-style FC handler sends: (messages, tools, sent name -> original name)."""
     functions = b.pre(copy.deepcopy(case["function"]), category)
     tools = b.convert_to_tool(functions, b.GORILLA_TO_OPENAPI, b.ModelStyle.OPENAI_COMPLETIONS)
-    names = {re.sub(r"\.", "_", f["name"]): f["name"] for f in case["function"]}
-    return copy.deepcopy(case["question"][0]), tools, names
+    return copy.deepcopy(case["question"][0]), tools, names_of(case)
 
 
 def judge(b, case: dict, answer, category: str, message: dict, names: dict[str, str]) -> tuple[bool, str]:
@@ -145,27 +146,77 @@ class Daemon:
         self.proc.wait(60)
 
 
-def run(b, daemon: Daemon, config: str, cases: dict[str, list], max_tokens: int) -> list[dict]:
+def score(b, case: dict, answer, category: str, config: str, message: dict, latency: float, models: list[str],
+          **extra) -> dict:
+    right, why = judge(b, case, answer, category, message, names_of(case)) if message else (False, extra.pop("error"))
+    rec = {"config": config, "id": case["id"], "category": category, "right": right, "why": why,
+           "latency_s": round(latency, 3), "models": models, "calls": message.get("tool_calls"),
+           "text": (message.get("content") or "")[:200], **extra}
+    print(f"  {config:<20} {case['id']:<24} {'ok ' if right else 'BAD'} {latency:6.2f}s {why[:80]}",
+          file=sys.stderr, flush=True)
+    return rec
+
+
+def names_of(case: dict) -> dict[str, str]:
+    return {re.sub(r"\.", "_", f["name"]): f["name"] for f in case["function"]}
+
+
+def run(b, daemon: Daemon, config: str, cases: dict[str, list], max_tokens: int, log: CaseLog) -> list[dict]:
+    """Each case through the daemon's OpenAI API."""
     out = []
     for category, items in cases.items():
         for case, answer in items:
-            messages, tools, names = request_of(b, case, category)
-            t0 = time.perf_counter()
-            r = daemon.http.post("/v1/chat/completions", json={
-                "model": config, "messages": messages, "tools": tools, "temperature": 0, "max_tokens": max_tokens})
-            latency = time.perf_counter() - t0
-            if r.status_code == 200:
-                body = r.json()
-                message = body["choices"][0]["message"]
-                right, why = judge(b, case, answer, category, message, names)
-                models = [s["model"] for s in body["swarm"]["steps"]]
-            else:
-                message, right, why, models = {}, False, f"HTTP {r.status_code}: {r.text[:200]}", []
-            out.append({"id": case["id"], "category": category, "right": right, "why": why,
-                        "latency_s": round(latency, 3), "models": models,
-                        "calls": message.get("tool_calls"), "text": (message.get("content") or "")[:200]})
-            print(f"  {config:<20} {case['id']:<24} {'ok ' if right else 'BAD'} {latency:6.2f}s {why[:80]}",
-                  file=sys.stderr, flush=True)
+            if (rec := log.get(config, case["id"])) is None:
+                messages, tools, _ = request_of(b, case, category)
+                t0 = time.perf_counter()
+                r = daemon.http.post("/v1/chat/completions", json={
+                    "model": config, "messages": messages, "tools": tools, "temperature": 0,
+                    "max_tokens": max_tokens})
+                latency = time.perf_counter() - t0
+                if r.status_code == 200:
+                    body = r.json()
+                    rec = score(b, case, answer, category, config, body["choices"][0]["message"], latency,
+                                [s["model"] for s in body["swarm"]["steps"]])
+                else:
+                    rec = score(b, case, answer, category, config, {}, latency, [],
+                                error=f"HTTP {r.status_code}: {r.text[:200]}")
+                log.add(rec)
+            out.append(rec)
+    return out
+
+
+async def measure(b, config: str, cases: dict[str, list], max_tokens: int, log: CaseLog) -> list[dict]:
+    """Each case in this process, with the model's mean token log-prob measured (what a cascade would judge by):
+    the records route_fit chooses the route from (--measure; models only)."""
+    from swarm_edge import orchestrator
+    from swarm_edge.config import DEFAULT_CONFIG, Settings
+    from swarm_edge.engine import Engine
+    from swarm_edge.registry import load_registry
+    from swarm_edge.toolcalls import Toolset
+
+    engine = Engine(load_registry(DEFAULT_CONFIG), Settings.load(threads=2), budget="8GiB", spare=False, fetch=False)
+    await engine.start()
+    out = []
+    try:
+        for category, items in cases.items():
+            for case, answer in items:
+                if (rec := log.get(config, case["id"])) is None:
+                    messages, tools, _ = request_of(b, case, category)
+                    t0 = time.perf_counter()
+                    events = orchestrator.stream(engine, messages=messages, model_id=config, max_tokens=max_tokens,
+                                                 tools=Toolset.from_openai(tools, "auto", True), logprobs=True)
+                    got = await orchestrator.answer_of(events)
+                    last = got.steps[-1]
+                    message = {"content": got.text, "tool_calls": [
+                        {"function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                        for c in got.tool_calls]}
+                    rec = score(b, case, answer, category, config, message, time.perf_counter() - t0,
+                                [s.model for s in got.steps], sure=last.mean_logprob,
+                                problem=last.extra.get("problem") if last.extra.get("valid") is False else None)
+                    log.add(rec)
+                out.append(rec)
+    finally:
+        await engine.close()
     return out
 
 
@@ -196,19 +247,36 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N cases of each category")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--name", default=None, help="results file name (default tools-SPLIT)")
+    ap.add_argument("--measure", action="store_true",
+                    help="run in this process with each model's log-probs measured, then choose the tools route "
+                         "(dev split, models only)")
+    ap.add_argument("--epsilon", type=int, default=1, help="--measure: answers within which options tie")
+    ap.add_argument("--fresh", action="store_true", help="forget the cases a cut-off run of this name finished")
     args = ap.parse_args()
     b = bfcl()
     split = None if args.split == "all" else args.split
     cases = {c: load(b, c, split)[:args.limit] if args.limit else load(b, c, split) for c in args.categories}
     print(f"{sum(map(len, cases.values()))} cases: " + ", ".join(f"{c} {len(v)}" for c, v in cases.items()),
           file=sys.stderr)
-    daemon = Daemon()
-    try:
-        results = {config: run(b, daemon, config, cases, args.max_tokens) for config in args.configs}
-    finally:
-        daemon.close()
-    write_results(args.name or f"tools-{args.split}", {"split": args.split, "limit": args.limit,
-                                                       "results": results}, table(args.split, results))
+    name = args.name or f"tools-{args.split}" + ("-measured" if args.measure else "")
+    log = CaseLog(name, fresh=args.fresh)
+    if args.measure:
+        if args.split != "dev" or "auto" in args.configs:
+            raise SystemExit("--measure chooses the route: the dev split, models only")
+        results = {config: asyncio.run(measure(b, config, cases, args.max_tokens, log)) for config in args.configs}
+        fitted = fit("tools", {c: [{**r, "ok": r["right"]} for r in recs] for c, recs in results.items()},
+                     args.epsilon)
+    else:
+        daemon = Daemon()
+        try:
+            results = {config: run(b, daemon, config, cases, args.max_tokens, log) for config in args.configs}
+        finally:
+            daemon.close()
+        fitted = []
+    lines = table(args.split, results)
+    lines[-1] = lines[-1].replace(f"--split {args.split}", " ".join(sys.argv[1:]))
+    write_results(name, {"split": args.split, "limit": args.limit, "results": results},
+                  lines + ([""] + fitted if fitted else []))
 
 
 if __name__ == "__main__":

@@ -109,3 +109,29 @@ def test_the_extraction_set_is_well_formed_and_its_test_split_frozen():
         assert out.problem(json.dumps(item["expected"])) is None, item["id"]
     assert bench_structured.test_digest() == bench_structured.FROZEN.read_text().strip()
     assert {evalsets.split_of(i["id"]) for i in items} == {"dev", "test"}
+
+
+def test_route_fit_chooses_with_tunes_rule_and_the_case_log_resumes(tmp_path, monkeypatch):
+    """benchmarks/route_fit.py on made-up measurements (a labelled fake: pure decision logic): a cheap model kept
+    when sure and valid, the accurate one otherwise; and a log cut mid-line loses only that line."""
+    import route_fit
+
+    cheap = [{"id": f"c{i}", "ok": i < 6, "latency_s": 1.0, "sure": -0.1 if i < 6 else -0.9, "problem": None}
+             for i in range(10)]
+    cheap[9]["problem"] = "the call breaks its function's schema"
+    good = [{"id": f"c{i}", "ok": True, "latency_s": 5.0, "sure": -0.2, "problem": None} for i in range(10)]
+    lines = route_fit.fit("tools", {"small": cheap, "big": good}, epsilon=0)
+    chosen = next(line for line in lines if line.startswith("Chosen"))
+    assert "small -> big" in chosen and "cascade" in chosen, lines
+    assert any("| big (plain, alone) | 10/10 | 5.00 |" in line for line in lines)
+
+    monkeypatch.setattr(route_fit, "CACHE", tmp_path)
+    log = route_fit.CaseLog("x")
+    log.add({"config": "a", "id": "1", "right": True})
+    with log.path.open("a") as f:
+        f.write('{"config": "a", "id": "2", "ri')  # killed mid-write
+    again = route_fit.CaseLog("x")
+    assert again.get("a", "1") == {"config": "a", "id": "1", "right": True} and again.get("a", "2") is None
+    again.add({"config": "a", "id": "2", "right": False})
+    assert route_fit.CaseLog("x").get("a", "2") == {"config": "a", "id": "2", "right": False}
+    assert route_fit.CaseLog("x", fresh=True).get("a", "1") is None

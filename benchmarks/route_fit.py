@@ -1,0 +1,63 @@
+"""Choosing a shape route (`json`, `tools`) by evidence, with the rule `swarm-edge tune` uses (tune/decide.py):
+each model alone, and each cascade (a faster model first, kept when judge.keeps would keep it: a valid answer with
+a mean token log-prob at or above the threshold) with its threshold fitted, all simulated from the models'
+measured dev answers; the fastest option within --epsilon answers of the best wins.
+
+Also the resumable case log the long benchmarks write as they go (.cache/bench/NAME.jsonl): a run that is cut off
+continues where it stopped when started again with the same name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench"
+
+
+class CaseLog:
+    """One JSON line per finished case, keyed by (configuration, case id)."""
+
+    def __init__(self, name: str, fresh: bool = False) -> None:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        self.path = CACHE / f"{name}.jsonl"
+        if fresh and self.path.exists():
+            self.path.unlink()
+        self.done: dict[tuple[str, str], dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:  # a line cut off by a kill: that case runs again
+                    continue
+                self.done[(rec["config"], rec["id"])] = rec
+            # rewritten without the cut line, so the next record starts a line of its own
+            self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.done.values()),
+                                 encoding="utf-8")
+
+    def get(self, config: str, case_id: str) -> dict | None:
+        return self.done.get((config, case_id))
+
+    def add(self, rec: dict) -> None:
+        self.done[(rec["config"], rec["id"])] = rec
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def fit(task: str, results: dict[str, list[dict]], epsilon: int) -> list[str]:
+    """The decision for `task` from measured dev records ({model: [{id, ok, latency_s, sure, problem}]}), as
+    table lines."""
+    from swarm_edge.tune.decide import decide
+
+    records = [{"task": task, "model": model, "variant": "plain", "split": "dev", "id": r["id"], "ok": r["ok"],
+                "latency_s": r["latency_s"], "sure": r.get("sure"),
+                "flags": [r["problem"]] if r.get("problem") else []}
+               for model, recs in results.items() for r in recs]
+    d = decide(records, task, list(results), epsilon=epsilon)
+    lines = [f"## `{task}` route, chosen on dev (the rule of `swarm-edge tune`, epsilon {epsilon})", "",
+             "| option | right | mean latency (s) |", "|---|---:|---:|"]
+    for o in d.options:
+        lines.append(f"| {o.label()} | {o.correct}/{o.n} | {o.latency_s:.2f} |")
+    lines += ["", f"Chosen: **{d.chosen.label()}**. {d.why}"]
+    lines += [f"- no route: {k}: {v}" for k, v in d.dominated.items()]
+    return lines
