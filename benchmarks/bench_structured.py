@@ -207,7 +207,8 @@ def main() -> None:
     ap.add_argument("--measure", action="store_true",
                     help="measure each model's log-probs and choose the json route (dev split, models only; an "
                          "answer counts as right when the whole object is)")
-    ap.add_argument("--epsilon", type=int, default=1, help="--measure: answers within which options tie")
+    ap.add_argument("--epsilon", type=int, default=None,
+                    help="--measure: answers within which options tie (default: one standard error of the best)")
     args = ap.parse_args()
     digest = check_frozen()
     print(f"extraction test split sha256 {digest}", file=sys.stderr)

@@ -191,6 +191,7 @@ async def measure(b, config: str, cases: dict[str, list], max_tokens: int, log: 
     from swarm_edge import orchestrator
     from swarm_edge.config import DEFAULT_CONFIG, Settings
     from swarm_edge.engine import Engine
+    from swarm_edge.errors import SchemaError
     from swarm_edge.registry import load_registry
     from swarm_edge.toolcalls import Toolset
 
@@ -203,8 +204,14 @@ async def measure(b, config: str, cases: dict[str, list], max_tokens: int, log: 
                 if (rec := log.get(config, case["id"])) is None:
                     messages, tools, _ = request_of(b, case, category)
                     t0 = time.perf_counter()
+                    try:
+                        toolset = Toolset.from_openai(tools, "auto", True)
+                    except SchemaError as exc:  # what the daemon answers with a 400
+                        log.add(rec := score(b, case, answer, category, config, {}, 0.0, [], error=str(exc)[:200]))
+                        out.append(rec)
+                        continue
                     events = orchestrator.stream(engine, messages=messages, model_id=config, max_tokens=max_tokens,
-                                                 tools=Toolset.from_openai(tools, "auto", True), logprobs=True)
+                                                 tools=toolset, logprobs=True)
                     got = await orchestrator.answer_of(events)
                     last = got.steps[-1]
                     message = {"content": got.text, "tool_calls": [
@@ -250,7 +257,8 @@ def main() -> None:
     ap.add_argument("--measure", action="store_true",
                     help="run in this process with each model's log-probs measured, then choose the tools route "
                          "(dev split, models only)")
-    ap.add_argument("--epsilon", type=int, default=1, help="--measure: answers within which options tie")
+    ap.add_argument("--epsilon", type=int, default=None,
+                    help="--measure: answers within which options tie (default: one standard error of the best)")
     ap.add_argument("--fresh", action="store_true", help="forget the cases a cut-off run of this name finished")
     args = ap.parse_args()
     b = bfcl()

@@ -10,6 +10,7 @@ continues where it stopped when started again with the same name.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench"
@@ -44,17 +45,23 @@ class CaseLog:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def fit(task: str, results: dict[str, list[dict]], epsilon: int) -> list[str]:
+def fit(task: str, results: dict[str, list[dict]], epsilon: int | None = None) -> list[str]:
     """The decision for `task` from measured dev records ({model: [{id, ok, latency_s, sure, problem}]}), as
-    table lines."""
+    table lines. epsilon None: one standard error of the best option's count, sqrt(n p (1 - p)) rounded: options
+    that close to the best are not told apart by n answers, and the faster wins."""
     from swarm_edge.tune.decide import decide
 
     records = [{"task": task, "model": model, "variant": "plain", "split": "dev", "id": r["id"], "ok": r["ok"],
                 "latency_s": r["latency_s"], "sure": r.get("sure"),
                 "flags": [r["problem"]] if r.get("problem") else []}
                for model, recs in results.items() for r in recs]
+    how = f"epsilon {epsilon}"
+    if epsilon is None:
+        best = max(decide(records, task, list(results), epsilon=0).options, key=lambda o: o.correct)
+        epsilon = round(math.sqrt(best.correct * (best.n - best.correct) / max(1, best.n)))
+        how = f"epsilon {epsilon}: one standard error of the best, {best.correct}/{best.n}"
     d = decide(records, task, list(results), epsilon=epsilon)
-    lines = [f"## `{task}` route, chosen on dev (the rule of `swarm-edge tune`, epsilon {epsilon})", "",
+    lines = [f"## `{task}` route, chosen on dev (the rule of `swarm-edge tune`, {how})", "",
              "| option | right | mean latency (s) |", "|---|---:|---:|"]
     for o in d.options:
         lines.append(f"| {o.label()} | {o.correct}/{o.n} | {o.latency_s:.2f} |")

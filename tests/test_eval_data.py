@@ -120,7 +120,7 @@ def test_route_fit_chooses_with_tunes_rule_and_the_case_log_resumes(tmp_path, mo
              for i in range(10)]
     cheap[9]["problem"] = "the call breaks its function's schema"
     good = [{"id": f"c{i}", "ok": True, "latency_s": 5.0, "sure": -0.2, "problem": None} for i in range(10)]
-    lines = route_fit.fit("tools", {"small": cheap, "big": good}, epsilon=0)
+    lines = route_fit.fit("tools", {"small": cheap, "big": good})
     chosen = next(line for line in lines if line.startswith("Chosen"))
     assert "small -> big" in chosen and "cascade" in chosen, lines
     assert any("| big (plain, alone) | 10/10 | 5.00 |" in line for line in lines)

@@ -189,6 +189,8 @@ class _LogprobMeter:
     last token (usually end-of-turn) is not counted. Costs one log-sum-exp over the vocabulary per token.
     """
 
+    observes_only = True  # returns the logits unchanged (sampler.py may then take greedy shortcuts)
+
     def __init__(self) -> None:
         self.values: list[float] = []
         self._prev = None  # the previous step's logits and their log-sum-exp

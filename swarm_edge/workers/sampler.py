@@ -121,8 +121,11 @@ def guided_llama() -> type[Llama]:
             if grammar is None:
                 return chain
             plain = {"temp": 0.0, "repeat_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
-                     "logits_processor": None, "mirostat_mode": 0}
-            greedy = not args and all(kwargs.get(k, v) == v for k, v in plain.items()) and "temp" in kwargs
+                     "mirostat_mode": 0}
+            # processors that only watch the logits (the worker's log-prob meter) leave greedy decoding greedy
+            watching = all(getattr(p, "observes_only", False) for p in kwargs.get("logits_processor") or ())
+            greedy = not args and all(kwargs.get(k, v) == v for k, v in plain.items()) and "temp" in kwargs \
+                and watching
             return GrammarFirst(chain, self._model, grammar, self._n_vocab, greedy=greedy)
 
     return Guided

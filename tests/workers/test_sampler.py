@@ -93,15 +93,17 @@ def test_the_logprob_meter_counts_each_token_once_under_a_grammar(path):
     spec = load_registry(DEFAULT_CONFIG).get("smollm2-135m")
     backend = open_backend(spec, {"model": path}, threads=2)
     try:
-        events = list(backend.generate(GenerateRequest(
-            messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=40, temperature=0, logprobs=True,
-            json_schema=SCHEMAS[0])))
+        measured, plain = (list(backend.generate(GenerateRequest(
+            messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=40, temperature=0, logprobs=logprobs,
+            json_schema=SCHEMAS[0], cache_prompt=False))) for logprobs in (True, False))
     finally:
         backend.close()
-    done = events[-1]
-    tokens = [e for e in events if e["type"] == "token"]
+    done = measured[-1]
+    tokens = [e["text"] for e in measured if e["type"] == "token"]
     assert done["mean_logprob"] is not None and done["min_logprob"] <= done["mean_logprob"] <= 0
     assert len(tokens) >= 5
+    # measuring watches the logits and changes nothing: the same greedy answer (the shortlist path is taken)
+    assert tokens == [e["text"] for e in plain if e["type"] == "token"]
 
 
 def test_a_step_seen_twice_is_measured_once():
