@@ -202,6 +202,8 @@ class _LogprobMeter:
 
         if len(input_ids) == self._seen:  # the same step again (a grammar rejected the free choice): measured
             return scores
+        if len(input_ids) != self._seen + 1:  # another generation (a call generated again): no previous step
+            self._prev = None
         self._seen = len(input_ids)
         if self._prev is not None and len(input_ids):  # input_ids: the evaluated tokens, newest last
             token = int(input_ids[-1])

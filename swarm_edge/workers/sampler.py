@@ -54,8 +54,16 @@ class GrammarFirst:
     def _pick(self, buf: np.ndarray, arr: Any) -> int:
         self._c.llama_sampler_apply(self.chain.sampler, ctypes.byref(arr))
         # The chain may reorder or shrink the array in place (top-k, ...); selected indexes what it left.
+        if not 0 <= arr.selected < arr.size:
+            raise ValueError("the sampler chain selected no token")
         data = ctypes.cast(arr.data, ctypes.POINTER(self._c.llama_token_data))
         return int(data[arr.selected].id)
+
+    def _allowed(self, token: int) -> bool:
+        """Whether the grammar takes `token` next (asked about that one token only)."""
+        self._one["id"], self._one["logit"], self._one["p"] = token, 0.0, 0.0
+        self._c.llama_sampler_apply(self.grammar, ctypes.byref(self._array(self._one)))
+        return not math.isinf(float(self._one["logit"][0]))
 
     def _fill(self, logits: np.ndarray) -> Any:
         """All candidates, in token order (a chain may have sorted or cut the buffer last time)."""
@@ -68,29 +76,39 @@ class GrammarFirst:
         c = self._c
         logits = np.ctypeslib.as_array(c.llama_get_logits_ith(ctx.ctx, idx), shape=(self.n_vocab,))
         token = self._pick(self._all, self._fill(logits))
-        self._one["id"], self._one["logit"], self._one["p"] = token, 0.0, 0.0
-        c.llama_sampler_apply(self.grammar, ctypes.byref(self._array(self._one)))
-        if math.isinf(float(self._one["logit"][0])):  # rejected: now the grammar filters, then the chain picks
+        if not self._allowed(token):  # rejected: now the grammar filters, then the chain picks
             self.rejections += 1
             token = self._shortlisted(logits) if self.greedy else -1
             if token < 0:
                 arr = self._fill(logits)
                 c.llama_sampler_apply(self.grammar, ctypes.byref(arr))
                 token = self._pick(self._all, arr)
+                # accepting a token the grammar refuses aborts llama.cpp (no token allowed, or a sampler after
+                # the grammar that revived a masked one): an error instead
+                if not self._allowed(token):
+                    raise ValueError("the grammar allows no token here")
         c.llama_sampler_accept(self.grammar, token)
         c.llama_sampler_accept(self.chain.sampler, token)
         return token
 
     def _shortlisted(self, logits: np.ndarray) -> int:
-        """Greedy only: the best allowed token among the SHORTLIST best, or -1 when none is allowed. Exact: the
-        argmax over the allowed tokens is the first allowed one in order of logit."""
-        top = np.argpartition(logits, -self.SHORTLIST)[-self.SHORTLIST:]
-        top = top[np.argsort(-logits[top], kind="stable")]
+        """Greedy only: the best allowed token among the SHORTLIST best, or -1 (then the whole vocabulary is
+        filtered) when none is allowed or the answer is not certain. Exact: the argmax over the allowed tokens is
+        the first allowed one in order of logit, ties to the lowest id as greedy breaks them; a tie with the last
+        place (a lower id may lie beyond it) or a non-finite logit is left to the full filter."""
+        k = min(self.SHORTLIST, self.n_vocab)
+        top = np.argpartition(logits, -k)[-k:]
+        top = top[np.lexsort((top, -logits[top]))]
         buf = np.zeros(len(top), dtype=self._all.dtype)
         buf["id"], buf["logit"] = top, logits[top]
         self._c.llama_sampler_apply(self.grammar, ctypes.byref(self._array(buf)))
         allowed = np.flatnonzero(~np.isinf(buf["logit"]))
-        return int(buf["id"][allowed[0]]) if len(allowed) else -1
+        if not len(allowed):
+            return -1
+        best = float(logits[top[allowed[0]]])
+        if not math.isfinite(best) or (k < self.n_vocab and best <= float(logits[top[-1]])):
+            return -1
+        return int(top[allowed[0]])
 
     def accept(self, token: int) -> None:
         self._c.llama_sampler_accept(self.grammar, token)
@@ -101,10 +119,11 @@ class GrammarFirst:
         self._c.llama_sampler_reset(self.chain.sampler)
 
     def close(self) -> None:
-        if self.grammar:
+        if getattr(self, "grammar", None):
             self._c.llama_sampler_free(self.grammar)
             self.grammar = None
-        self.chain.close()
+        if getattr(self, "chain", None) is not None:
+            self.chain.close()
 
     def __del__(self) -> None:
         self.close()

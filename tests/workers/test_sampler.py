@@ -118,3 +118,6 @@ def test_a_step_seen_twice_is_measured_once():
     meter([7], np.array([-np.inf, 0.0, -np.inf], dtype=np.float32))  # the same step, grammar-filtered
     meter([7, 0], scores)  # token 0 was chosen: log 0.5
     assert meter.values == [pytest.approx(np.log(0.5))]
+    meter([7, 0, 5, 5, 1], scores)  # another generation (a call generated again): nothing to score it against
+    meter([7, 0, 5, 5, 1, 2], scores)  # token 2: log 0.25, against this generation's own previous step
+    assert meter.values == [pytest.approx(np.log(0.5)), pytest.approx(np.log(0.25))]
