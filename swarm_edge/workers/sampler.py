@@ -28,6 +28,7 @@ class GrammarFirst:
     """The free chain (penalties, temperature or greedy, ...) and the grammar as a separate sampler."""
 
     SHORTLIST = 64  # on a rejection under plain greedy decoding, the best tokens asked first
+    LOOP_BYTES, LOOP_PERIOD = 64, 32  # a loop: the last 64 bytes (at least 4 turns) repeat a cycle of <= 32
 
     def __init__(self, chain: Any, model: Any, grammar: Any, n_vocab: int, greedy: bool = False) -> None:
         import llama_cpp
@@ -45,6 +46,10 @@ class GrammarFirst:
         self._ids = np.arange(n_vocab, dtype=np.intc)
         self._one = np.zeros(1, dtype=dtype)
         self.rejections = 0  # tokens the free choice got wrong (for tests and curiosity)
+        self.loops = 0  # loops broken
+        self._model = model
+        self._pieces: dict[int, bytes] = {}
+        self._tail = b""  # the end of what was generated, to see a loop in
 
     def _array(self, buf: np.ndarray) -> Any:
         c = self._c
@@ -87,8 +92,49 @@ class GrammarFirst:
                 # the grammar that revived a masked one): an error instead
                 if not self._allowed(token):
                     raise ValueError("the grammar allows no token here")
+        cycle = self._cycle()
+        if cycle is not None and self._continues(token, cycle):
+            token = self._break(logits, cycle, token)
+        self._tail = (self._tail + self._piece(token))[-2 * self.LOOP_BYTES:]
         c.llama_sampler_accept(self.grammar, token)
         c.llama_sampler_accept(self.chain.sampler, token)
+        return token
+
+    def _piece(self, token: int) -> bytes:
+        if token not in self._pieces:
+            self._pieces[token] = self._model.detokenize([token])
+        return self._pieces[token]
+
+    def _cycle(self) -> bytes | None:
+        """The cycle the answer is stuck in (the bytes that would come next), when the last LOOP_BYTES (and at
+        least four turns) repeat one of at most LOOP_PERIOD bytes: a small model under a grammar can loop inside
+        a string or a number ("1234567890123...") until max_tokens cuts the JSON off."""
+        least, times = (24, 3) if self.loops else (self.LOOP_BYTES, 4)  # once it has looped, sooner
+        for p in range(1, self.LOOP_PERIOD + 1):
+            n = max(least, times * p)
+            seg = self._tail[-n:]
+            if len(seg) == n and seg[p:] == seg[:-p]:
+                return seg[-p:]
+        return None
+
+    def _continues(self, token: int, cycle: bytes) -> bool:
+        piece = self._piece(token)
+        return bool(piece) and (cycle * (len(piece) // len(cycle) + 1))[:len(piece)] == piece
+
+    def _break(self, logits: np.ndarray, cycle: bytes, token: int) -> int:
+        """The most likely token the grammar allows that does not go on with the cycle (a closing quote, a
+        comma, ...): the loop ends and the answer completes under the grammar. Answers that do not loop are
+        untouched."""
+        arr = self._fill(logits)
+        self._c.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        allowed = np.flatnonzero(~np.isinf(self._all["logit"]))
+        order = [int(self._all["id"][i]) for i in allowed[np.argsort(-self._all["logit"][allowed], kind="stable")]]
+        # a model that loops again after one break is stuck: from then on the loop ends by closing what is open
+        closing = [t for t in order if any(ch in self._piece(t) for ch in b'"]},')] if self.loops else []
+        for candidate in closing + order[:4096]:
+            if self._piece(candidate) and not self._continues(candidate, cycle):
+                self.loops += 1
+                return candidate
         return token
 
     def _shortlisted(self, logits: np.ndarray) -> int:

@@ -121,3 +121,53 @@ def test_a_step_seen_twice_is_measured_once():
     meter([7, 0, 5, 5, 1], scores)  # another generation (a call generated again): nothing to score it against
     meter([7, 0, 5, 5, 1, 2], scores)  # token 2: log 0.25, against this generation's own previous step
     assert meter.values == [pytest.approx(np.log(0.5)), pytest.approx(np.log(0.25))]
+
+
+LOOPING = {"type": "object", "properties": {"serial": {"type": "string"}, "phone": {"type": "string"},
+                                            "count": {"type": "integer"}},
+           "required": ["serial", "phone", "count"], "additionalProperties": False}
+
+
+def test_a_model_stuck_in_a_loop_inside_a_string_still_ends_with_valid_json(path, monkeypatch):
+    """SmolLM2 writes "12345678901234567890..." for a serial number it was never given, until max_tokens cuts the
+    JSON off; the loop guard ends the string and the answer validates."""
+    breaks: list[int] = []
+    real = GrammarFirst._break
+
+    def counted(self, *args):
+        token = real(self, *args)
+        breaks.append(token)
+        return token
+
+    monkeypatch.setattr(GrammarFirst, "_break", counted)
+    spec = load_registry(DEFAULT_CONFIG).get("smollm2-135m")
+    backend = open_backend(spec, {"model": path}, threads=2)
+    try:
+        events = list(backend.generate(GenerateRequest(
+            messages=[{"role": "user", "content": "List the ticket's serial number, phone and count in JSON. "
+                                                  "Ticket: printer broken."}],
+            max_tokens=300, temperature=0, json_schema=LOOPING, cache_prompt=False)))
+    finally:
+        backend.close()
+    text = "".join(e["text"] for e in events if e["type"] == "token")
+    assert breaks, "the model did not loop here: this test no longer tests the guard"
+    assert events[-1]["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(text), LOOPING)
+
+
+def test_what_counts_as_a_loop():
+    """Pure logic (no model): the cycle detector and the continuation test on made-up tails."""
+    g = GrammarFirst.__new__(GrammarFirst)
+    g.loops, g._pieces = 0, {1: b"12", 2: b'",', 3: b"1234567890123", 4: b"", 5: b"345"}
+    g._tail = b'{"serial": "' + b"1234567890" * 7
+    cycle = g._cycle()
+    assert cycle is not None and (cycle * 2).find(b"1234567890") >= 0
+    assert g._continues(1, cycle) and g._continues(3, cycle) and not g._continues(2, cycle)
+    assert not g._continues(5, cycle)  # the cycle, but not from where it goes on
+    assert not g._continues(4, cycle)  # an empty piece goes nowhere
+    g._tail = b'{"text": "' + b"ab" * 20  # 40 bytes: not yet a loop at first
+    assert g._cycle() is None
+    g.loops = 1  # once it has looped, 24 bytes and three turns are enough
+    assert g._cycle() == b"ab"
+    g._tail = b'{"name": "Anna Maria Annabel Annette"'
+    assert g._cycle() is None
