@@ -128,10 +128,11 @@ class GrammarFirst:
         arr = self._fill(logits)
         self._c.llama_sampler_apply(self.grammar, ctypes.byref(arr))
         allowed = np.flatnonzero(~np.isinf(self._all["logit"]))
-        order = [int(self._all["id"][i]) for i in allowed[np.argsort(-self._all["logit"][allowed], kind="stable")]]
+        best = allowed[np.argsort(-self._all["logit"][allowed], kind="stable")][:4096]
+        order = [int(self._all["id"][i]) for i in best]  # pieces are looked up for these only
         # a model that loops again after one break is stuck: from then on the loop ends by closing what is open
         closing = [t for t in order if any(ch in self._piece(t) for ch in b'"]},')] if self.loops else []
-        for candidate in closing + order[:4096]:
+        for candidate in closing + order:
             if self._piece(candidate) and not self._continues(candidate, cycle):
                 self.loops += 1
                 return candidate
@@ -155,14 +156,6 @@ class GrammarFirst:
         if not math.isfinite(best) or (k < self.n_vocab and best <= float(logits[top[-1]])):
             return -1
         return int(top[allowed[0]])
-
-    def accept(self, token: int) -> None:
-        self._c.llama_sampler_accept(self.grammar, token)
-        self._c.llama_sampler_accept(self.chain.sampler, token)
-
-    def reset(self) -> None:
-        self._c.llama_sampler_reset(self.grammar)
-        self._c.llama_sampler_reset(self.chain.sampler)
 
     def close(self) -> None:
         if getattr(self, "grammar", None):
