@@ -145,7 +145,8 @@ def test_a_model_stuck_in_a_loop_inside_a_string_still_ends_with_valid_json(path
     try:
         events = list(backend.generate(GenerateRequest(
             messages=[{"role": "user", "content": "List the ticket's serial number, phone and count in JSON. "
-                                                  "Ticket: printer broken."}],
+                                                  "Ticket: printer broken. Serial: 12121212121212121212121212"
+                                                  "121212121212121212121212121212121212121212121212..."}],
             max_tokens=300, temperature=0, json_schema=LOOPING, cache_prompt=False)))
     finally:
         backend.close()
