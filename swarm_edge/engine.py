@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from swarm_edge.boxmem import box_memory
 from swarm_edge.cloud import cloud_policy, make_client
 from swarm_edge.config import Settings, parse_size
 from swarm_edge.errors import ConfigError, ModelFileError
@@ -36,13 +37,21 @@ BASE_WINDOW_S = 60.0  # admission counts the highest base seen in this window
 IO_THREADS = 2        # fetch/verify/parse threads: two models prepare at once; the rest of the daemon never waits
 
 
-def resolve_budget(value: str | int | None, env: Mapping[str, str] | None = None) -> int:
-    """Budget in bytes from a flag, SWARM_EDGE_BUDGET, or the default share of this machine's RAM."""
-    import psutil
-
+def resolve_budget(value: str | int | None, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """(bytes, where they came from) from a flag, SWARM_EDGE_BUDGET, or the default share of the box: this
+    machine's RAM, or its memory cgroup's limit when that is smaller (boxmem.py)."""
     env = os.environ if env is None else env
-    raw = value if value is not None else env.get("SWARM_EDGE_BUDGET") or DEFAULT_BUDGET
-    return parse_size(raw, total=psutil.virtual_memory().total, name="budget (--budget / SWARM_EDGE_BUDGET)")
+    if isinstance(value, int):
+        return parse_size(value, name="budget"), f"{value / 2**20:,.0f} MiB given"
+    raw, how = ((value, "--budget") if value is not None else
+                (env["SWARM_EDGE_BUDGET"], "SWARM_EDGE_BUDGET") if env.get("SWARM_EDGE_BUDGET") else
+                (DEFAULT_BUDGET, "default"))
+    box = box_memory()
+    size = parse_size(raw, total=box.total, name="budget (--budget / SWARM_EDGE_BUDGET)")
+    source = f"{how} {raw} of {box.source}" if "%" in raw else f"{how} {raw}"
+    if size > box.total:
+        source += f", above the box's {box.source}: the kernel may kill models before the budget is reached"
+    return size, source
 
 
 def tree_pss(pid: int | None = None, keep=lambda proc, root: True) -> int:
@@ -97,8 +106,9 @@ class Engine:
         self.compute_slots = max(1, (os.cpu_count() or 1) // max(1, settings.threads))
         self._compute: asyncio.Semaphore | None = None
         kw: dict[str, Any] = {"policy": policy} if policy is not None else {}
+        budget_bytes, self.budget_source = resolve_budget(budget, settings.env)
         self.scheduler = Scheduler(
-            resolve_budget(budget, settings.env) if not isinstance(budget, int) else budget,
+            budget_bytes,
             spawn=self._spawn, estimate=self._admission_estimate, measure_base=self.base_pss, idle_ttl=idle_ttl,
             max_waiting=max_waiting, pins={m.id for m in registry if m.pin}, on_release=self._on_release, **kw)
 
@@ -360,5 +370,6 @@ class Engine:
     def status(self) -> dict[str, Any]:
         """Budget, residents with their PSS, queue and counters."""
         snap = self.scheduler.snapshot()
+        snap["budget_source"] = self.budget_source
         snap["models"] = self.model_estimates()
         return snap

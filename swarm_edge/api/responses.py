@@ -261,6 +261,8 @@ class Status(BaseModel):
     """GET /swarm/status: budget, residents, queue, counters, each model's estimate."""
 
     budget: int
+    budget_source: str = Field(description="where the budget came from: a flag, the environment, or the default "
+                                           "share of the box (RAM, or the memory cgroup's limit when smaller)")
     used: int
     base: int
     waiting: int

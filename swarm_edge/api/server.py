@@ -54,7 +54,8 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
         budget = engine.scheduler.budget
 
         def ready() -> None:
-            say(f"swarm-edge {__version__} serving on {where} (pid {os.getpid()}, budget {budget / 2**20:,.0f} MiB, "
+            say(f"swarm-edge {__version__} serving on {where} (pid {os.getpid()}, budget {budget / 2**20:,.0f} MiB: "
+                f"{engine.budget_source}, "
                 f"{len(engine.registry)} models, {'offline' if engine.settings.offline else 'fetching when needed'})")
 
         descriptors = _raise_descriptor_limit()

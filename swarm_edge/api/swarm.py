@@ -28,6 +28,7 @@ async def swarm_status(request: Request):
     engine = engine_of(request)
     described = engine.describe()
     snap = described["scheduler"]
+    snap["budget_source"] = engine.budget_source
     snap["models"] = await asyncio.to_thread(engine.model_estimates)
     snap["pid"], snap["socket"] = os.getpid(), str(engine.settings.socket_path)
     snap["streams_open"] = metrics_of(request).streams_open

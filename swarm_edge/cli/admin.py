@@ -47,6 +47,8 @@ def _print_status(snap: dict, daemon: bool) -> None:
         typer.echo(f"daemon pid {snap.get('pid')} on {snap.get('socket')}")
     typer.echo(f"budget {snap['budget'] / mib:,.0f} MiB, in use {snap['used'] / mib:,.0f} MiB "
                f"(swarm-edge itself {snap['base'] / mib:,.0f} MiB), waiting {snap['waiting']}")
+    if snap.get("budget_source"):
+        typer.echo(f"budget from: {snap['budget_source']}")
     none = "none" if daemon else "none (no daemon running)"
     typer.echo("resident: " + (", ".join(f"{r['model']} ({(r['pss'] or r['reserved']) / mib:,.0f} MiB)"
                                          for r in snap["residents"]) or none))

@@ -55,6 +55,7 @@ def test_health_status_metrics(daemon):
     assert daemon.http.get("/health").json()["status"] == "ok"
     st = daemon.status()
     assert st["budget"] > st["used"] > 0 and st["waiting"] == 0 and st["streams_open"] == 0
+    assert st["budget_source"].startswith("default 60% of ")  # RAM, or this box's memory cgroup (test_boxmem.py)
     assert st["models"]["smollm2-135m"]["estimate"] > 0
     route = daemon.http.post("/swarm/route", json={"prompt": "please rewrite this"}).json()
     assert route["task"] == "rewrite" and route["model"] == "smollm2-135m" and route["target"] == "local"

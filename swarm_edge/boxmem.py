@@ -1,0 +1,127 @@
+"""How much memory the box this process runs in has: the host's RAM, or less when a memory cgroup caps it.
+
+A container, a systemd unit with MemoryMax, or a board profile puts swarm-edge in a memory cgroup whose limit
+the kernel enforces with the OOM killer; `psutil.virtual_memory()` still reports the host. So the default budget
+(a share of "the box") takes the smallest of: the host's RAM, and every limit on this process's cgroup path,
+its own and its ancestors' (a parent's limit binds its children too):
+- cgroup v2: `memory.max` and `memory.high` (above `high` the kernel throttles and reclaims hard);
+- cgroup v1: `memory.limit_in_bytes` (the "unlimited" value is a page-rounded 2^63).
+
+Both hierarchies are found from /proc/self/mountinfo and /proc/self/cgroup, so hybrid systems (v1 memory
+controller, v2 mounted at /sys/fs/cgroup/unified), containers with a cgroup namespace, and cgroup trees mounted
+elsewhere all resolve. Unreadable or absent files mean "no limit there", never an error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+UNLIMITED = 1 << 60  # v1 reports 9223372036854771712 for "no limit"; anything this large is no limit
+
+
+@dataclass(frozen=True)
+class BoxMemory:
+    """The memory a budget share is taken from, and where that figure came from."""
+
+    total: int
+    source: str           # e.g. "RAM 23.5 GiB" or "cgroup v1 memory.limit_in_bytes 1.0 GiB (/sys/fs/...)"
+    ram: int
+    cgroup: int | None    # the tightest cgroup limit, None when nothing caps this process
+
+
+def box_memory(proc: str | os.PathLike = "/proc/self") -> BoxMemory:
+    """The host's RAM, or the tightest memory cgroup limit on this process when that is smaller."""
+    import psutil
+
+    ram = psutil.virtual_memory().total
+    limit = cgroup_limit(proc)
+    if limit is not None and limit[0] < ram:
+        return BoxMemory(limit[0], f"{limit[1]} {_gib(limit[0])} ({limit[2]})", ram, limit[0])
+    return BoxMemory(ram, f"RAM {_gib(ram)}", ram, None if limit is None else limit[0])
+
+
+def cgroup_limit(proc: str | os.PathLike = "/proc/self") -> tuple[int, str, str] | None:
+    """(bytes, which file, which directory) of the tightest memory limit on this process's cgroups, or None."""
+    proc = Path(proc)
+    try:
+        mounts = _cgroup_mounts((proc / "mountinfo").read_text())
+        groups = _groups((proc / "cgroup").read_text())
+    except OSError:
+        return None
+    best: tuple[int, str, str] | None = None
+    for version, mount_root, mount_point in mounts:
+        path = groups.get(version)
+        if path is None:
+            continue
+        names = ["memory.max", "memory.high"] if version == "v2" else ["memory.limit_in_bytes"]
+        for directory in _chain(Path(mount_point), mount_root, path):
+            for name in names:
+                value = _read_limit(directory / name)
+                if value is not None and (best is None or value < best[0]):
+                    best = (value, f"cgroup {version} {name}", str(directory))
+    return best
+
+
+def _cgroup_mounts(mountinfo: str) -> list[tuple[str, str, str]]:
+    """(version, root inside the hierarchy, mount point) of the cgroup2 mounts and the v1 memory mounts."""
+    out = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 1:
+            continue
+        root, point = _unescape(fields[3]), _unescape(fields[4])
+        if tail[0] == "cgroup2":
+            out.append(("v2", root, point))
+        elif tail[0] == "cgroup" and len(tail) >= 3 and "memory" in tail[2].split(","):
+            out.append(("v1", root, point))
+    return out
+
+
+def _groups(cgroup: str) -> dict[str, str]:
+    """This process's cgroup path in the v2 hierarchy ("0::/path") and in the v1 memory hierarchy."""
+    out: dict[str, str] = {}
+    for line in cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        ident, controllers, path = parts
+        if ident == "0" and controllers == "":
+            out["v2"] = path
+        elif "memory" in controllers.split(","):
+            out["v1"] = path
+    return out
+
+
+def _chain(mount_point: Path, mount_root: str, path: str) -> list[Path]:
+    """The directories from this process's cgroup up to the mount point. A path outside the mount's root (a
+    container that sees its own cgroup as the root without a namespace) is the mount point itself."""
+    rel = os.path.relpath(path, mount_root) if mount_root != "/" else path.lstrip("/")
+    if rel.startswith(".."):
+        rel = "."
+    parts = [p for p in Path(rel).parts if p not in (".", "")]
+    return [mount_point.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _read_limit(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text.isdigit():  # "max", or garbage: no limit here
+        return None
+    value = int(text)
+    return value if 0 < value < UNLIMITED else None
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040 ...)."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n < 10 * 2**30 else f"{n / 2**30:.1f} GiB"
