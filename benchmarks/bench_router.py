@@ -1,6 +1,6 @@
 """Router latency and accuracy: a full route vs a bare minilm-l6 embedding of the same text, one run.
 
-route  swarm_edge.router.Router.route(text): keyword rules, one minilm forward pass pooled over the
+route  swarm_edge.router_host.Router.route(text): keyword rules, one minilm forward pass pooled over the
        instruction head and over the whole prompt, similarity to the task centroids, softmax, model choice
 bare   the same ONNX file and tokenizer straight through onnxruntime + tokenizers (no swarm-edge code):
        encode, run, mean-pool, normalise one text; same session options as swarm-edge's backend

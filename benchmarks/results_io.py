@@ -39,7 +39,7 @@ def default_router():
     clear message when minilm-l6 is not fetched or cannot load."""
     from swarm_edge.config import DEFAULT_CONFIG, Settings
     from swarm_edge.registry import load_registry
-    from swarm_edge.router import Router
+    from swarm_edge.router_host import Router
 
     settings = Settings.load(threads=1)
     registry = load_registry(DEFAULT_CONFIG)

@@ -3,8 +3,9 @@ each model alone, and each cascade (a faster model first, kept when judge.keeps 
 a mean token log-prob at or above the threshold) with its threshold fitted, all simulated from the models'
 measured dev answers; the fastest option within --epsilon answers of the best wins.
 
-Also the resumable case log the long benchmarks write as they go (.cache/bench/NAME.jsonl): a run that is cut off
-continues where it stopped when started again with the same name.
+Also the resumable case log the long benchmarks write as they go (benchmarks/results/cases/NAME.jsonl, kept in git:
+every case's answer and verdict behind a table): a run that is cut off continues where it stopped when started
+again with the same name, on this machine or another.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench"
+CACHE = Path(__file__).resolve().parent / "results" / "cases"
 
 
 class CaseLog:

@@ -23,9 +23,11 @@ from swarm_edge.config import Settings, parse_size
 from swarm_edge.errors import ConfigError, ModelFileError
 from swarm_edge.events import Done, Token
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
+from swarm_edge.idle import Sleeper, sleep_after
 from swarm_edge.model_session import ModelSession
 from swarm_edge.registry import ModelSpec, Registry
-from swarm_edge.router import Route, local_router
+from swarm_edge.router import Route
+from swarm_edge.router_host import RemoteEmbedder, local_router
 from swarm_edge.scheduler import Scheduler
 from swarm_edge.sources import ensure_model, recheck
 from swarm_edge.workers import GenerateRequest, backend_options
@@ -96,6 +98,8 @@ class Engine:
         self.tokens: dict[str, int] = {}          # tokens generated per model, for /metrics
         # semantic routing in this process (router.py says why); the embedder is loaded on first use or warm-up
         self.router = local_router(registry, settings, self._embedder_files)
+        self.sleeper: Sleeper | None = None       # the daemon's (start(lazy=True)): idle.py
+        self._sleep_after = sleep_after(settings.env)  # a bad SWARM_EDGE_SLEEP_S fails here, at start-up
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
         self._base_seen: list[tuple[float, int]] = []
@@ -209,6 +213,10 @@ class Engine:
             return self._base[1]
         # workers are forked by the forkserver: every grandchild is the spare or a loaded or exiting model
         value = tree_pss(keep=lambda p, root: p.pid == root.pid or p.ppid() == root.pid)
+        router = self.router.pid()  # the router's embedder, when it runs in a worker (router_host.py)
+        if router is not None:
+            with contextlib.suppress(Exception):
+                value += tree_pss(router)
         spare = self.pool.spare_pid()
         if spare is not None:
             with contextlib.suppress(Exception):
@@ -288,13 +296,14 @@ class Engine:
                       compute: bool = True) -> AsyncGenerator[ModelSession, None]:
         """A model ready to use: files prepared (fetched if allowed), its worker leased (loaded within the budget
         if needed), then a compute slot (none with `compute=False`: a preload). Released on every path."""
-        t0 = time.perf_counter()
-        await self.prepare(model_id, progress_factory, fetch=fetch)
-        t_files = time.perf_counter()
-        async with self.scheduler.lease(model_id) as worker, \
-                (self.compute() if compute else contextlib.nullcontext()):
-            yield ModelSession(model_id, worker, t0=t0, t_files=t_files, t_leased=time.perf_counter(),
-                               count_tokens=self.count_tokens)
+        with self.sleeper.busy() if self.sleeper is not None else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            await self.prepare(model_id, progress_factory, fetch=fetch)
+            t_files = time.perf_counter()
+            async with self.scheduler.lease(model_id) as worker, \
+                    (self.compute() if compute else contextlib.nullcontext()):
+                yield ModelSession(model_id, worker, t0=t0, t_files=t_files, t_leased=time.perf_counter(),
+                                   count_tokens=self.count_tokens)
 
     async def generate(self, model_id: str, request: GenerateRequest) -> AsyncGenerator[dict, None]:
         """Stream a generation from a model as the worker's dict events (token..., done), loading it if needed."""
@@ -318,7 +327,10 @@ class Engine:
         return frozenset(self.scheduler.ready())
 
     def route(self, text: str, resident: frozenset[str] = frozenset()) -> Route:
-        """The router's choice for `text` (blocking: the embedding runs here)."""
+        """The router's choice for `text` (blocking: the embedding runs here). A request has come: a sleeping
+        daemon starts its forkserver meanwhile."""
+        if self.sleeper is not None:
+            self.sleeper.wake_soon()
         return self.router.route(text, resident)
 
     def tool_format(self, model_id: str) -> str | None:
@@ -334,14 +346,25 @@ class Engine:
         """The tasks the keyword rules find named in `text`, in order."""
         return self.router.keywords.named_tasks(text)
 
-    async def start(self) -> None:
-        """Start the forkserver, fork the spare worker, start the TTL sweeper."""
-        await asyncio.to_thread(self.pool.start_server)
-        await self.pool.prepare_spare()
+    async def start(self, lazy: bool = False) -> None:
+        """Start the forkserver, fork the spare worker, start the TTL sweeper. `lazy` (the daemon): the router's
+        embedder runs in a worker, the daemon starts asleep (the forkserver and spare start with the first
+        request) and sleeps again when idle (idle.py), unless SWARM_EDGE_SLEEP_S=never."""
+        after = self._sleep_after
+        if lazy:
+            loop = asyncio.get_running_loop()
+            self.router.opener = lambda spec, files, threads: RemoteEmbedder(self.pool, loop, spec, files, threads)
+            self.sleeper = Sleeper(self.pool, self.router, self.scheduler, after)
+            self.sleeper.start(asleep=after is not None)
+        if not lazy or after is None:
+            await asyncio.to_thread(self.pool.start_server)
+            await self.pool.prepare_spare()
         self.scheduler.start_ttl()
 
     async def close(self) -> None:
         """Stop every worker and the spare."""
+        if self.sleeper is not None:
+            await self.sleeper.close()
         for task in list(self._background):
             task.cancel()
         await self.scheduler.close()

@@ -10,9 +10,7 @@ Two stages, both driven by models.yaml:
   per set of examples (cached by their hash with the embedding model).
 An unsure route (confidence < min_confidence) goes to router.unsure_model, a generalist, when one is named.
 
-The embedding model runs in this process (the daemon), not in a worker: a route is one 3-4 ms forward pass
-with no IPC and no lease, and routing never competes with generation models for the budget (its memory is
-part of the daemon's measured base).
+Where the embedding model runs, its loading, unloading and fallback to the rules: router_host.py.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import re
 import threading
 from dataclasses import asdict, dataclass, field
 
-from swarm_edge.errors import ConfigError, SwarmEdgeError
+from swarm_edge.errors import ConfigError
 from swarm_edge.registry import Registry, examples_path
 
 log = logging.getLogger("swarm_edge.router")
@@ -160,7 +158,7 @@ class SemanticRouter:
     onnxruntime sessions may be run from several threads.
     """
 
-    def __init__(self, registry: Registry, backend, *, embedder_sha: str = "", cache_dir=None) -> None:
+    def __init__(self, registry: Registry, backend, *, embedder_sha: str = "", cache_dir=None, head=None) -> None:
         import numpy as np
 
         self._np = np
@@ -173,7 +171,7 @@ class SemanticRouter:
         if len(self.tasks) < 2:
             raise ConfigError(f"{registry.path}: semantic routing needs examples of at least two tasks")
         self.embedder_sha, self.cache_dir = embedder_sha, cache_dir
-        self.head = self._head()
+        self.head = head if head is not None else self._head()
 
     def examples_key(self) -> str:
         """Hash of the embedding model, the method, the feature scale and every example: the head's cache key."""
@@ -278,103 +276,3 @@ class SemanticRouter:
                 why.append(f"answered by the generalist {model}")
         return Route(task=best, model=model, confidence=round(conf, 4), reason="; ".join(why),
                      scores={t: round(float(p[i]), 4) for i, t in enumerate(self.tasks)})
-
-
-class Router:
-    """The engine's router: semantic when the registry names an embedder whose files are here, else rules.
-
-    The embedding model is loaded on the first route (or by `warm()`); if it cannot be (not fetched and
-    offline, corrupt), routing falls back to the keyword rules and every Route says why.
-    """
-
-    def __init__(self, registry: Registry, files=None, *, threads: int = 1, cache_dir=None) -> None:
-        self.registry = registry
-        self.keywords = KeywordRouter(registry)
-        self._files = files              # callable(model_id) -> verified files, or None: rules only
-        self.threads = threads
-        self.cache_dir = cache_dir
-        self._semantic: SemanticRouter | None = None
-        self._failed: str | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def kind(self) -> str:
-        """"semantic" or "keywords" (before the first route: what the configuration asks for)."""
-        if self._semantic is not None:
-            return "semantic"
-        return "keywords" if self._failed or not self.registry.router.embedder or self._files is None else "semantic"
-
-    @property
-    def will_load(self) -> str | None:
-        """The embedder's id while it is configured to run in this process but not loaded (nor failed) yet."""
-        embedder = self.registry.router.embedder
-        if self._semantic is None and self._failed is None and embedder and self._files is not None:
-            return embedder
-        return None
-
-    @property
-    def unavailable(self) -> str | None:
-        """Why semantic routing fell back to the rules, if it did."""
-        return self._failed
-
-    def warm(self) -> str | None:
-        """Load the embedding model and the trained head now; returns why semantic routing is off, or None."""
-        self._get()
-        return self._failed
-
-    def _get(self, wait: bool = True) -> SemanticRouter | None:
-        """The semantic router, built on first use. `wait=False`: None while another thread builds it (the
-        first start with new examples trains the head: seconds), so requests meanwhile use the rules."""
-        if self._semantic is not None or self._failed is not None:
-            return self._semantic
-        embedder = self.registry.router.embedder
-        if not embedder or self._files is None:
-            return None  # rules only, as configured
-        if not self._lock.acquire(blocking=wait):
-            return None
-        try:
-            if self._semantic is None and self._failed is None:
-                try:
-                    from swarm_edge.workers import open_backend
-
-                    spec = self.registry.get(embedder)
-                    backend = open_backend(spec, self._files(embedder), self.threads)
-                    self._semantic = SemanticRouter(self.registry, backend, embedder_sha=spec.file("model").sha256,
-                                                    cache_dir=self.cache_dir)
-                except SwarmEdgeError as exc:
-                    self._failed = f"semantic router unavailable ({exc}); keyword rules only"
-                except Exception as exc:  # noqa: BLE001 - onnxruntime or numpy: the rules route, and say why
-                    log.warning("the semantic router could not be built", exc_info=True)
-                    self._failed = f"semantic router unavailable ({type(exc).__name__}: {exc}); keyword rules only"
-        finally:
-            self._lock.release()
-        return self._semantic
-
-    def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
-        """Route `text` (blocking: 3-4 ms of embedding; call it from a thread in async code)."""
-        semantic = self._get(wait=False)
-        failed = self._failed
-        if semantic is None and failed is None and self.will_load:
-            failed = "the semantic router is still being built (its head trains once per set of examples)"
-        if semantic is not None:
-            try:
-                return semantic.route(text, resident)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors: one prompt must not fail a request
-                log.warning("semantic routing failed on one prompt (%s: %s); keyword rules for it",
-                            type(exc).__name__, exc)
-                failed = f"semantic routing failed on this prompt ({type(exc).__name__}); keyword rules"
-        r = self.keywords.route(text)
-        return Route(task=r.task, model=r.model, confidence=r.confidence,
-                     reason=f"{r.reason} ({failed})" if failed else r.reason, scores=r.scores)
-
-
-def local_router(registry: Registry, settings, files=None) -> Router:
-    """The router of a process: its embedding model's files from `files` (model id -> verified files), else found
-    here without ever downloading them (without them the keyword rules decide, and the reason says so)."""
-    if files is None:
-        from swarm_edge.sources import ensure_model
-
-        def files(mid: str):
-            return ensure_model(settings, registry.get(mid), registry.base_dir, fetch=False)
-    return Router(registry, files, threads=1, cache_dir=settings.home / "cache")
-

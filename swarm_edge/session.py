@@ -155,7 +155,7 @@ class LocalSession:
         return self._run(answer)
 
     def route(self, text: str) -> dict[str, Any]:
-        from swarm_edge.router import local_router
+        from swarm_edge.router_host import local_router
 
         if self._router is None:
             self._router = local_router(self.registry, self.settings)  # never downloads

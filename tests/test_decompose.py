@@ -139,7 +139,7 @@ def test_frozen_test_split_with_the_real_router(model_files, default_router_cach
     """benchmarks/results/decompose.md: the reading on the frozen test split (never tuned on)."""
     from swarm_edge.config import DEFAULT_CONFIG
     from swarm_edge.registry import load_registry
-    from swarm_edge.router import Router
+    from swarm_edge.router_host import Router
 
     registry = load_registry(DEFAULT_CONFIG)
     router = Router(registry, lambda mid: model_files[mid], threads=1, cache_dir=default_router_cache)

@@ -17,7 +17,8 @@ from swarm_edge import route_head
 from swarm_edge.config import DEFAULT_CONFIG
 from swarm_edge.errors import ConfigError, ModelFileError
 from swarm_edge.registry import load_registry
-from swarm_edge.router import Router, SemanticRouter, instruction_head, router_examples
+from swarm_edge.router import SemanticRouter, instruction_head, router_examples
+from swarm_edge.router_host import Router
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import evalsets  # noqa: E402

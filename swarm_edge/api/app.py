@@ -34,7 +34,7 @@ log = logging.getLogger("swarm_edge.api")
 def _lifespan(engine: Engine, on_ready):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await engine.start()
+        await engine.start(lazy=True)  # the forkserver starts with the first request; idle.py
         # off the event loop and side by side: load the router's embedding model and trained head (a request that
         # comes while the head trains routes by the rules), and read the GGUF facts of fetched models, so that
         # admission finds them cached

@@ -266,6 +266,8 @@ class Status(BaseModel):
     used: int
     base: int
     waiting: int
+    asleep: bool = Field(False, description="no model resident for a while: the forkserver, its spare worker and "
+                                            "the router's embedder are stopped until the next request")
     residents: list[Resident]
     stats: dict[str, int]
     models: dict[str, dict[str, Any]]

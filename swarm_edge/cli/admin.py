@@ -96,7 +96,10 @@ def serve(
     import logging
 
     from swarm_edge.api.server import serve as run_server
+    from swarm_edge.boxmem import one_malloc_arena
     from swarm_edge.engine import Engine
+
+    one_malloc_arena()  # before any thread starts
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         typer.secho(f"error: --log-level must be debug, info, warning or error, not {log_level!r}", err=True,

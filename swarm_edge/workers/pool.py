@@ -34,6 +34,23 @@ def _usable(spare: tuple[Any, Any]) -> bool:
     return False
 
 
+def _stop_forkserver() -> None:
+    """Stop multiprocessing's forkserver, then its resource tracker (every worker is gone: they die with the
+    forkserver); the next fork starts both again. `_stop` is private on both (CPython's tests use it; 3.8 to 3.13
+    have it): without it they simply stay."""
+    from multiprocessing import forkserver, resource_tracker
+
+    for server in (forkserver._forkserver, resource_tracker._resource_tracker):
+        stop = getattr(server, "_stop", None)
+        if stop is None:
+            return
+        try:
+            stop()
+        except (OSError, ChildProcessError):
+            log.warning("could not stop %s", type(server).__name__, exc_info=True)
+            return
+
+
 class Pool:
     """Starts workers from a forkserver that has already imported llama_cpp and onnxruntime.
 
@@ -48,6 +65,7 @@ class Pool:
         self._want_spare = spare
         self._spare: tuple[Any, Any] | None = None    # (process, parent end of its pipe)
         self._refill: asyncio.Task | None = None
+        self._asleep = False
         self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
 
     def start_server(self) -> None:
@@ -88,6 +106,7 @@ class Pool:
                     calibrate: bool = False, timeout: float = LOAD_TIMEOUT_S) -> Worker:
         """Give a worker process (the spare, or a new one) a model to load; return it once it is ready."""
         t0 = time.perf_counter()
+        self._asleep = False
         if self._refill is not None:
             # a failed refill (e.g. no descriptor left to fork with) must not fail every later load: fork anew below
             refill, self._refill = self._refill, None
@@ -110,6 +129,25 @@ class Pool:
                 self._refill = asyncio.get_running_loop().create_task(self.prepare_spare())
         worker.info["spawn_to_ready_s"] = time.perf_counter() - t0
         return worker
+
+    def wake(self) -> None:
+        """Start the forkserver and fork the spare in the background (a lazy start, or after sleep()); a load
+        that comes meanwhile waits for that spare instead of forking its own. Event loop only."""
+        self._asleep = False
+        if self._want_spare and self._refill is None and self._spare is None:
+            self._refill = asyncio.get_running_loop().create_task(self._start_and_fork())
+
+    async def _start_and_fork(self) -> None:
+        await asyncio.to_thread(self.start_server)
+        await self.prepare_spare()
+
+    async def sleep(self) -> None:
+        """Stop the spare and the forkserver (no worker may be running: they are the forkserver's children).
+        The next fork starts the forkserver again. A wake() that comes meanwhile keeps the forkserver."""
+        self._asleep = True
+        await self.close()
+        if self._asleep:
+            await asyncio.to_thread(_stop_forkserver)
 
     async def close(self) -> None:
         """Stop the spare (workers are stopped by their owners)."""

@@ -145,7 +145,10 @@ def _serve(conn, backend) -> None:
                 if closing:
                     return
             elif kind == "embed":
-                vectors = backend.embed(msg["texts"])
+                if msg.get("prefix_chars") is not None:  # the router's features of one text: [head, whole]
+                    vectors = [v.tolist() for v in backend.embed_with_prefix(msg["texts"][0], int(msg["prefix_chars"]))]
+                else:
+                    vectors = backend.embed(msg["texts"])
                 tokens = backend.last_tokens
                 for part in _slices(vectors):  # several frames: the daemon appends them in order
                     _send(conn, "result", vectors=part, tokens=tokens)

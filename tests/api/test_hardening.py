@@ -51,7 +51,12 @@ def test_a_client_that_stops_reading_holds_no_model(make_daemon):
             "messages": [{"role": "user", "content": LONG}]}
     frozen = _raw_request(d.socket, long)
     try:
-        time.sleep(1.0)  # its generation has started
+        # its generation has started (the daemon starts asleep: the first load also starts the forkserver)
+        for _ in range(600):
+            if any(r["in_use"] and r["state"] == "ready" for r in d.status()["residents"]):
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
         t0 = time.monotonic()
         # Before the fix this waited for as long as the frozen client did not read: forever. Now it waits at most
         # for the frozen request's generation (400 tokens; seconds on an idle machine), whatever the client does.

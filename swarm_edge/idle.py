@@ -1,0 +1,119 @@
+"""The daemon asleep: what it gives back when nobody is using it, and how the next request wakes it.
+
+A daemon that waits for requests needs none of: the forkserver with the runtimes preloaded, the spare worker
+forked from it, or the router's embedding model (onnxruntime turns the int8 MiniLM into ~110 MiB of float weights
+at session start). Together they are ~250 MiB of a 345 MiB idle tree. So when no model is resident, no request is
+in flight and nothing has happened for `after` seconds, the Sleeper stops the spare and the forkserver, unloads
+the embedder and hands the freed heap back to the system (boxmem.give_back). The daemon starts asleep too.
+
+The next request wakes it: the forkserver and the spare start in the background as soon as it arrives (while it
+is routed), and the embedder loads again (its trained head is kept, so no training). Measured in
+benchmarks/bench_idle.py: what the first request after sleep pays, and the tree's PSS asleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+from swarm_edge.boxmem import give_back
+
+log = logging.getLogger("swarm_edge.idle")
+
+SLEEP_AFTER_S = 10.0
+SLEEP_ENV = "SWARM_EDGE_SLEEP_S"  # seconds idle before sleeping, or "never"
+
+
+def sleep_after(env) -> float | None:
+    """SLEEP_AFTER_S, or SWARM_EDGE_SLEEP_S (seconds, or "never": None)."""
+    from swarm_edge.errors import ConfigError
+
+    raw = (env.get(SLEEP_ENV) or "").strip().lower()
+    if not raw:
+        return SLEEP_AFTER_S
+    if raw == "never":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{SLEEP_ENV}={raw!r}: expected seconds (e.g. 10) or \"never\"")
+    return value
+
+
+class Sleeper:
+    """Puts the engine's pool and router to sleep when idle; wakes them for the next request."""
+
+    def __init__(self, pool, router, scheduler, after: float | None = SLEEP_AFTER_S) -> None:
+        self.pool, self.router, self.scheduler, self.after = pool, router, scheduler, after
+        self.active = 0                  # model sessions in flight
+        self.last = time.monotonic()     # when the last one ended (or started)
+        self.asleep = False
+        self.sleeps = 0
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, asleep: bool) -> None:
+        """Watch for idleness from now on; `asleep`: the pool has not been started."""
+        self._loop = asyncio.get_running_loop()
+        self.asleep = asleep
+        self._task = self._loop.create_task(self._watch())
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """A model session: the daemon is awake while it lasts (event loop only)."""
+        self.active += 1
+        self.wake()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.last = time.monotonic()
+
+    def wake(self) -> None:
+        """Start the forkserver and the spare in the background if asleep (event loop only)."""
+        self.last = time.monotonic()
+        if self.asleep:
+            self.asleep = False
+            self.pool.wake()
+
+    def wake_soon(self) -> None:
+        """wake() from any thread (routing runs in one): a request has arrived."""
+        if self.asleep and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+                self._loop.call_soon_threadsafe(self.wake)
+
+    def idle(self) -> bool:
+        """Whether now is the time to sleep: nothing resident, waiting or running for `after` seconds, and
+        something to give back."""
+        return (self.after is not None and not self.active and not self.scheduler.residents
+                and not self.scheduler.waiting and time.monotonic() - self.last >= self.after
+                and (not self.asleep or self.router.loaded))
+
+    async def sleep(self) -> None:
+        """Stop the spare and the forkserver, unload the embedder, give the heap back."""
+        self.asleep = True
+        await asyncio.to_thread(self.router.drop)  # first: its worker is the forkserver's child
+        await self.pool.sleep()
+        await asyncio.to_thread(give_back)
+        self.sleeps += 1
+        log.info("asleep: no model resident for %.0f s; forkserver, spare and router embedder given back",
+                 self.after or 0)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, min(1.0, (self.after or 4.0) / 4)))
+            if self.idle():
+                try:
+                    await self.sleep()
+                except Exception:  # noqa: BLE001 - a failed sleep costs memory, never the daemon
+                    log.warning("could not go to sleep", exc_info=True)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,79 @@
+"""The daemon asleep (idle.py): it starts with no process but itself, wakes for a request (the router's embedder
+in a worker, the forkserver, the spare), and once every model is unloaded (TTL) it stops them all again. Real
+daemon, real models, real processes; the memory it saves is measured in benchmarks/bench_idle.py, not here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from swarm_edge.errors import ConfigError
+from swarm_edge.idle import SLEEP_AFTER_S, sleep_after
+
+
+def children(d) -> list[psutil.Process]:
+    return psutil.Process(d.proc.pid).children(recursive=True)
+
+
+def wait_for(what, timeout: float = 60.0, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def chat(d, model: str, prompt: str) -> dict:
+    r = d.http.post("/v1/chat/completions", json={"model": model, "max_tokens": 8, "temperature": 0,
+                                                  "messages": [{"role": "user", "content": prompt}]})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_sleep_after_reads_the_environment():
+    assert sleep_after({}) == SLEEP_AFTER_S
+    assert sleep_after({"SWARM_EDGE_SLEEP_S": "2.5"}) == 2.5
+    assert sleep_after({"SWARM_EDGE_SLEEP_S": "never"}) is None
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match="SWARM_EDGE_SLEEP_S"):
+            sleep_after({"SWARM_EDGE_SLEEP_S": bad})
+
+
+def test_the_daemon_sleeps_with_nothing_but_itself_wakes_for_a_request_and_sleeps_again(make_daemon):
+    d = make_daemon("--idle-ttl", "1", env={"SWARM_EDGE_SLEEP_S": "1"})
+    # started asleep; the router's warm-up (its embedder worker) is given back a second after it
+    wait_for(lambda: d.status()["asleep"] and not children(d))
+
+    routed = chat(d, "auto", "Rewrite this more politely: give me the report.")
+    route = routed["swarm"]["route"]
+    assert "keyword rules" not in route["reason"], route  # the semantic router, woken with the request
+    assert not d.status()["asleep"]
+    kids = children(d)
+    assert any("forkserver" in " ".join(k.cmdline()) for k in kids)  # the forkserver and its workers
+
+    # every model unloaded (TTL 1 s), then asleep: no child process left, and the next request works again
+    wait_for(lambda: (st := d.status())["asleep"] and not st["residents"] and not children(d))
+    assert d.status()["stats"]["ttl_unloads"] >= 1
+    again = chat(d, "smollm2-135m", "Say hi.")
+    assert again["choices"][0]["message"]["content"]
+    wait_for(lambda: d.status()["asleep"] and not children(d))
+
+
+def test_a_killed_router_worker_costs_one_prompt_then_routing_is_semantic_again(make_daemon):
+    d = make_daemon(env={"SWARM_EDGE_SLEEP_S": "never"})
+    first = chat(d, "auto", "Translate into German: good night")
+    assert "keyword rules" not in first["swarm"]["route"]["reason"]
+    resident = {r["pid"] for r in d.status()["residents"] if r.get("pid")}
+    forkserver = [k for k in children(d) if k.ppid() == d.proc.pid and "forkserver" in " ".join(k.cmdline())]
+    workers = [k for k in forkserver[0].children() if k.pid not in resident]
+    # the spare and the router's embedder are the non-resident workers; kill both (which is which: not visible)
+    for w in workers:
+        os.kill(w.pid, signal.SIGKILL)
+    routed = [chat(d, "auto", "Translate into German: thank you")["swarm"]["route"]["reason"] for _ in range(2)]
+    assert "keyword rules" not in routed[-1], routed  # a new embedder worker serves the next prompt at the latest
