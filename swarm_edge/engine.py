@@ -365,6 +365,7 @@ class Engine:
         """Stop every worker and the spare."""
         if self.sleeper is not None:
             await self.sleeper.close()
+            await asyncio.to_thread(self.router.drop)  # the router's embedder worker
         for task in list(self._background):
             task.cancel()
         await self.scheduler.close()

