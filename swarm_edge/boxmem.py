@@ -15,9 +15,13 @@ elsewhere all resolve. Unreadable or absent files mean "no limit there", never a
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from swarm_edge.config import parse_size
+
+DEFAULT_BUDGET = "60%"
 UNLIMITED = 1 << 60  # v1 reports 9223372036854771712 for "no limit"; anything this large is no limit
 
 
@@ -157,3 +161,35 @@ def one_malloc_arena() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_ARENA_MAX, 1)
     except (OSError, AttributeError):
         pass
+
+
+def resolve_budget(value: str | int | None, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """(bytes, where they came from) from a flag, SWARM_EDGE_BUDGET, or the default share of the box: this
+    machine's RAM, or its memory cgroup's limit when that is smaller (boxmem.py)."""
+    env = os.environ if env is None else env
+    if isinstance(value, int):
+        return parse_size(value, name="budget"), f"{value / 2**20:,.0f} MiB given"
+    raw, how = ((value, "--budget") if value is not None else
+                (env["SWARM_EDGE_BUDGET"], "SWARM_EDGE_BUDGET") if env.get("SWARM_EDGE_BUDGET") else
+                (DEFAULT_BUDGET, "default"))
+    box = box_memory()
+    size = parse_size(raw, total=box.total, name="budget (--budget / SWARM_EDGE_BUDGET)")
+    source = f"{how} {raw} of {box.source}" if "%" in raw else f"{how} {raw}"
+    if size > box.total:
+        source += f", above the box's {box.source}: the kernel may kill models before the budget is reached"
+    return size, source
+
+
+def tree_pss(pid: int | None = None, keep=lambda proc, root: True) -> int:
+    """Summed PSS of a process and those of its descendants that `keep` accepts, in bytes."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            if keep(p, root):
+                total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # exited while we looked
+    return total

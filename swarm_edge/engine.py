@@ -12,14 +12,14 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from swarm_edge.boxmem import box_memory
+from swarm_edge.boxmem import resolve_budget, tree_pss
 from swarm_edge.cloud import cloud_policy, make_client
-from swarm_edge.config import Settings, parse_size
+from swarm_edge.config import Settings
 from swarm_edge.errors import ConfigError, ModelFileError
 from swarm_edge.events import Done, Token
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
@@ -33,42 +33,9 @@ from swarm_edge.sources import ensure_model, recheck
 from swarm_edge.workers import GenerateRequest, backend_options
 from swarm_edge.workers.pool import Pool
 
-DEFAULT_BUDGET = "60%"
 BASE_TTL_S = 3.0   # the base PSS reads every process's smaps (ms of CPU): reuse a reading for this long
 BASE_WINDOW_S = 60.0  # admission counts the highest base seen in this window
 IO_THREADS = 2        # fetch/verify/parse threads: two models prepare at once; the rest of the daemon never waits
-
-
-def resolve_budget(value: str | int | None, env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    """(bytes, where they came from) from a flag, SWARM_EDGE_BUDGET, or the default share of the box: this
-    machine's RAM, or its memory cgroup's limit when that is smaller (boxmem.py)."""
-    env = os.environ if env is None else env
-    if isinstance(value, int):
-        return parse_size(value, name="budget"), f"{value / 2**20:,.0f} MiB given"
-    raw, how = ((value, "--budget") if value is not None else
-                (env["SWARM_EDGE_BUDGET"], "SWARM_EDGE_BUDGET") if env.get("SWARM_EDGE_BUDGET") else
-                (DEFAULT_BUDGET, "default"))
-    box = box_memory()
-    size = parse_size(raw, total=box.total, name="budget (--budget / SWARM_EDGE_BUDGET)")
-    source = f"{how} {raw} of {box.source}" if "%" in raw else f"{how} {raw}"
-    if size > box.total:
-        source += f", above the box's {box.source}: the kernel may kill models before the budget is reached"
-    return size, source
-
-
-def tree_pss(pid: int | None = None, keep=lambda proc, root: True) -> int:
-    """Summed PSS of a process and those of its descendants that `keep` accepts, in bytes."""
-    import psutil
-
-    root = psutil.Process(pid)
-    total = 0
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            if keep(p, root):
-                total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue  # exited while we looked
-    return total
 
 
 class Engine:
@@ -103,6 +70,7 @@ class Engine:
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
         self._base_seen: list[tuple[float, int]] = []
+        self._base_high = 0   # the highest base ever measured: what a woken daemon will hold again (too_big)
         # Compute slots: llama.cpp and onnxruntime threads spin while they wait for each other, so two models
         # decoding at once with `threads` each on a machine with fewer cores than that are not twice as slow
         # but ten to a hundred times (measured: two smollm2 workers at 2 threads on 2 cores crawled for minutes).
@@ -231,6 +199,7 @@ class Engine:
         self._base_seen = [(t, v) for t, v in self._base_seen if now - t < BASE_WINDOW_S] + [(now, value)]
         value = max(v for _, v in self._base_seen) + self._pending_growth()
         self._base = (now, value)
+        self._base_high = max(self._base_high, value)
         return value
 
     def _pending_growth(self) -> int:
@@ -332,6 +301,21 @@ class Engine:
         if self.sleeper is not None:
             self.sleeper.wake_soon()
         return self.router.route(text, resident)
+
+    def too_big(self, model_id: str) -> str | None:
+        """Why a model can never load inside the budget (its estimate beside swarm-edge itself, at the highest
+        base seen: a sleeping daemon's base is not what it holds awake, and pinned models), or None: it fits, or
+        its size is not known yet (not fetched: admission decides). Blocking."""
+        try:
+            need = self.estimate_detail(model_id, fetch=False, wait=False).bytes
+        except Exception:  # noqa: BLE001 - not fetched, unreadable, another thread verifying: admission decides
+            return None
+        base = max(self.base_pss(), self._base_high)
+        room = self.scheduler.budget - base - self.scheduler.pinned_other(model_id)
+        if need <= room:
+            return None
+        return (f"{model_id} needs about {need / 2**20:,.0f} MiB, the {self.scheduler.budget / 2**20:,.0f} MiB "
+                f"budget leaves {max(0, room) / 2**20:,.0f} MiB")
 
     def tool_format(self, model_id: str) -> str | None:
         """How the model's chat template renders tool calls (from its GGUF facts), or None: an ONNX model, a

@@ -167,7 +167,7 @@ class Scheduler(Generic[W]):
             self._check_backoff(model_id)
             need = self._estimate(model_id)
             base = self._measure_base()
-            pinned_other = sum(x.reserved for x in self.residents.values() if x.pinned and x.model_id != model_id)
+            pinned_other = self.pinned_other(model_id)
             if base + pinned_other + need > self.budget:
                 raise BudgetError(
                     f"{model_id} needs about {need / MiB:,.0f} MiB but the budget is {self.budget / MiB:,.0f} MiB "
@@ -362,6 +362,10 @@ class Scheduler(Generic[W]):
             task.cancel()
         for r in list(self.residents.values()):
             await self._drop(r)
+
+    def pinned_other(self, model_id: str) -> int:
+        """Bytes held by pinned models other than `model_id`: never evicted to make room for it."""
+        return sum(x.reserved for x in self.residents.values() if x.pinned and x.model_id != model_id)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain-data view for status output."""

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from swarm_edge.boxmem import box_memory, cgroup_limit
-from swarm_edge.engine import resolve_budget
+from swarm_edge.boxmem import box_memory, cgroup_limit, resolve_budget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cgroups  # noqa: E402

@@ -97,7 +97,7 @@ def test_requests_for_one_model_share_one_preparation(model_files, tmp_path, set
 def test_admission_charges_the_embedder_the_daemon_is_about_to_load(model_files, tmp_path, settings):
     """The router's embedding model loads into this process (at start-up or on the first routed request): a model
     admitted against the base measured before that would push the tree over the budget once it has loaded."""
-    from swarm_edge.engine import tree_pss
+    from swarm_edge.boxmem import tree_pss
 
     registry = parse_registry(registry_yaml(model_files, swarm=True), tmp_path / "models.yaml")
 

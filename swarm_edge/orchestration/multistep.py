@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from swarm_edge.events import Done, Start, Token
 from swarm_edge.orchestration.answer import Answer, Step, assemble
 from swarm_edge.orchestration.context import Context, Relay, Solved
+from swarm_edge.orchestration.fit import fitted
 from swarm_edge.orchestration.plan import Subtask, pipeline_prompt, strategy_of, subtask_prompt, subtask_route
 from swarm_edge.orchestration.strategies import solve
 from swarm_edge.router import Route
@@ -39,7 +40,7 @@ async def run(ctx: Context, kind: str, top: Route, subtasks: list[Subtask], mate
         for i, sub in enumerate(subtasks):
             prompt = part_prompt(kind, sub, material, previous)
             routed = await asyncio.to_thread(rt.route, prompt, rt.resident()) if kind == "decompose" else None
-            route = subtask_route(sub, routed, registry, i, len(subtasks))
+            route = await asyncio.to_thread(fitted, rt, subtask_route(sub, routed, registry, i, len(subtasks)))
             rt.hint([registry.routes[s.task].models[0] for s in subtasks[i:]])
             if i > 0 and relay.started:
                 yield Token(SEPARATOR)

@@ -17,6 +17,7 @@ from swarm_edge.orchestration.answer import Answer, Step, assemble
 from swarm_edge.orchestration.calls import Call, run_call
 from swarm_edge.orchestration.context import Context, Relay, Solved
 from swarm_edge.orchestration.escalation import Escalation
+from swarm_edge.orchestration.fit import fitted
 from swarm_edge.orchestration.plan import Subtask, compound, entry, strategy_of
 from swarm_edge.orchestration.planner import subtasks_of
 from swarm_edge.orchestration.request import Request, with_system
@@ -85,7 +86,9 @@ async def routed(ctx: Context, top: Route | None, forced: str | None, decompose:
     """Model "auto" (or "cloud", or a named task): route, maybe escalate, maybe split, then the route's strategy."""
     rt, req, esc = ctx.rt, ctx.request, ctx.esc
     if top is None:
-        top = await asyncio.to_thread(rt.route, req.text, rt.resident())
+        top = await asyncio.to_thread(lambda: fitted(rt, rt.route(req.text, rt.resident())))
+    else:
+        top = await asyncio.to_thread(fitted, rt, top)
     t_route = time.perf_counter() - t0
     why = forced or esc.reason_for(top)
     if why and esc.considered(why):

@@ -62,5 +62,9 @@ class Runtime(Protocol):
 
     def hint(self, upcoming: list[str]) -> None: ...
 
+    def too_big(self, model_id: str) -> str | None:
+        """Why the model can never load inside the budget beside swarm-edge itself and pinned models, or None
+        (it fits, or its size is not known yet). Blocking: call it in a thread."""
+
 
 __all__ = ["CloudPort", "ModelSession", "Runtime"]

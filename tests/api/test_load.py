@@ -15,7 +15,7 @@ import httpx2
 import psutil
 import pytest
 
-from swarm_edge.engine import tree_pss
+from swarm_edge.boxmem import tree_pss
 from tests.api.conftest import Daemon, private_root
 
 pytestmark = pytest.mark.real_model

@@ -168,7 +168,8 @@ class FakeRuntime:
     def __init__(self, registry: Registry | None = None, *, replies: dict[str, Any] | None = None,
                  routes: dict[str, Any] | Callable[[str], Route] | None = None, cloud: FakeCloud | None = None,
                  cloud_policy: CloudConfig | None = None, offline: bool = False,
-                 resident: frozenset[str] = frozenset(), no_tools: frozenset[str] = frozenset()) -> None:
+                 resident: frozenset[str] = frozenset(), no_tools: frozenset[str] = frozenset(),
+                 too_big: frozenset[str] = frozenset()) -> None:
         self.registry = registry if registry is not None else fake_registry()
         self.replies = dict(replies or {})
         self.routes = routes
@@ -178,6 +179,7 @@ class FakeRuntime:
         self.offline = offline
         self._resident = resident
         self.no_tools = no_tools  # models whose (imagined) chat template cannot render tools
+        self.big = too_big        # models that (imaginarily) cannot fit the budget
         self.records: list[Record] = []
         self.hints: list[list[str]] = []
         self.routed: list[str] = []
@@ -232,6 +234,9 @@ class FakeRuntime:
 
     def hint(self, upcoming: list[str]) -> None:
         self.hints.append(list(upcoming))
+
+    def too_big(self, model_id: str) -> str | None:
+        return f"{model_id} needs more than the budget (FAKE)" if model_id in self.big else None
 
     def models_called(self) -> list[str]:
         return [r.model for r in self.records]

@@ -3,6 +3,7 @@ route has that tool. Each strategy yields Start (once, for the answer shown), To
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from swarm_edge.events import Done
@@ -10,6 +11,7 @@ from swarm_edge.orchestration import shape
 from swarm_edge.orchestration.answer import Step
 from swarm_edge.orchestration.calls import replay
 from swarm_edge.orchestration.context import Context, Solved, Solving
+from swarm_edge.orchestration.fit import fitting
 from swarm_edge.orchestration.plan import order
 from swarm_edge.orchestration.request import Msg, has_system, with_system
 from swarm_edge.orchestration.strategies import calculator, cascade, ensemble
@@ -22,6 +24,8 @@ async def solve(ctx: Context, task: str, route: Route, messages: list[Msg], *,
     spec_route = ctx.rt.registry.routes.get(task)
     structured = shape.applies(ctx.request.sampling)
     models = order(route, spec_route, strategy)
+    if len(models) > 1:
+        models = await asyncio.to_thread(fitting, ctx.rt, models)
     tried: list[Step] = []
     if spec_route is not None and spec_route.tool == "calculator" and not has_system(messages) and not structured:
         call, tried = await calculator.attempt(ctx, task, route, models, messages, spec_route.min_logprob)
