@@ -20,7 +20,7 @@ from typing import Any
 from swarm_edge.boxmem import resolve_budget, tree_pss
 from swarm_edge.cloud import cloud_policy, make_client
 from swarm_edge.config import Settings
-from swarm_edge.errors import ConfigError, ModelFileError
+from swarm_edge.errors import BudgetError, ConfigError, ModelFileError
 from swarm_edge.events import Done, Token
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
 from swarm_edge.idle import Sleeper, sleep_after
@@ -70,6 +70,7 @@ class Engine:
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
         self._base_seen: list[tuple[float, int]] = []
+        self._smallest: int | None = None  # the smallest chat model's estimate (_router_room)
         self._base_high = 0   # the highest base ever measured: what a woken daemon will hold again (too_big)
         # Compute slots: llama.cpp and onnxruntime threads spin while they wait for each other, so two models
         # decoding at once with `threads` each on a machine with fewer cores than that are not twice as slow
@@ -172,13 +173,11 @@ class Engine:
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error is the request's
 
     def base_pss(self) -> int:
-        """PSS of everything of ours that is not a resident model: this process, the forkserver, the spare.
-
-        Resident (and exiting) workers are accounted as the scheduler's reservations instead.
-        """
+        """PSS of everything of ours that is not a resident model: this process, the forkserver, the spare, the
+        router's embedder worker. Resident (and exiting) workers are accounted as the scheduler's reservations."""
         now = time.monotonic()
         if self._base is not None and now - self._base[0] < BASE_TTL_S:
-            return self._base[1]
+            return self._base[1] + self._pending_growth(self._base[1])  # as of now: the router may have loaded
         # workers are forked by the forkserver: every grandchild is the spare or a loaded or exiting model
         value = tree_pss(keep=lambda p, root: p.pid == root.pid or p.ppid() == root.pid)
         router = self.router.pid()  # the router's embedder, when it runs in a worker (router_host.py)
@@ -197,24 +196,29 @@ class Engine:
         # exits the forkserver's and spare's share grows. Admission uses the highest base of the last minute,
         # so a swap cannot push the total over the budget through that back door.
         self._base_seen = [(t, v) for t, v in self._base_seen if now - t < BASE_WINDOW_S] + [(now, value)]
-        value = max(v for _, v in self._base_seen) + self._pending_growth()
+        self._base_high = max(self._base_high, value)  # measured, without the router's pending growth
+        value = max(v for _, v in self._base_seen)
         self._base = (now, value)
-        self._base_high = max(self._base_high, value)
-        return value
+        return value + self._pending_growth(value)
 
-    def _pending_growth(self) -> int:
-        """Bytes this process is about to take on its own: the router's embedding model, until it has loaded.
-
-        It loads in the daemon (at start-up, or on the first routed request), so a model admitted against the
-        base measured before that would push the whole tree over the budget once it has: admission charges the
-        base as it will be (the formula of a worker holding that model: an upper bound of what it adds here).
-        """
+    def _pending_growth(self, raw: int | None = None) -> int:
+        """The router's embedder until it loads (the ONNX formula, an upper bound): admission charges the base as it
+        will be. Not when the budget has no room for it beside the smallest chat model: it never loads then."""
         embedder = self.router.will_load
         if embedder is None:
             return 0
         spec = self.registry.get(embedder)
         sizes = {f.role: f.size for f in spec.files}
-        return sum(onnx_formula(sizes.get("model", 0), sizes.get("tokenizer", 0)).values())
+        need = sum(onnx_formula(sizes.get("model", 0), sizes.get("tokenizer", 0)).values())
+        raw = (self._base[1] if self._base is not None else 0) if raw is None else raw
+        return need if self.sleeper is None or self._router_room(raw, need) else 0
+
+    def _router_room(self, raw_base: int, need: int) -> bool:
+        """Whether the router's embedder (`need`) fits beside the smallest chat model (estimates known once)."""
+        if self._smallest is None:
+            self._smallest = min((e for e in (self._known_estimate(m.id) for m in self.registry if m.kind == "chat")
+                                  if e is not None), default=0)
+        return raw_base + need + self._smallest <= self.scheduler.budget
 
     @contextlib.asynccontextmanager
     async def compute(self):
@@ -302,13 +306,26 @@ class Engine:
             self.sleeper.wake_soon()
         return self.router.route(text, resident)
 
-    def too_big(self, model_id: str) -> str | None:
-        """Why a model can never load inside the budget (its estimate beside swarm-edge itself, at the highest
-        base seen: a sleeping daemon's base is not what it holds awake, and pinned models), or None: it fits, or
-        its size is not known yet (not fetched: admission decides). Blocking."""
+    def _remote_embedder(self, loop, spec: ModelSpec, files: dict[str, Path], threads: int) -> RemoteEmbedder:
+        """The router's embedder in a worker, if the budget has room for it beside the smallest chat model (else,
+        a 1 GiB board, the keyword rules route: Router falls back on this BudgetError, and says why)."""
+        need, mib = self.estimate_detail(spec.id, fetch=False).bytes, 2**20
+        if not self._router_room(self.base_pss() - self._pending_growth(), need):
+            small = (self._smallest or 0) / mib
+            raise BudgetError(f"the {self.scheduler.budget / mib:,.0f} MiB budget has no room for the router's "
+                              f"embedder (~{need / mib:,.0f} MiB) beside the smallest model (~{small:,.0f} MiB)")
+        return RemoteEmbedder(self.pool, loop, spec, files, threads)
+
+    def _known_estimate(self, model_id: str) -> int | None:  # None: not fetched or unreadable
         try:
-            need = self.estimate_detail(model_id, fetch=False, wait=False).bytes
-        except Exception:  # noqa: BLE001 - not fetched, unreadable, another thread verifying: admission decides
+            return self.estimate_detail(model_id, fetch=False, wait=False).bytes
+        except Exception:  # noqa: BLE001
+            return None
+
+    def too_big(self, model_id: str) -> str | None:
+        """Why a model can never load inside the budget beside swarm-edge itself (its highest base: asleep it holds
+        less) and pinned models, or None: it fits, or its size is unknown (admission decides). Blocking."""
+        if (need := self._known_estimate(model_id)) is None:
             return None
         base = max(self.base_pss(), self._base_high)
         room = self.scheduler.budget - base - self.scheduler.pinned_other(model_id)
@@ -337,7 +354,7 @@ class Engine:
         after = self._sleep_after
         if lazy:
             loop = asyncio.get_running_loop()
-            self.router.opener = lambda spec, files, threads: RemoteEmbedder(self.pool, loop, spec, files, threads)
+            self.router.opener = lambda spec, files, threads: self._remote_embedder(loop, spec, files, threads)
             self.sleeper = Sleeper(self.pool, self.router, self.scheduler, after)
             self.sleeper.start(asleep=after is not None)
         if not lazy or after is None:

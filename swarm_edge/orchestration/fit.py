@@ -4,10 +4,11 @@ should get the answer the swarm can give there, not a 507 (an explicit model id 
 chose it).
 
 Candidates, in order: the route's own models (models.yaml), then the models that list the task in their `tasks`
-(registry order), then, for a shape route (tools, json), every chat model, then router.unsure_model. The first
-that fits wins. Whether a model fits is the runtime's call (`too_big`: its estimate beside what swarm-edge itself
-and pinned models hold, against the budget). When nothing fits the route is left as it is, and admission
-refuses it with both numbers. Pure over the runtime; blocking (too_big reads memory maps): call it in a thread.
+(registry order), then, for a shape route (tools, json), every chat model, then router.unsure_model, then any
+chat model at all (an answer from a model that fits beats a refusal). The first that fits wins. Whether a model
+fits is the runtime's call (`too_big`: its estimate beside what swarm-edge itself and pinned models hold, against
+the budget). When nothing fits the route is left as it is, and admission refuses it with both numbers. Pure over
+the runtime; blocking (too_big reads memory maps): call it in a thread.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def candidates(registry: Registry, task: str) -> list[str]:
         out += [m.id for m in registry if m.kind == "chat"]
     if registry.router.unsure_model:
         out.append(registry.router.unsure_model)
+    out += [m.id for m in registry if m.kind == "chat"]  # the last resort: an answer rather than a refusal
     return list(dict.fromkeys(out))
 
 

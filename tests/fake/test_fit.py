@@ -14,9 +14,10 @@ SURE, UNSURE = -0.1, -0.9
 def test_candidates_are_the_routes_models_then_those_that_list_the_task_then_the_generalist():
     registry = fake_registry(unsure_model="big")
     assert candidates(registry, "translate") == ["small", "big", "third"]
-    assert candidates(registry, "chat") == ["small", "big"]       # "base" is a completion model, "embedder" embeds
-    assert candidates(registry, "extract") == ["big", "small"]
-    assert candidates(fake_registry(), "nothing-lists-this") == []
+    # then every chat model ("base" is a completion model, "embedder" embeds): an answer beats a refusal
+    assert candidates(registry, "chat") == ["small", "big", "third"]
+    assert candidates(registry, "extract") == ["big", "small", "third"]
+    assert candidates(fake_registry(), "nothing-lists-this") == ["small", "big", "third"]
 
 
 def test_a_routed_request_whose_model_cannot_fit_goes_to_the_next_that_fits_and_says_why():
@@ -42,7 +43,7 @@ def test_a_cascade_skips_a_later_model_that_cannot_fit():
 
 
 def test_when_nothing_fits_the_route_stays_and_admission_decides():
-    rt = FakeRuntime(routes={"hello there": "chat"}, too_big=frozenset({"small", "big"}))
+    rt = FakeRuntime(routes={"hello there": "chat"}, too_big=frozenset({"small", "big", "third"}))
     run = ask(rt, "hello there")
     assert rt.models_called() == ["small"] and "instead" not in run.answer.route.reason
 
