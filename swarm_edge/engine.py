@@ -20,14 +20,15 @@ from typing import Any
 from swarm_edge.boxmem import resolve_budget, tree_pss
 from swarm_edge.cloud import cloud_policy, make_client
 from swarm_edge.config import Settings
-from swarm_edge.errors import BudgetError, ConfigError, ModelFileError
+from swarm_edge.engine_room import Room
+from swarm_edge.errors import ConfigError, ModelFileError
 from swarm_edge.events import Done, Token
 from swarm_edge.footprint import FootprintStore, estimate, gguf_formula, onnx_formula
 from swarm_edge.idle import Sleeper, sleep_after
 from swarm_edge.model_session import ModelSession
 from swarm_edge.registry import ModelSpec, Registry
 from swarm_edge.router import Route
-from swarm_edge.router_host import RemoteEmbedder, local_router
+from swarm_edge.router_host import local_router
 from swarm_edge.scheduler import Scheduler
 from swarm_edge.sources import ensure_model, recheck
 from swarm_edge.workers import GenerateRequest, backend_options
@@ -38,7 +39,7 @@ BASE_WINDOW_S = 60.0  # admission counts the highest base seen in this window
 IO_THREADS = 2        # fetch/verify/parse threads: two models prepare at once; the rest of the daemon never waits
 
 
-class Engine:
+class Engine(Room):
     """Runs models for one process inside a memory budget."""
 
     def __init__(self, registry: Registry, settings: Settings, *, budget: int | str | None = None,
@@ -201,25 +202,6 @@ class Engine:
         self._base = (now, value)
         return value + self._pending_growth(value)
 
-    def _pending_growth(self, raw: int | None = None) -> int:
-        """The router's embedder until it loads (the ONNX formula, an upper bound): admission charges the base as it
-        will be. Not when the budget has no room for it beside the smallest chat model: it never loads then."""
-        embedder = self.router.will_load
-        if embedder is None:
-            return 0
-        spec = self.registry.get(embedder)
-        sizes = {f.role: f.size for f in spec.files}
-        need = sum(onnx_formula(sizes.get("model", 0), sizes.get("tokenizer", 0)).values())
-        raw = (self._base[1] if self._base is not None else 0) if raw is None else raw
-        return need if self.sleeper is None or self._router_room(raw, need) else 0
-
-    def _router_room(self, raw_base: int, need: int) -> bool:
-        """Whether the router's embedder (`need`) fits beside the smallest chat model (estimates known once)."""
-        if self._smallest is None:
-            self._smallest = min((e for e in (self._known_estimate(m.id) for m in self.registry if m.kind == "chat")
-                                  if e is not None), default=0)
-        return raw_base + need + self._smallest <= self.scheduler.budget
-
     @contextlib.asynccontextmanager
     async def compute(self):
         """Hold one of the machine's compute slots while a model runs."""
@@ -302,37 +284,10 @@ class Engine:
     def route(self, text: str, resident: frozenset[str] = frozenset()) -> Route:
         """The router's choice for `text` (blocking: the embedding runs here). A request has come: a sleeping
         daemon starts its forkserver meanwhile."""
-        if self.sleeper is not None:
-            self.sleeper.wake_soon()
-        return self.router.route(text, resident)
-
-    def _remote_embedder(self, loop, spec: ModelSpec, files: dict[str, Path], threads: int) -> RemoteEmbedder:
-        """The router's embedder in a worker, if the budget has room for it beside the smallest chat model (else,
-        a 1 GiB board, the keyword rules route: Router falls back on this BudgetError, and says why)."""
-        need, mib = self.estimate_detail(spec.id, fetch=False).bytes, 2**20
-        if not self._router_room(self.base_pss() - self._pending_growth(), need):
-            small = (self._smallest or 0) / mib
-            raise BudgetError(f"the {self.scheduler.budget / mib:,.0f} MiB budget has no room for the router's "
-                              f"embedder (~{need / mib:,.0f} MiB) beside the smallest model (~{small:,.0f} MiB)")
-        return RemoteEmbedder(self.pool, loop, spec, files, threads)
-
-    def _known_estimate(self, model_id: str) -> int | None:  # None: not fetched or unreadable
-        try:
-            return self.estimate_detail(model_id, fetch=False, wait=False).bytes
-        except Exception:  # noqa: BLE001
-            return None
-
-    def too_big(self, model_id: str) -> str | None:
-        """Why a model can never load inside the budget beside swarm-edge itself (its highest base: asleep it holds
-        less) and pinned models, or None: it fits, or its size is unknown (admission decides). Blocking."""
-        if (need := self._known_estimate(model_id)) is None:
-            return None
-        base = max(self.base_pss(), self._base_high)
-        room = self.scheduler.budget - base - self.scheduler.pinned_other(model_id)
-        if need <= room:
-            return None
-        return (f"{model_id} needs about {need / 2**20:,.0f} MiB, the {self.scheduler.budget / 2**20:,.0f} MiB "
-                f"budget leaves {max(0, room) / 2**20:,.0f} MiB")
+        if self.sleeper is None:
+            return self.router.route(text, resident)
+        with self.sleeper.route():
+            return self.router.route(text, resident)
 
     def tool_format(self, model_id: str) -> str | None:
         """How the model's chat template renders tool calls (from its GGUF facts), or None: an ONNX model, a
@@ -355,7 +310,7 @@ class Engine:
         if lazy:
             loop = asyncio.get_running_loop()
             self.router.opener = lambda spec, files, threads: self._remote_embedder(loop, spec, files, threads)
-            self.sleeper = Sleeper(self.pool, self.router, self.scheduler, after)
+            self.sleeper = Sleeper(self.pool, self.router, self.scheduler, after, on_sleep=self._forget_base)
             self.sleeper.start(asleep=after is not None)
         if not lazy or after is None:
             await asyncio.to_thread(self.pool.start_server)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -48,10 +49,14 @@ def sleep_after(env) -> float | None:
 class Sleeper:
     """Puts the engine's pool and router to sleep when idle; wakes them for the next request."""
 
-    def __init__(self, pool, router, scheduler, after: float | None = SLEEP_AFTER_S) -> None:
+    def __init__(self, pool, router, scheduler, after: float | None = SLEEP_AFTER_S, on_sleep=None) -> None:
         self.pool, self.router, self.scheduler, self.after = pool, router, scheduler, after
-        self.active = 0                  # model sessions in flight
-        self.last = time.monotonic()     # when the last one ended (or started)
+        self.on_sleep = on_sleep         # called once asleep (the engine forgets the bases it measured awake)
+        self.active = 0                  # model sessions in flight (event loop)
+        self.routing = 0                 # routes in flight (routing threads; under _lock)
+        self._lock = threading.Lock()
+        self.epoch = 0                   # bumped by every wake(): a sleep that sees it change gives up
+        self.last = time.monotonic()     # when the last session or route ended (or started)
         self.asleep = False
         self.sleeps = 0
         self._task: asyncio.Task | None = None
@@ -74,35 +79,58 @@ class Sleeper:
             self.active -= 1
             self.last = time.monotonic()
 
+    @contextlib.contextmanager
+    def route(self) -> Iterator[None]:
+        """A route (any thread): awake while it runs; asleep, the forkserver starts meanwhile."""
+        with self._lock:
+            self.routing += 1
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+                self._loop.call_soon_threadsafe(self.wake)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.routing -= 1
+            self.last = time.monotonic()
+
     def wake(self) -> None:
         """Start the forkserver and the spare in the background if asleep (event loop only)."""
         self.last = time.monotonic()
+        self.epoch += 1
         if self.asleep:
             self.asleep = False
             self.pool.wake()
 
-    def wake_soon(self) -> None:
-        """wake() from any thread (routing runs in one): a request has arrived."""
-        if self.asleep and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
-                self._loop.call_soon_threadsafe(self.wake)
+    def quiet(self) -> bool:
+        """Nothing resident, loading, waiting, running or being routed."""
+        return not (self.active or self.routing or self.scheduler.residents or self.scheduler.waiting)
 
     def idle(self) -> bool:
-        """Whether now is the time to sleep: nothing resident, waiting or running for `after` seconds, and
-        something to give back."""
-        return (self.after is not None and not self.active and not self.scheduler.residents
-                and not self.scheduler.waiting and time.monotonic() - self.last >= self.after
-                and (not self.asleep or self.router.loaded))
+        """Whether now is the time to sleep: quiet for `after` seconds, and something to give back."""
+        return (self.after is not None and self.quiet() and time.monotonic() - self.last >= self.after
+                and (self.router.loaded or self.pool.running))
 
-    async def sleep(self) -> None:
-        """Stop the spare and the forkserver, unload the embedder, give the heap back."""
+    async def sleep(self) -> bool:
+        """Unload the embedder, stop the spare and the forkserver, give the heap back; give up (and stay awake)
+        as soon as a request comes meanwhile. Returns whether it is asleep."""
+        epoch = self.epoch
         self.asleep = True
+
+        def still() -> bool:
+            return self.epoch == epoch and self.quiet()
+
         await asyncio.to_thread(self.router.drop)  # first: its worker is the forkserver's child
-        await self.pool.sleep()
+        if not still() or not await self.pool.sleep(still):
+            if self.epoch == epoch:   # not woken (wake() clears it): something else keeps the pool up
+                self.asleep = False
+            return False
+        if self.on_sleep is not None:
+            self.on_sleep()
         await asyncio.to_thread(give_back)
         self.sleeps += 1
-        log.info("asleep: no model resident for %.0f s; forkserver, spare and router embedder given back",
-                 self.after or 0)
+        log.info("asleep: nothing for %.0f s; forkserver, spare and router embedder given back", self.after or 0)
+        return True
 
     async def _watch(self) -> None:
         while True:

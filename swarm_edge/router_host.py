@@ -15,19 +15,26 @@ from the event loop: `embed_with_prefix` blocks on the loop's answer.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from swarm_edge.errors import SwarmEdgeError
+from swarm_edge.errors import BudgetError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
 from swarm_edge.registry import ModelSpec, Registry
 from swarm_edge.router import KeywordRouter, Route, SemanticRouter
 from swarm_edge.workers import backend_options
 
 log = logging.getLogger("swarm_edge.router")
 
+
+class TransientError(SwarmEdgeError):
+    """The remote embedder could not be had this time (a load that failed or took too long, a dead worker)."""
+
+RETRY_S = 30.0          # after a failed load of the remote embedder, the rules route this long before a retry
 CALL_TIMEOUT_S = 120.0  # a load or an embedding this slow means something is wrong: the rules route meanwhile
 
 
@@ -47,6 +54,7 @@ class Router:
         self._semantic: SemanticRouter | None = None
         self._failed: str | None = None
         self._head = None                # the trained head, kept when the embedder is dropped
+        self._later: tuple[float, str] | None = None  # (retry time, why): a remote embedder that failed to load
         # how the embedder is opened: in this process (workers.open_backend), or the daemon's remote one
         # (RemoteEmbedder below); (spec, files, threads) -> an object with embed_with_prefix and close
         self.opener: Callable[..., Any] | None = None
@@ -82,10 +90,13 @@ class Router:
         semantic = self._semantic
         return getattr(semantic.backend, "pid", None) if semantic is not None else None
 
-    def drop(self) -> bool:
+    def drop(self, expected: SemanticRouter | None = None) -> bool:
         """Unload the embedding model (the daemon goes to sleep: idle.py); the trained head is kept, so the next
-        route loads the embedder again (a fraction of a second) and waits for it. True if one was loaded."""
+        route loads the embedder again (a fraction of a second) and waits for it. True if one was loaded.
+        `expected`: only if that one is still the one loaded (a route that saw its worker die)."""
         with self._lock:
+            if expected is not None and self._semantic is not expected:
+                return False
             semantic, self._semantic = self._semantic, None
             if semantic is None:
                 return False
@@ -103,6 +114,8 @@ class Router:
         first start with new examples trains the head: seconds), so requests meanwhile use the rules."""
         if self._semantic is not None or self._failed is not None:
             return self._semantic
+        if self._later is not None and time.monotonic() < self._later[0]:
+            return None  # a remote embedder failed a moment ago: the rules route until it is tried again
         embedder = self.registry.router.embedder
         if not embedder or self._files is None:
             return None  # rules only, as configured
@@ -117,6 +130,9 @@ class Router:
                     backend = (self.opener or open_backend)(spec, self._files(embedder), self.threads)
                     self._semantic = SemanticRouter(self.registry, backend, embedder_sha=spec.file("model").sha256,
                                                     cache_dir=self.cache_dir, head=self._head)
+                except (BudgetError, TransientError) as exc:  # the daemon's remote embedder: try again later
+                    self._later = (time.monotonic() + RETRY_S, f"semantic router unavailable for now ({exc}); "
+                                   f"keyword rules until it is tried again")
                 except SwarmEdgeError as exc:
                     self._failed = f"semantic router unavailable ({exc}); keyword rules only"
                 except Exception as exc:  # noqa: BLE001 - onnxruntime or numpy: the rules route, and say why
@@ -129,7 +145,7 @@ class Router:
     def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
         """Route `text` (blocking: 3-4 ms of embedding; call it from a thread in async code)."""
         semantic = self._get(wait=self._head is not None)  # a reload after drop() is quick: wait for it
-        failed = self._failed
+        failed = self._failed or (self._later[1] if self._later is not None and semantic is None else None)
         if semantic is None and failed is None and self.will_load:
             failed = "the semantic router is still being built (its head trains once per set of examples)"
         if semantic is not None:
@@ -139,7 +155,7 @@ class Router:
                 log.warning("semantic routing failed on one prompt (%s: %s); keyword rules for it",
                             type(exc).__name__, exc)
                 if getattr(getattr(semantic, "backend", None), "alive", True) is False:
-                    self.drop()  # its worker died: the next route starts another
+                    self.drop(expected=semantic)  # its worker died: the next route starts another
                 failed = f"semantic routing failed on this prompt ({type(exc).__name__}); keyword rules"
         r = self.keywords.route(text)
         return Route(task=r.task, model=r.model, confidence=r.confidence,
@@ -175,7 +191,14 @@ class RemoteEmbedder:
         if running is self.loop:
             coro.close()
             raise RuntimeError("the remote embedder is called from routing threads, not the event loop")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CALL_TIMEOUT_S)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(CALL_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # Pool.spawn kills a half-loaded worker when cancelled: nothing is left behind
+            raise TransientError(f"the router's embedder did not answer within {CALL_TIMEOUT_S:.0f} s") from None
+        except (WorkerCrashedError, ModelLoadError, OSError) as exc:
+            raise TransientError(f"the router's embedder failed: {exc}") from exc
 
     @property
     def pid(self) -> int:

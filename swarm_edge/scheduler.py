@@ -365,7 +365,7 @@ class Scheduler(Generic[W]):
 
     def pinned_other(self, model_id: str) -> int:
         """Bytes held by pinned models other than `model_id`: never evicted to make room for it."""
-        return sum(x.reserved for x in self.residents.values() if x.pinned and x.model_id != model_id)
+        return sum(x.reserved for x in list(self.residents.values()) if x.pinned and x.model_id != model_id)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain-data view for status output."""

@@ -15,7 +15,14 @@ import time
 from typing import Any
 
 from swarm_edge.workers.process import EMBED_FRAME, MAX_FRAME, _decode, _send, _serve, _slices, worker_main  # noqa: F401
-from swarm_edge.workers.worker import LOAD_TIMEOUT_S, STOP_TIMEOUT_S, Worker, _stopped_or_idle, stall_windows  # noqa: F401
+from swarm_edge.workers.worker import (  # noqa: F401
+    LOAD_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    Worker,
+    _stopped_or_idle,
+    off_loop,
+    stall_windows,
+)
 
 log = logging.getLogger("swarm_edge.pool")
 
@@ -65,7 +72,7 @@ class Pool:
         self._want_spare = spare
         self._spare: tuple[Any, Any] | None = None    # (process, parent end of its pipe)
         self._refill: asyncio.Task | None = None
-        self._asleep = False
+        self._forking = 0   # spawns and spare forks in flight (event loop only): the forkserver never stops under one
         self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
 
     def start_server(self) -> None:
@@ -91,7 +98,11 @@ class Pool:
     async def prepare_spare(self) -> None:
         """Fork the spare worker now (idempotent)."""
         if self._want_spare and (self._spare is None or not self._spare[0].is_alive()):
-            self._spare = await asyncio.to_thread(self._fork)
+            self._forking += 1
+            try:
+                self._spare = await off_loop(self._fork)
+            finally:
+                self._forking -= 1
 
     @property
     def wants_spare(self) -> bool:
@@ -106,7 +117,14 @@ class Pool:
                     calibrate: bool = False, timeout: float = LOAD_TIMEOUT_S) -> Worker:
         """Give a worker process (the spare, or a new one) a model to load; return it once it is ready."""
         t0 = time.perf_counter()
-        self._asleep = False
+        self._forking += 1
+        try:
+            return await self._spawn(t0, model_id, fmt, model_path, options, calibrate, timeout)
+        finally:
+            self._forking -= 1
+
+    async def _spawn(self, t0: float, model_id: str, fmt: str, model_path: str, options: dict[str, Any],
+                     calibrate: bool, timeout: float) -> Worker:
         if self._refill is not None:
             # a failed refill (e.g. no descriptor left to fork with) must not fail every later load: fork anew below
             refill, self._refill = self._refill, None
@@ -115,7 +133,7 @@ class Pool:
         if spare is not None and _usable(spare):
             process, parent = spare
         else:
-            process, parent = await asyncio.to_thread(self._fork)
+            process, parent = await off_loop(self._fork)
         self.spawned += 1
         worker = Worker(model_id, process, parent, asyncio.get_running_loop(), self.stall)
         worker.order_load(fmt, model_path, options, calibrate=calibrate)
@@ -130,24 +148,33 @@ class Pool:
         worker.info["spawn_to_ready_s"] = time.perf_counter() - t0
         return worker
 
+    @property
+    def running(self) -> bool:
+        """Whether anything of the pool is up: the spare, a fork in flight, or the forkserver."""
+        from multiprocessing import forkserver
+
+        return (self._spare is not None or self._refill is not None or self._forking > 0
+                or getattr(forkserver._forkserver, "_forkserver_pid", None) is not None)
+
     def wake(self) -> None:
         """Start the forkserver and fork the spare in the background (a lazy start, or after sleep()); a load
         that comes meanwhile waits for that spare instead of forking its own. Event loop only."""
-        self._asleep = False
         if self._want_spare and self._refill is None and self._spare is None:
             self._refill = asyncio.get_running_loop().create_task(self._start_and_fork())
 
     async def _start_and_fork(self) -> None:
-        await asyncio.to_thread(self.start_server)
+        await off_loop(self.start_server)
         await self.prepare_spare()
 
-    async def sleep(self) -> None:
-        """Stop the spare and the forkserver (no worker may be running: they are the forkserver's children).
-        The next fork starts the forkserver again. A wake() that comes meanwhile keeps the forkserver."""
-        self._asleep = True
+    async def sleep(self, still_idle=lambda: True) -> bool:
+        """Stop the spare, then the forkserver: only if `still_idle()` (no worker may be alive: every one is the
+        forkserver's child and dies with it) and no fork is in flight. The next fork starts the forkserver again.
+        Returns whether it stopped."""
         await self.close()
-        if self._asleep:
-            await asyncio.to_thread(_stop_forkserver)
+        if not still_idle() or self._forking or self._refill is not None or self._spare is not None:
+            return False
+        await off_loop(_stop_forkserver)
+        return True
 
     async def close(self) -> None:
         """Stop the spare (workers are stopped by their owners)."""
@@ -158,6 +185,6 @@ class Pool:
         if spare is not None:
             process, parent = spare
             parent.close()  # the spare sees EOF and exits
-            await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
+            await off_loop(process.join, STOP_TIMEOUT_S)
             if process.is_alive():
                 process.kill()

@@ -4,6 +4,7 @@ watch it for stalls, and turn its death or its error frames into SwarmEdgeErrors
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -17,6 +18,16 @@ from swarm_edge.workers.base import GenerateRequest
 from swarm_edge.workers.process import _HEADER, MAX_FRAME, _decode
 
 log = logging.getLogger("swarm_edge.pool")
+
+# Forks, joins and the forkserver's start and stop run on threads of their own, never on the default executor that
+# routing threads use: routes waiting for the router's embedder to reload (a fork) must not take every thread the
+# fork needs (a deadlock until the embedder's call timed out, found by a second read).
+PROCESS_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="swarm-edge-process")
+
+
+async def off_loop(fn, *args):
+    """Run a blocking process operation on PROCESS_THREADS."""
+    return await asyncio.get_running_loop().run_in_executor(PROCESS_THREADS, fn, *args)
 
 LOAD_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 10.0
@@ -340,7 +351,7 @@ class Worker:
         """
         if self.process.is_alive():
             self.process.kill()
-        await asyncio.to_thread(self.process.join, timeout)
+        await off_loop(self.process.join, timeout)
         self._mark_dead()
         self.conn.close()
 

@@ -138,7 +138,10 @@ def test_300_requests_three_models_one_fits(api_config):
     # The biggest model fits alone, with room to spare but never next to another one: every switch to or from it
     # evicts (smaller models may share what is left; the estimates decide which, so it is not asserted).
     one = st["base"] + max(est.values())
-    room = 40 * 2**20
+    # The base moves with how many processes share the preloaded runtimes' pages (PSS splits them): the probe
+    # reads it with every model resident; the daemon under test starts asleep and first measures it with only the
+    # forkserver and the spare sharing them (seen 42 MiB higher, and admission keeps a minute's highest base).
+    room = 80 * 2**20
     assert min(est.values()) > room + 8 * 2**20, (est, st["base"])
     budget = one + room
 
