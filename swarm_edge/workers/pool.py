@@ -170,6 +170,8 @@ class Pool:
         """Stop the spare, then the forkserver: only if `still_idle()` (no worker may be alive: every one is the
         forkserver's child and dies with it) and no fork is in flight. The next fork starts the forkserver again.
         Returns whether it stopped."""
+        if not still_idle():
+            return False  # woken already: keep the spare a wake may just have forked
         await self.close()
         if not still_idle() or self._forking or self._refill is not None or self._spare is not None:
             return False
