@@ -31,8 +31,9 @@ import evalsets
 import httpx
 import psutil
 from bench_tasks import load_suite
-from results_io import write_results
+from results_io import wait_health, write_results
 
+from swarm_edge import boxmem
 from swarm_edge.checks import check
 from swarm_edge.config import parse_size
 
@@ -41,18 +42,11 @@ MiB = 2**20
 
 
 def tree_pss(pid: int) -> int:
+    """The daemon tree's PSS (0 once it has exited)."""
     try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return boxmem.tree_pss(pid)
     except psutil.Error:
         return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_full_info().pss
-        except psutil.Error:
-            pass
-    return total
 
 
 def run_profile(profile: str, items: list[dict], hang_s: float) -> dict:
@@ -77,12 +71,7 @@ def run_profile(profile: str, items: list[dict], hang_s: float) -> dict:
                             timeout=hang_s)
         records = []
         try:
-            for _ in range(600):
-                try:
-                    if http.get("/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            wait_health(http, proc)
             status = http.get("/swarm/status").json()
             for item in items:
                 records.append(ask(http, item, proc))

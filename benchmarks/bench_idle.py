@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from results_io import write_results
+from results_io import wait_health, write_results
 
 SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
 MiB = 2**20
@@ -91,12 +91,7 @@ def run(label: str, env: dict[str, str], args) -> list[tuple]:
     http = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://swarm-edge", timeout=600)
     rows: list[tuple] = []
     try:
-        for _ in range(600):
-            try:
-                if http.get("/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_health(http, proc)
         time.sleep(args.settle)
         rows.append((label, "30 s after start", tree(proc.pid), None, None))
         for n in range(1, args.bursts + 1):

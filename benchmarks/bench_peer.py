@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from results_io import fetched_models, write_results
+from results_io import fetched_models, wait_health, write_results
 
 from swarm_edge.config import DEFAULT_CONFIG, Settings
 from swarm_edge.registry import load_registry
@@ -83,20 +83,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_health(http: httpx.Client, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            if http.get("/health").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{proc.args[0]} did not answer /health within {timeout:.0f} s")
 
 
 def measure(label: str, cmd: list[str], http: httpx.Client, model: str, settle: float) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +51,21 @@ def default_router():
     if why := router.warm():
         raise SystemExit(why)
     return registry, spec, files, router
+
+
+def wait_health(http, proc, timeout: float = 120) -> None:
+    """Until a server started as `proc` answers GET /health (httpx client `http`); SystemExit if it exits or
+    stays silent."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            if http.get("/health").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{proc.args[0]} did not answer /health within {timeout:.0f} s")
