@@ -37,9 +37,12 @@ class Start(_Indexable):
 
 @dataclass(frozen=True)
 class Token(_Indexable):
-    """A piece of text, as the model produced it."""
+    """A piece of text, as the model produced it. `sent`: the client already has it (the worker wrote it to the
+    client's socket itself: workers/direct.py), and `at` is when the first of it went out (perf_counter)."""
 
     text: str
+    sent: bool = False
+    at: float | None = None
     type: ClassVar[str] = "token"
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from swarm_edge.events import Done, Start, Token
 from swarm_edge.workers.base import GenerateRequest, GenStats
+from swarm_edge.workers.direct import Sink
 
 
 def rounded(x: float | None) -> float | None:
@@ -33,10 +34,12 @@ class ModelSession:
         self.timings: dict[str, Any] = {"files_s": rounded(t_files - t0), "queue_s": rounded(waited - load_s),
                                         "load_s": rounded(load_s)}
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Start | Token | Done[GenStats], None]:
+    async def generate(self, request: GenerateRequest, sink: Sink | None = None,
+                       ) -> AsyncGenerator[Start | Token | Done[GenStats], None]:
         """Start (the worker has the prompt), Tokens, then Done with the worker's figures. Closing the stream at
-        Start abandons the generation in the worker; closing it later cancels it there."""
-        await self.worker.begin(request)  # the model reads the prompt while our caller prepares its response
+        Start abandons the generation in the worker; closing it later cancels it there. With a `sink` the worker may
+        write the tokens to the client itself: they then come as one Token marked `sent`, at the end."""
+        await self.worker.begin(request, sink)  # the model reads the prompt while our caller prepares its response
         try:
             yield Start(self.model_id)
         except BaseException:
@@ -49,6 +52,10 @@ class ModelSession:
                     if t_first is None:
                         t_first = self._clock()
                     yield Token(event["text"])
+                elif event["type"] == "sent":  # the direct path: what the worker wrote to the client
+                    if event.get("t_first") is not None:
+                        t_first = event["t_first"]  # perf_counter is CLOCK_MONOTONIC: one clock for every process
+                        yield Token(event.get("text") or "", sent=True, at=t_first)
                 elif event["type"] == "done":
                     stats = GenStats.from_wire(event)
         t_end = self._clock()

@@ -55,15 +55,17 @@ def _lifespan(engine: Engine, on_ready):
 
 
 def create_app(engine: Engine, *, token: str | None = None, on_ready=None, request_timeout: float | None = None,
-               max_connections: int | None = None) -> FastAPI:
+               max_connections: int | None = None, direct: bool = True) -> FastAPI:
     """The FastAPI app over an Engine. The lifespan starts the engine's workers and stops them all.
     `request_timeout`: seconds a generation request may take, from arrival to its last token (None: no limit).
-    `max_connections`: past this many open connections, requests are answered 503 (None: no cap)."""
+    `max_connections`: past this many open connections, requests are answered 503 (None: no cap).
+    `direct`: streamed answers take the direct path (workers/direct.py) where they can."""
     app = FastAPI(title="swarm-edge", version=__version__, lifespan=_lifespan(engine, on_ready), docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     metrics = Metrics(max_connections)
     app.state.engine, app.state.metrics, app.state.request_timeout = engine, metrics, request_timeout
+    app.state.direct = direct
     install_handlers(app)
     routers = [part.router for part in (openai, ollama, swarm)]
     for router in routers:

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from swarm_edge import orchestrator
 from swarm_edge.api.metrics import Metrics
+from swarm_edge.workers.direct import Sink
 
 if TYPE_CHECKING:
     from swarm_edge.engine import Engine
@@ -28,9 +29,14 @@ def deadline_of(request: Request) -> float | None:
     return None if not timeout else asyncio.get_running_loop().time() + timeout
 
 
+def sink_for(request: Request, stream: bool) -> Sink | None:
+    """A streamed answer's direct path (workers/direct.py), unless SWARM_EDGE_DIRECT is off."""
+    return Sink() if stream and request.app.state.direct else None
+
+
 def generation(request: Request, **kw: Any):
     """The orchestrator's stream for this request's engine."""
     return orchestrator.stream(engine_of(request), **kw)
 
 
-__all__ = ["deadline_of", "engine_of", "generation", "metrics_of"]
+__all__ = ["deadline_of", "engine_of", "generation", "metrics_of", "sink_for"]

@@ -19,6 +19,7 @@ class Metrics:
         self.connections = 0           # open connections (the server's protocol counts them)
         self.max_connections = max_connections  # past this many, requests are answered 503
         self.deadlines = 0             # requests cut off by the per-request deadline
+        self.direct_streams = 0        # streamed answers whose tokens the worker wrote to the client itself
         self.started = time.time()
 
     def observe(self, path: str, status: int, seconds: float) -> None:
@@ -71,6 +72,9 @@ def _connections(metric: _Exposition, m: Metrics) -> None:
     metric("slow_connections_total", "counter", "Connections closed: a request's headers or body came too slowly.",
            [({}, m.slow_clients)])
     metric("request_deadlines_total", "counter", "Requests cut off by the per-request deadline.", [({}, m.deadlines)])
+    metric("direct_streams_total", "counter",
+           "Streamed answers whose tokens the model's worker wrote to the client itself (the direct path).",
+           [({}, m.direct_streams)])
     metric("connections_open", "gauge", "Open client connections.", [({}, m.connections)])
 
 

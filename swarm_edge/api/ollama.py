@@ -11,7 +11,7 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 
 from swarm_edge import __version__, errors, orchestrator, structured
-from swarm_edge.api.deps import deadline_of, engine_of, generation, metrics_of
+from swarm_edge.api.deps import deadline_of, engine_of, generation, metrics_of, sink_for
 from swarm_edge.api.schemas import (
     EMBEDDING_STATUSES,
     GENERATION_STATUSES,
@@ -38,6 +38,7 @@ from swarm_edge.api.streaming import (
 from swarm_edge.events import Done, Token
 from swarm_edge.orchestration.answer import Answer
 from swarm_edge.toolcalls import Toolset
+from swarm_edge.workers.direct import NOW, TEXT, Framing
 
 router = APIRouter()
 NEVER = "0001-01-01T00:00:00Z"  # what Ollama shows for "never"
@@ -94,11 +95,15 @@ class _Shape:
     def __init__(self, model: str, key: str) -> None:
         self.model, self.key = model, key
 
-    def piece(self, text: str) -> dict:
-        base: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339()}
+    def piece(self, text: str, when: str | None = None) -> dict:
+        base: dict[str, Any] = {"model": self.model, "created_at": when or now_rfc3339()}
         base.update({"message": {"role": "assistant", "content": text}} if self.key == "message"
                     else {"response": text})
         return base
+
+    def framing(self) -> Framing:
+        """A token's line as the worker writes it on the direct path: the same bytes `_lines` would write."""
+        return Framing(ndjson({**self.piece(TEXT, NOW), "done": False}).decode())
 
     def final(self, answer: Answer, text: str) -> dict:
         t = answer.timings
@@ -120,7 +125,8 @@ async def _lines(shape: _Shape, events):
     try:
         async for ev in events:
             if isinstance(ev, Token):
-                yield ndjson({**shape.piece(ev.text), "done": False})
+                if not ev.sent:  # else the worker wrote it to the client itself (the direct path)
+                    yield ndjson({**shape.piece(ev.text), "done": False})
             elif isinstance(ev, Done):
                 yield ndjson(shape.final(ev.result, ""))
     except errors.SwarmEdgeError as exc:
@@ -134,8 +140,9 @@ async def ollama_generation(request: Request, model: str, options, stream: bool,
     # building its grammar is still CPU work)
     output = await asyncio.to_thread(structured.from_ollama, fmt)
     kw["tools"] = await asyncio.to_thread(Toolset.from_openai, tools)
+    sink = sink_for(request, stream)
     events = generation(request, model_id=ollama_name(model), max_tokens=options.max_tokens, allow_cloud=allow_cloud,
-                        output=output,
+                        output=output, sink=sink,
                         temperature=options.temperature or 0.0, top_p=options.top_p or 1.0,
                         stop=options.stop, seed=options.seed, **kw)
     until = deadline_of(request)
@@ -145,7 +152,8 @@ async def ollama_generation(request: Request, model: str, options, stream: bool,
         answer = await final_answer(events, until, metrics)
         return shape.final(answer, answer.text)
     return ClosingStream(_lines(shape, events), events=events, metrics=metrics, deadline=until,
-                         error_chunk=ndjson_error, media_type=NDJSON)
+                         error_chunk=ndjson_error, media_type=NDJSON,
+                         direct=(sink, shape.framing()) if sink is not None else None)
 
 
 async def ollama_load(request: Request, model: str, key: str):

@@ -14,7 +14,7 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 
 from swarm_edge import errors, orchestrator, structured
-from swarm_edge.api.deps import deadline_of, engine_of, generation, metrics_of
+from swarm_edge.api.deps import deadline_of, engine_of, generation, metrics_of, sink_for
 from swarm_edge.api.errors import classify, error_body
 from swarm_edge.api.schemas import (
     EMBEDDING_STATUSES,
@@ -33,6 +33,7 @@ from swarm_edge.api.streaming import SSE, ClosingStream, final_answer, prime, ss
 from swarm_edge.events import Done, Event, Token
 from swarm_edge.orchestration.answer import Answer
 from swarm_edge.toolcalls import Toolset
+from swarm_edge.workers.direct import TEXT, Framing
 
 router = APIRouter()
 
@@ -100,6 +101,15 @@ class _Reply:
         return sse({"id": self.id, "object": self.object + ".chunk" if self.kind == "chat" else self.object,
                     "created": self.created, "model": model, "choices": choices, **extra})
 
+    def role(self, model: str) -> bytes:
+        """OpenAI's first chat chunk: the role only (it goes out with the first token)."""
+        return self.chunk(model, [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                   "finish_reason": None}]) if self.kind == "chat" else b""
+
+    def framing(self, model: str) -> Framing:
+        """A token's chunk as the worker writes it on the direct path: the same bytes `_chunks` would write."""
+        return Framing(self.chunk(model, [self.choice(TEXT, None)]).decode(), first=self.role(model).decode())
+
 
 def _delta(delta: dict) -> dict:
     return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
@@ -121,10 +131,12 @@ async def _chunks(reply: _Reply, model: str, events: AsyncIterator[Event], inclu
     dumps = json.JSONEncoder(ensure_ascii=False).encode
     try:
         # OpenAI's first chunk carries only the role; it goes out in one write with the first token
-        role = reply.chunk(model, [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                    "finish_reason": None}]) if reply.kind == "chat" else b""
+        role = reply.role(model)
         async for ev in events:
             if isinstance(ev, Token):
+                if ev.sent:  # the worker wrote it to the client itself (the direct path), role chunk first
+                    role = b""
+                    continue
                 piece = head + dumps(ev.text).encode() + tail
                 yield role + piece if role else piece
                 role = b""
@@ -150,8 +162,9 @@ async def openai_generation(request: Request, body, kind: str, **kw: Any):
     if body.offline and body.model == orchestrator.CLOUD:
         raise errors.ConfigError("model \"cloud\" and offline: true contradict each other")
     metrics = metrics_of(request)
+    sink = sink_for(request, body.stream)
     events = generation(request, model_id=body.model, temperature=body.temperature or 0.0, top_p=body.top_p or 1.0,
-                        stop=body.stop, seed=body.seed, cache_prompt=body.cache_prompt,
+                        stop=body.stop, seed=body.seed, cache_prompt=body.cache_prompt, sink=sink,
                         fetch=False if body.offline else None, allow_cloud=body.allow_cloud and not body.offline, **kw)
     until = deadline_of(request)
     start = await prime(events, until, metrics)
@@ -160,6 +173,7 @@ async def openai_generation(request: Request, body, kind: str, **kw: Any):
         return reply.whole(await final_answer(events, until, metrics))
     return ClosingStream(_chunks(reply, start["model"], events, body.include_usage), events=events, metrics=metrics,
                          deadline=until, error_chunk=sse_error, media_type=SSE,
+                         direct=(sink, reply.framing(start["model"])) if sink is not None else None,
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from swarm_edge.api.listeners import peer_credentials
 from swarm_edge.api.middleware import UNIX_PEER_CHECKED
+from swarm_edge.api.streaming import TRANSPORT
 
 log = logging.getLogger("swarm_edge.server")
 SEND_BUFFER = 8 * 1024     # per Unix connection (the kernel doubles it), instead of ~200 KiB
@@ -85,6 +86,7 @@ class _PeerChecked:
 
     def on_message_begin(self) -> None:
         super().on_message_begin()  # type: ignore[misc]
+        self.scope[TRANSPORT] = self.transport  # type: ignore[attr-defined]  # the direct path hands it over
         self._arm(HEADER_TIMEOUT_S, "request line and headers")
 
     def on_headers_complete(self) -> None:

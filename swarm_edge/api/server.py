@@ -22,6 +22,7 @@ from swarm_edge.api.listeners import load_token, parse_tcp, peer_credentials, tc
 from swarm_edge.api.protocol import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, SEND_BUFFER  # noqa: F401  (re-exported)
 from swarm_edge.api.protocol import protocol_class as _protocol_class
 from swarm_edge.errors import SwarmEdgeError
+from swarm_edge.workers import direct
 
 log = logging.getLogger("swarm_edge.server")
 GRACEFUL_S = 10
@@ -39,6 +40,7 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
     from swarm_edge.api.app import create_app
 
     address = parse_tcp(tcp) if tcp else None  # a bad --tcp is refused before anything is created
+    direct_path = direct.enabled(engine.settings.env)  # so is a bad SWARM_EDGE_DIRECT
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(unix_listener(socket_path))]
         token = None
@@ -61,7 +63,8 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
         descriptors = _raise_descriptor_limit()
         # past this many open connections a request gets our 503 (JSON, Retry-After) from the Guard at once
         app = create_app(engine, token=token, on_ready=ready, request_timeout=request_timeout,
-                         max_connections=max(64, min(MAX_CONNECTIONS, descriptors - 256)))
+                         max_connections=max(64, min(MAX_CONNECTIONS, descriptors - 256)),
+                         direct=direct_path)
         config = uvicorn.Config(app, http=_protocol_class(app.state.metrics, send_timeout), loop="auto", lifespan="on",
                                 log_level=log_level,
                                 access_log=False, timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=30,

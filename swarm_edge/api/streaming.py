@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
@@ -16,6 +15,9 @@ from swarm_edge import errors
 from swarm_edge.api.metrics import Metrics
 from swarm_edge.events import Done, Event
 from swarm_edge.orchestration.answer import Answer
+from swarm_edge.workers.direct import Framing, Sink, now_rfc3339
+
+TRANSPORT = "swarm_edge.transport"  # the scope key under which the daemon's protocol puts the connection's transport
 
 T = TypeVar("T")
 SSE, NDJSON = "text/event-stream", "application/x-ndjson"
@@ -33,12 +35,15 @@ class ClosingStream(StreamingResponse):
 
     def __init__(self, content: Any, *, events: AsyncIterator[Event], metrics: Metrics,
                  deadline: float | None = None, error_chunk: Callable[[Exception], bytes] | None = None,
-                 **kw: Any) -> None:
+                 direct: tuple[Sink, Framing] | None = None, **kw: Any) -> None:
         super().__init__(content, **kw)
         self.events, self.metrics = events, metrics
         self.deadline, self.error_chunk = deadline, error_chunk
+        self.direct = direct
+        self.transport: Any = None
 
     async def __call__(self, scope, receive, send) -> None:
+        self.transport = scope.get(TRANSPORT)
         self.metrics.streams_open += 1
         try:
             await super().__call__(scope, receive, send)
@@ -50,6 +55,7 @@ class ClosingStream(StreamingResponse):
 
     async def stream_response(self, send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        self._hand_over()
         queue: asyncio.Queue = asyncio.Queue()  # bounded by the answer: max_tokens small chunks
         producer = asyncio.get_running_loop().create_task(self._produce(queue))
         try:
@@ -59,6 +65,7 @@ class ClosingStream(StreamingResponse):
                     chunks.append(queue.get_nowait())
                 end = chunks[-1] is None
                 body = b"".join(c for c in chunks if c is not None)
+                self._write_pending()
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": not end})
                 if end:
@@ -70,6 +77,22 @@ class ClosingStream(StreamingResponse):
                 producer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
+
+    def _hand_over(self) -> None:
+        """The direct path (workers/direct.py): with the head written and nothing else queued, the worker gets the
+        connection; otherwise (h11, no transport in the scope, a closing or backed-up connection) it relays."""
+        if self.direct is None:
+            return
+        sink, framing = self.direct
+        t = self.transport
+        ready = t is not None and not t.is_closing() and t.get_write_buffer_size() == 0
+        if sink.hand_over(framing, t.get_extra_info("socket") if ready else None):
+            self.metrics.direct_streams += 1
+
+    def _write_pending(self) -> None:
+        """What a direct worker could not write goes out first: it is the stream's next bytes, already framed."""
+        if self.direct is not None and self.direct[0].pending and self.transport is not None:
+            self.transport.write(self.direct[0].take())
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
@@ -154,13 +177,9 @@ def usage(answer: Answer) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": answer.tokens, "total_tokens": prompt + answer.tokens}
 
 
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def ns(seconds: float | None) -> int:
     return int((seconds or 0.0) * 1e9)
 
 
-__all__ = ["NDJSON", "SSE", "ClosingStream", "deadline_text", "final_answer", "ndjson", "ndjson_error", "now_rfc3339",
-           "ns", "prime", "sse", "usage", "within"]
+__all__ = ["NDJSON", "SSE", "TRANSPORT", "ClosingStream", "deadline_text", "final_answer", "ndjson", "ndjson_error",
+           "now_rfc3339", "ns", "prime", "sse", "usage", "within"]

@@ -41,8 +41,9 @@ class Call:
 
 
 async def run_call(rt: Runtime, spec: ModelSpec, request: GenerateRequest, *, fetch: bool | None = None,
-                   progress_factory: Any = None) -> AsyncGenerator[Start | Token | Done[Call], None]:
-    """One model call: Start (leased, the prompt sent), Tokens, then Done with the Call."""
+                   progress_factory: Any = None, sink: Any = None) -> AsyncGenerator[Start | Token | Done[Call], None]:
+    """One model call: Start (leased, the prompt sent), Tokens, then Done with the Call. `sink`: the streamed
+    response the worker may write the tokens to itself (workers/direct.py), for calls whose every token is shown."""
     if spec.kind == "embedding":
         raise ConfigError(f"{spec.id} is an embedding model; pick a model that generates text")
     call = Call(spec.id)
@@ -50,7 +51,7 @@ async def run_call(rt: Runtime, spec: ModelSpec, request: GenerateRequest, *, fe
         if request.tools and rt.tool_format(spec.id) is None:
             raise ConfigError(f"{spec.id} cannot call tools: its chat template has no tool support (give models.yaml "
                               "a `tools` route listing models that have it, or pick one)")
-        async with contextlib.aclosing(session.generate(request)) as events:
+        async with contextlib.aclosing(session.generate(request, sink)) as events:
             async for event in events:
                 if isinstance(event, Token):
                     call.chunks.append(event.text)

@@ -65,7 +65,7 @@ class Relay:
             return Start(ev.model, route=self.top)
         if isinstance(ev, Token):
             if self.t_first is None:
-                self.t_first = time.perf_counter()
+                self.t_first = ev.at if ev.at is not None else time.perf_counter()
             return ev
         self.result = ev.result
         return None

@@ -66,6 +66,7 @@ class Request:
     allow_cloud: bool = True
     fetch: bool | None = None
     progress_factory: Callable[..., Any] | None = None
+    sink: Any = None                # a streamed HTTP response a worker may write to itself (workers/direct.py)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -73,7 +73,8 @@ async def direct(ctx: Context, top: Route, t0: float) -> Events:
     req = ctx.request
     request = req.sampling.call(spec, req.messages if req.prompt is None else None, prompt=req.prompt)
     relay = Relay(top)
-    async with contextlib.aclosing(_relayed(run_call(ctx.rt, spec, request, **ctx.files), relay)) as events:
+    called = run_call(ctx.rt, spec, request, sink=req.sink, **ctx.files)  # every token is shown: the direct path
+    async with contextlib.aclosing(_relayed(called, relay)) as events:
         async for e in events:
             yield e
     call: Call = relay.result

@@ -22,7 +22,8 @@ class ModelSession(Protocol):
     model_id: str
     timings: dict[str, Any]
 
-    def generate(self, request: GenerateRequest) -> AsyncGenerator[Start | Token | Done[GenStats], None]: ...
+    def generate(self, request: GenerateRequest, sink: Any = None,
+                 ) -> AsyncGenerator[Start | Token | Done[GenStats], None]: ...
 
     async def embed(self, texts: list[str]) -> list[list[float]]: ...
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from swarm_edge.errors import InferenceError, SwarmEdgeError
 from swarm_edge.workers.base import GenerateRequest
+from swarm_edge.workers.direct import Writer, receive_sink
 
 log = logging.getLogger("swarm_edge.pool")
 
@@ -133,16 +134,7 @@ def _serve(conn, backend) -> None:
             return
         try:
             if kind == "generate":
-                cancelled = closing = False
-                for event in backend.generate(GenerateRequest(**msg["request"])):
-                    if conn.poll():
-                        # while a request runs the daemon sends only "cancel" or "close"; both stop it
-                        closing = json.loads(conn.recv_bytes()).get("kind") == "close"
-                        cancelled = True
-                        break
-                    _send(conn, "event", event=event)
-                _send(conn, "end", pss=_pss(), cancelled=cancelled)
-                if closing:
+                if _generate(conn, backend, msg):
                     return
             elif kind == "embed":
                 if msg.get("prefix_chars") is not None:  # the router's features of one text: [head, whole]
@@ -155,12 +147,55 @@ def _serve(conn, backend) -> None:
                 _send(conn, "end", pss=_pss(), cancelled=False)
             elif kind == "cancel":
                 continue  # arrived after the request finished: nothing to stop
+            elif kind == "sink":
+                receive_sink(conn, msg, None)  # arrived after the request finished: close its descriptor
             else:
                 _send(conn, "error", error="InferenceError", message=f"unknown request kind {kind!r}")
         except SwarmEdgeError as exc:
             _send(conn, "error", error=type(exc).__name__, message=str(exc))
         except Exception as exc:  # keep the worker alive and the caller informed
             _send(conn, "error", error="InferenceError", message=f"{type(exc).__name__}: {exc}")
+
+
+def _generate(conn, backend, msg: dict) -> bool:
+    """One generation, its events relayed as frames or, on the direct path (workers/direct.py), its tokens written
+    to the client's socket; True if the daemon said "close"."""
+    writer = Writer() if msg.get("direct") else None
+    stop = None
+    for event in backend.generate(GenerateRequest(**msg["request"])):
+        if (stop := _orders(conn, writer)) is not None:
+            break
+        if writer is not None and not writer.relaying:
+            if event["type"] == "token":
+                writer.token(event["text"])
+                if writer.gone:  # the client hung up: nobody reads the rest
+                    stop = "cancel"
+                    break
+                continue
+            if not writer.decided:  # the answer is done before the daemon said where it goes: wait for it
+                stop = _orders(conn, writer, wait=True)
+                if stop is not None:
+                    break
+            if not writer.relaying:
+                _send(conn, "event", event=writer.sent())
+        _send(conn, "event", event=event)
+    direct = writer.close() if writer is not None else None
+    _send(conn, "end", pss=_pss(), cancelled=stop is not None, direct=direct)
+    return stop == "close"
+
+
+def _orders(conn, writer: Writer | None, *, wait: bool = False) -> str | None:
+    """Read the daemon's orders during a generation: "sink" (the direct path's hand-over, answered here), and
+    "cancel" or "close" (returned: both stop it). With `wait`, block until the hand-over or a stop."""
+    while wait or conn.poll():
+        msg = json.loads(conn.recv_bytes())
+        if msg.get("kind") != "sink":
+            return msg.get("kind") or "cancel"
+        for text in receive_sink(conn, msg, writer):  # relay after all: the held tokens go as events
+            _send(conn, "event", event={"type": "token", "text": text})
+        if wait:
+            return None
+    return None
 
 
 def _decode(frame: bytes) -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 
 from swarm_edge.errors import ConfigError, InferenceError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
 from swarm_edge.workers.base import GenerateRequest
+from swarm_edge.workers.direct import Framing, Sink, pending, send_sink
 from swarm_edge.workers.process import _HEADER, MAX_FRAME, _decode
 
 log = logging.getLogger("swarm_edge.pool")
@@ -89,6 +90,8 @@ class Worker:
         self.requests = 0            # requests served (0 = the lease holding it is the one that waited for the load)
         self._settling: asyncio.Task | None = None   # a cancelled request's drain, finished before the next one
         self._inflight = False                       # a generation was sent and its end not read yet
+        self._sink: Sink | None = None              # the direct path's response, while its generation runs
+        self._decided = False                        # whether the hand-over (or relay) order was sent
         self._loop = loop
         self._queue: asyncio.Queue[dict] = asyncio.Queue()
         self._dead = False
@@ -204,16 +207,42 @@ class Worker:
         self.last_pss = msg.get("calibration_pss") or msg.get("pss") or 0
         return msg
 
-    async def begin(self, request: GenerateRequest) -> None:
+    async def begin(self, request: GenerateRequest, sink: Sink | None = None) -> None:
         """Send a generation to the worker, so the model starts on the prompt while the caller gets ready.
 
-        Follow with `generate(request, sent=True)` to read it, or `abandon()` if it is not wanted after all.
+        Follow with `generate(request, sent=True)` to read it, or `abandon()` if it is not wanted after all. With a
+        `sink` the worker holds its tokens until the response hands it the client's connection (workers/direct.py).
         """
         await self._settle()
         self.requests += 1
-        self._send({"kind": "generate", "request": asdict(request)})
+        order: dict[str, Any] = {"kind": "generate", "request": asdict(request)}
+        if sink is not None:
+            order["direct"] = True
+        self._send(order)
         self._inflight = True
+        self._sink, self._decided = sink, False
+        if sink is not None:
+            sink.worker = self
         self._start_watch()
+
+    def hand_over(self, framing: Framing, fd: int | None) -> bool:
+        """The direct path's hand-over (Sink.hand_over): the socket `fd` (None: relay) to the generation in flight;
+        whether the worker now writes to it. Sent once, and never after a cancel: the worker reads it only while the
+        generation that waits for it runs."""
+        if self._sink is None or self._decided or not self._inflight or not self.alive:
+            return False
+        self._decided = True
+        try:
+            send_sink(self.conn, self.pid, framing if fd is not None else None, fd)
+        except (OSError, ValueError):
+            return False
+        return fd is not None
+
+    def _ended(self, msg: dict) -> None:
+        """An end frame: keep the bytes a direct generation left to write for its response."""
+        if self._sink is not None and msg.get("direct"):
+            self._sink.pending += pending(msg)
+        self._sink = None
 
     async def generate(self, request: GenerateRequest, *, sent: bool = False) -> AsyncGenerator[dict, None]:
         """Stream events of one generation; closing the iterator early cancels it in the worker."""
@@ -228,10 +257,12 @@ class Worker:
                     self.last_pss = msg.get("pss") or self.last_pss
                     self._inflight = False
                     self._disarm()
+                    self._ended(msg)
                     return
                 elif msg["kind"] == "error":
                     self._inflight = False
                     self._disarm()
+                    self._sink = None
                     raise _error(msg)
         finally:
             await self.abandon()
@@ -325,6 +356,7 @@ class Worker:
             while True:
                 msg = await self._next(timeout=30.0)
                 if msg["kind"] in ("end", "error"):
+                    self._ended(msg)
                     return
         except (WorkerCrashedError, asyncio.TimeoutError, OSError):
             self.kill()

@@ -121,7 +121,8 @@ class FakeSession:
         self.model_id, self.reply, self.record, self._count = model_id, reply, record, count
         self.timings: dict[str, Any] = {"files_s": 0.0, "queue_s": 0.0, "load_s": 0.0}
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Start | Token | Done[GenStats]]:
+    async def generate(self, request: GenerateRequest, sink=None) -> AsyncIterator[Start | Token | Done[GenStats]]:
+        # FAKE: the fake never takes the direct path (sink ignored): its tokens always come as events
         self.record.request = request
         r = self.reply
         if r.fail_at_begin is not None:

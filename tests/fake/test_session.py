@@ -23,7 +23,7 @@ class FakeWorker:
         self.calls: list[str] = []
         self.last_embed_tokens = 4
 
-    async def begin(self, request):
+    async def begin(self, request, sink=None):
         self.calls.append("begin")
         self.requests += 1
 

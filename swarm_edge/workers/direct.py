@@ -1,0 +1,211 @@
+"""The direct token path: a streamed answer's tokens go from the worker straight to the client's socket.
+
+Relayed, each token cost the daemon a wake-up (read the worker's frame, pass it up five generators, frame it as SSE,
+write it), and on a small machine the daemon's CPU is taken from the cores the model decodes on. Direct:
+
+    daemon  routes, leases, sends the generation with `direct: true` (the worker holds its tokens), writes the
+            response head, then hands the connection over: a "sink" order with the Framing, and the socket's
+            descriptor passed with SCM_RIGHTS over the worker's socketpair (or no descriptor: relay after all)
+    worker  writes each token as the response's next piece (Framing: the daemon's own chunk bytes, HTTP/1.1
+            chunked coding), never blocking: what the socket does not take waits in its buffer; at the end it sends
+            the daemon the text (for the answer's checks and trace), when the first token went out, and the bytes
+            the socket has not taken yet
+    daemon  writes those bytes first, then the last pieces (finish reason, usage, the trace) and does the
+            bookkeeping: nothing of the token stream passes through it
+
+The client sees the same bytes either way. A client gone mid-answer is an EPIPE in the worker, which stops the
+generation; a deadline or a disconnect seen by the daemon cancels it as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from multiprocessing import reduction
+from typing import Any
+
+from swarm_edge.errors import ConfigError
+
+DIRECT_ENV = "SWARM_EDGE_DIRECT"  # "off": every token is relayed through the daemon (to compare, or to debug)
+TEXT, NOW = "\x00", "\x01"  # the template's slots: the token, and the time (RFC 3339), each a JSON string
+_SLOT = re.compile(r'("\\u000[01]")')
+
+
+def enabled(env: Mapping[str, str]) -> bool:
+    """Whether streamed answers take the direct path: SWARM_EDGE_DIRECT on (the default) or off."""
+    raw = env.get(DIRECT_ENV, "on").strip().lower()
+    if raw not in ("on", "off", "1", "0"):
+        raise ConfigError(f"{DIRECT_ENV}={raw!r}: expected on or off")
+    return raw in ("on", "1")
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How one token becomes response bytes: `template` is one piece as the daemon writes it, with the strings
+    TEXT and NOW (JSON-escaped in it) where the token and the time go; `first` goes out with the first token
+    (OpenAI's role chunk); each write is an HTTP/1.1 chunk."""
+
+    template: str
+    first: str = ""
+
+    def __post_init__(self) -> None:
+        parts = _SLOT.split(self.template)
+        object.__setattr__(self, "_parts", parts)
+        if not any(p == json.dumps(TEXT) for p in parts):
+            raise ValueError("a framing template needs the token's slot")
+
+    def piece(self, text: str) -> bytes:
+        out = []
+        for p in self._parts:  # type: ignore[attr-defined]
+            if p == '"\\u0000"':
+                out.append(json.dumps(text, ensure_ascii=False))
+            elif p == '"\\u0001"':
+                out.append(json.dumps(now_rfc3339()))
+            else:
+                out.append(p)
+        return "".join(out).encode()
+
+    def wire(self) -> dict[str, str]:
+        return {"template": self.template, "first": self.first}
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Writer:
+    """The worker's end of one direct generation: holds tokens until the daemon decides, then writes them to the
+    client's socket (or gives them back to be relayed)."""
+
+    def __init__(self) -> None:
+        self.decided = False
+        self.fd: int | None = None
+        self.framing: Framing | None = None
+        self.held: list[str] = []
+        self.texts: list[str] = []
+        self.out = bytearray()     # bytes the socket has not taken yet
+        self.t_first: float | None = None
+        self.gone = False          # the client hung up
+
+    @property
+    def relaying(self) -> bool:
+        return self.decided and self.fd is None
+
+    def decide(self, framing: dict[str, Any] | None, fd: int | None) -> list[str]:
+        """The daemon's answer: a framing and a socket to write to, or neither (relay: the held tokens are
+        returned, to be sent as events)."""
+        self.decided = True
+        if fd is None or framing is None:
+            if fd is not None:
+                os.close(fd)
+            held, self.held = self.held, []
+            return held
+        self.fd, self.framing = fd, Framing(**framing)
+        os.set_blocking(fd, False)
+        held, self.held = self.held, []
+        for text in held:
+            self.token(text)
+        return []
+
+    def token(self, text: str) -> None:
+        if not self.decided:
+            self.held.append(text)
+            return
+        assert self.framing is not None
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+            self.out += chunk(self.framing.first.encode() + self.framing.piece(text))
+        else:
+            self.out += chunk(self.framing.piece(text))
+        self.texts.append(text)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.fd is None or not self.out or self.gone:
+            return
+        try:
+            n = os.write(self.fd, self.out)
+        except (BlockingIOError, InterruptedError):
+            return  # the client reads slowly: the rest waits here, and the model goes on
+        except OSError:  # EPIPE, ECONNRESET: the client is gone
+            self.gone = True
+            self.out.clear()
+            return
+        del self.out[:n]
+
+    def sent(self) -> dict[str, Any]:
+        """The event that tells the daemon what the client was sent (before the generation's done event)."""
+        return {"type": "sent", "text": "".join(self.texts), "t_first": self.t_first}
+
+    def close(self) -> dict[str, Any]:
+        """Let go of the socket; what the daemon must write before anything else (base64), for the end frame."""
+        self._flush()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        return {"pending": base64.b64encode(bytes(self.out)).decode(), "gone": self.gone}
+
+
+def receive_sink(conn, msg: dict[str, Any], writer: Writer | None) -> list[str]:
+    """The worker reads a "sink" order (and its descriptor, when it has one); held tokens to relay, if any."""
+    fd = reduction.recv_handle(conn) if msg.get("fd") else None
+    if writer is None or writer.decided:  # not expected: a stray order must not leak the descriptor
+        if fd is not None:
+            os.close(fd)
+        return []
+    return writer.decide(msg.get("framing"), fd)
+
+
+def send_sink(conn, pid: int, framing: Framing | None, fd: int | None) -> None:
+    """The daemon's side of the hand-over: the order, then the descriptor over SCM_RIGHTS (a byte of its own)."""
+    conn.send_bytes(json.dumps({"kind": "sink", "fd": fd is not None,
+                                "framing": framing.wire() if framing is not None else None}).encode())
+    if fd is not None:
+        reduction.send_handle(conn, fd, pid)
+
+
+def pending(end: dict[str, Any]) -> bytes:
+    """The bytes an end frame says the worker could not write."""
+    raw = (end.get("direct") or {}).get("pending") or ""
+    try:
+        return base64.b64decode(raw, validate=True) if isinstance(raw, str) else b""
+    except ValueError:
+        return b""
+
+
+class Sink:
+    """The daemon's end of the direct path for one streamed response. The model session that sends the generation
+    binds its worker here; the response, once its head is written, hands the connection over (or declines: relay);
+    the bytes the worker could not write are kept in `pending`, to go out before anything else."""
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+        self.pending = bytearray()
+        self.direct = False
+
+    def hand_over(self, framing: Framing, sock: Any) -> bool:
+        """Give the worker the client's socket (None: relay); whether the tokens now go straight to the client."""
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return False
+        self.direct = worker.hand_over(framing, sock.fileno() if sock is not None else None)
+        return self.direct
+
+    def take(self) -> bytes:
+        out, self.pending = bytes(self.pending), bytearray()
+        return out
+
+
+__all__ = ["DIRECT_ENV", "NOW", "TEXT", "Framing", "Sink", "Writer", "chunk", "enabled", "now_rfc3339", "pending",
+           "receive_sink", "send_sink"]
