@@ -131,7 +131,8 @@ class Engine(Room):
         return files
 
     def _key(self, spec: ModelSpec) -> str:
-        return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch, spec.mmap)
+        return self.store.key(spec.file("model").sha256, spec.n_ctx, spec.n_batch, spec.mmap, spec.n_ubatch,
+                              spec.kv_type)
 
     def estimate_detail(self, model_id: str, *, fetch: bool | None = None, wait: bool = True, walked: bool = False):
         """The Estimate (bytes, formula or calibrated, parts) for a model. `walked`: its GGUF was structure-checked
@@ -142,7 +143,7 @@ class Engine(Room):
             sha = spec.file("model").sha256
             # one bounded walk checks the file and reads the formula's inputs (no GGUFReader); then one stat()
             facts = self.store.facts(sha, files["model"]) if walked else self.store.checked_facts(sha, files["model"])
-            parts = gguf_formula(facts, spec.n_ctx, spec.n_batch, spec.mmap)
+            parts = gguf_formula(facts, spec.n_ctx, spec.n_batch, spec.mmap, spec.n_ubatch, spec.kv_type)
         else:
             parts = onnx_formula(spec.file("model").size, spec.file("tokenizer").size)
         return estimate(parts, self.store.calibrated(self._key(spec)))

@@ -5,14 +5,14 @@ Pure functions plus a small store. The formula is an upper bound on the model wo
     GGUF  = file bytes (weights are read into memory, or mmap'd and all touched)
           + repacked copies, only when mmap'd (llama.cpp copies Q4_0/Q4_K/IQ4_NL matmul weights into a
             CPU_REPACK buffer; read without mmap, the originals are freed; mapped, they stay resident)
-          + KV cache 2 * n_layer * n_ctx * n_head_kv * head_dim * 2 B (f16)
-          + compute buffer n_batch * n_vocab * 4 B (+ output row) + the process's own Python and libraries
+          + KV cache 2 * n_layer * n_ctx * n_head_kv * head_dim * 2 B (f16; 34/32 B a value with kv_type q8_0)
+          + compute buffer n_ubatch * n_vocab * 4 B (+ output row) + the process's own Python and libraries
     ONNX  = session + activations as measured for onnxruntime (about 16x the int8 file) + tokenizer
 
 The formula over-estimates (a compute buffer is reserved for a full batch of logits but generation
-touches one row). So the first time a (model sha256, n_ctx, n_batch) loads, its worker evaluates one full
-batch of tokens - the largest working set a request can touch, since the KV cache is cleared (touched) at
-load - and reports its PSS; that peak is stored under SWARM_EDGE_HOME/calibration.json and later
+touches one row). So the first time a (model sha256, n_ctx, n_batch, other memory settings) loads, its worker
+evaluates one full batch of tokens - the largest working set a request can touch, since the KV cache is cleared
+(touched) at load - and reports its PSS; that peak is stored under SWARM_EDGE_HOME/calibration.json and later
 estimates use `peak * CALIBRATED_MARGIN`. Peaks seen after real requests only ever raise it.
 
 GGUF facts come from the structure check's walk (`workers.gguf_check.inspect_gguf`), never from the
@@ -88,10 +88,16 @@ def facts_from_info(info) -> dict[str, Any]:
     }
 
 
-def gguf_formula(facts: dict[str, Any], n_ctx: int, n_batch: int, mmap: bool = False) -> dict[str, int]:
-    """The formula's parts, in bytes, for one llama.cpp context (weights mmap'd or read: ModelSpec.mmap)."""
-    n_ubatch = min(n_batch, 512)  # llama-cpp-python's default n_ubatch is 512, capped by n_batch
-    kv = 2 * facts["n_layer"] * n_ctx * facts["n_head_kv"] * max(facts["head_dim_k"], facts["head_dim_v"]) * 2
+KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32}  # bytes per cached value: q8_0 is 32 int8 and an f16 scale per block
+
+
+def gguf_formula(facts: dict[str, Any], n_ctx: int, n_batch: int, mmap: bool = False, n_ubatch: int | None = None,
+                 kv_type: str = "f16") -> dict[str, int]:
+    """The formula's parts, in bytes, for one llama.cpp context (weights mmap'd or read: ModelSpec.mmap; the physical
+    batch and the KV cache's type: ModelSpec.n_ubatch and kv_type)."""
+    n_ubatch = n_ubatch or min(n_batch, 512)  # llama-cpp-python's default n_ubatch is 512, capped by n_batch
+    values = 2 * facts["n_layer"] * n_ctx * facts["n_head_kv"] * max(facts["head_dim_k"], facts["head_dim_v"])
+    kv = int(values * KV_BYTES[kv_type])
     return {
         "weights": facts["file_bytes"],
         "repacked": facts["repacked_bytes"] if mmap else 0,
@@ -171,9 +177,11 @@ class FootprintStore:
         _atomic_write(self.facts_dir / f"{sha256}.json", json.dumps(facts))
 
     @staticmethod
-    def key(sha256: str, n_ctx: int, n_batch: int, mmap: bool = False) -> str:
-        """Calibration key: the file and the settings that change its footprint."""
-        return f"{sha256[:16]}:{n_ctx}:{n_batch}" + (":mmap" if mmap else "")
+    def key(sha256: str, n_ctx: int, n_batch: int, mmap: bool = False, n_ubatch: int | None = None,
+            kv_type: str = "f16") -> str:
+        """Calibration key: the file and the settings that change its footprint (the defaults' keys unchanged)."""
+        return (f"{sha256[:16]}:{n_ctx}:{n_batch}" + (":mmap" if mmap else "")
+                + (f":u{n_ubatch}" if n_ubatch else "") + (f":kv-{kv_type}" if kv_type != "f16" else ""))
 
     def _load(self) -> dict[str, int]:
         if self._calibration is None:

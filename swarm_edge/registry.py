@@ -59,6 +59,11 @@ class ModelSpec(_Strict):
         "GGUF: map the weights file instead of reading it. Off by default: llama.cpp repacks Q4_0/Q4_K/IQ4_NL "
         "weights into its own buffer on x86 and the mapped originals stay resident beside them (the 1.5B: "
         "1803 MiB mapped, 1212 MiB read, same speed); a worker hosts one model, so there is no sharing to gain"))
+    n_ubatch: int | None = Field(None, ge=1, le=1 << 16, description=(
+        "GGUF: llama.cpp's physical batch (default min(n_batch, 512)). Its compute buffer holds n_ubatch rows of "
+        "vocabulary logits: 256 x 151,936 x 4 B is 148 MiB on a Qwen; 32 is 19 MiB, for a slower prompt"))
+    kv_type: Literal["f16", "q8_0"] = Field("f16", description=(
+        "GGUF: the KV cache's type. q8_0 halves it (with flash attention, which llama.cpp needs for a quantized V)"))
     files: list[FileSpec] = Field(min_length=1)
     embedding: EmbeddingOptions | None = None
 

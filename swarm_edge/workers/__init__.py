@@ -42,7 +42,8 @@ def backend_class(fmt: str) -> type[Backend]:
 def backend_options(spec: ModelSpec, files: dict[str, Path], threads: int) -> dict:
     """The plain-data options a backend is constructed with (they can cross a process boundary)."""
     opts: dict = {"kind": spec.kind, "n_ctx": spec.n_ctx, "n_batch": spec.n_batch,
-                  "threads": spec.threads or threads, "mmap": spec.mmap}
+                  "threads": spec.threads or threads, "mmap": spec.mmap, "n_ubatch": spec.n_ubatch,
+                  "kv_type": spec.kv_type}
     if "tokenizer" in files:
         opts["tokenizer"] = str(files["tokenizer"])
     if spec.embedding is not None:

@@ -16,6 +16,16 @@ from swarm_edge.workers.base import GenerateRequest, LoadInfo
 from swarm_edge.workers.gguf_calls import Calls as _Calls
 from swarm_edge.workers.gguf_check import check_gguf
 
+GGML_TYPE_Q8_0 = 8
+
+
+def kv_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Llama's KV-cache arguments for ModelSpec.kv_type: q8_0 for K and V, with flash attention (llama.cpp cannot
+    quantize V without it); f16 is llama.cpp's default."""
+    if options.get("kv_type", "f16") == "q8_0":
+        return {"type_k": GGML_TYPE_Q8_0, "type_v": GGML_TYPE_Q8_0, "flash_attn": True}
+    return {}
+
 
 class GGUFBackend:
     """One llama.cpp context over one GGUF file. Not thread-safe: llama.cpp contexts are not."""
@@ -41,13 +51,14 @@ class GGUFBackend:
             raise BackendUnavailableError("GGUF models need llama-cpp-python: pip install llama-cpp-python") from exc
         _avoid_amx()
         threads = int(options.get("threads") or 1)
+        n_batch = int(options.get("n_batch", 512))
         try:
             # Llama picks the chat template from the GGUF metadata and renders it with jinja2's
             # ImmutableSandboxedEnvironment (the fix for CVE-2024-34359); we never pass a template of our own.
             self.llm = Llama(model_path=model_path, n_ctx=int(options.get("n_ctx", 2048)),
-                             n_batch=int(options.get("n_batch", 512)), n_threads=threads,
-                             n_threads_batch=threads, seed=int(options.get("seed", 0)),
-                             use_mmap=bool(options.get("mmap", False)), verbose=False)
+                             n_batch=n_batch, n_ubatch=int(options.get("n_ubatch") or min(n_batch, 512)),
+                             n_threads=threads, n_threads_batch=threads, seed=int(options.get("seed", 0)),
+                             use_mmap=bool(options.get("mmap", False)), verbose=False, **kv_options(options))
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from exc
         self._stack.callback(self.llm.close)
