@@ -197,3 +197,50 @@ def test_weights_read_or_mapped_stay_within_their_formula(model_files):
     assert read["repacked"] == 0 and mapped["repacked"] == facts["repacked_bytes"] > 0
     for mmap, parts in (("0", read), ("1", mapped)):  # each estimate stays an upper bound on the real load
         assert pss[mmap] <= sum(parts.values()), (mmap, pss[mmap], parts)
+
+
+def test_memory_settings_in_the_formula_and_the_key(smol_facts):
+    base = gguf_formula(smol_facts, 2048, 256)
+    q8 = gguf_formula(smol_facts, 2048, 256, kv_type="q8_0")
+    assert q8["kv_cache"] == int(base["kv_cache"] / 2 * 34 / 32)  # 32 int8 and an f16 scale per block
+    small = gguf_formula(smol_facts, 2048, 256, n_ubatch=32)
+    assert small["compute"] < base["compute"] / 6 and small["kv_cache"] == base["kv_cache"]
+    sha = "ab" * 32
+    assert FootprintStore.key(sha, 2048, 256) == f"{sha[:16]}:2048:256"  # the defaults' keys as before
+    keys = {FootprintStore.key(sha, 2048, 256, n_ubatch=32), FootprintStore.key(sha, 2048, 256, kv_type="q8_0"),
+            FootprintStore.key(sha, 2048, 256, n_ubatch=32, kv_type="q8_0"), FootprintStore.key(sha, 2048, 256)}
+    assert len(keys) == 4  # each setting is calibrated on its own
+
+
+CALIBRATED_PSS = """
+import json, sys
+from swarm_edge.workers.base import GenerateRequest
+from swarm_edge.workers.gguf import GGUFBackend
+from swarm_edge.workers.process import _pss
+b = GGUFBackend(sys.argv[1], options={"n_ctx": 2048, "n_batch": 512, "threads": 1, **json.loads(sys.argv[2])})
+b.calibrate()
+text = "".join(e.get("text", "") for e in b.generate(GenerateRequest(
+    messages=[{"role": "user", "content": "Name three colours."}], max_tokens=8, cache_prompt=False)))
+print(json.dumps({"pss": _pss(), "text": text}))
+"""
+
+
+def test_a_smaller_batch_and_a_q8_cache_take_less_memory_and_still_answer(model_files):
+    """Real llama.cpp on smollm2-135m, calibrated as a worker is (one full batch): n_ubatch 32 and a q8_0 KV cache
+    (with flash attention) load, answer, and take less memory than the default, by about what the formula says."""
+    import json
+    import subprocess
+    import sys
+
+    path = model_files["smollm2-135m"]["model"]
+    facts = gguf_facts(path)
+    got = {}
+    for name, options in (("default", {}), ("lean", {"n_ubatch": 32, "kv_type": "q8_0"})):
+        out = subprocess.run([sys.executable, "-c", CALIBRATED_PSS, str(path), json.dumps(options)],
+                             capture_output=True, text=True, timeout=300, check=True)
+        got[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["lean"]["text"].strip(), got
+    saved = got["default"]["pss"] - got["lean"]["pss"]
+    expected = sum(gguf_formula(facts, 2048, 512).values()) - sum(
+        gguf_formula(facts, 2048, 512, n_ubatch=32, kv_type="q8_0").values())
+    assert saved > expected / 2, (saved / MiB, expected / MiB, got)
