@@ -36,6 +36,10 @@ from swarm_edge.workers.pool import Pool
 
 BASE_TTL_S = 3.0   # the base PSS reads every process's smaps (ms of CPU): reuse a reading for this long
 BASE_WINDOW_S = 60.0  # admission counts the highest base seen in this window
+# What a wake brings back before any measurement of it (benchmarks/results/idle.md, x86_64): the forkserver and
+# multiprocessing's resource tracker (24.5 + 6.9 MiB), and the spare worker (19.5 MiB).
+WAKE_ALLOWANCE = 32 << 20
+SPARE_ALLOWANCE = 20 << 20
 IO_THREADS = 2        # fetch/verify/parse threads: two models prepare at once; the rest of the daemon never waits
 
 
@@ -70,6 +74,7 @@ class Engine(Room):
         self._sleep_after = sleep_after(settings.env)  # a bad SWARM_EDGE_SLEEP_S fails here, at start-up
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
+        self._awake_base = 0      # the base last measured with the forkserver up (base_pss while asleep)
         self._base_seen: list[tuple[float, int]] = []
         self._smallest: int | None = None  # the smallest chat model's estimate (_router_room)
         self._base_high = 0   # the highest base ever measured: what a woken daemon will hold again (too_big)
@@ -182,6 +187,13 @@ class Engine(Room):
             return self._base[1] + self._pending_growth(self._base[1])  # as of now: the router may have loaded
         # workers are forked by the forkserver: every grandchild is the spare or a loaded or exiting model
         value = tree_pss(keep=lambda p, root: p.pid == root.pid or p.ppid() == root.pid)
+        if self.pool.running:
+            self._awake_base = value
+        elif self.pool.wants_spare:
+            # Asleep (or not started yet): the request being admitted wakes the forkserver and tracker first, so
+            # the base is what it was awake, not the sleeping daemon alone (the first admission after a sleep
+            # under-counted them by 50-70 MiB: found by a second read).
+            value = max(value, self._awake_base or value + WAKE_ALLOWANCE)
         router = self.router.pid()  # the router's embedder, when it runs in a worker (router_host.py)
         if router is not None:
             with contextlib.suppress(Exception):
@@ -193,7 +205,7 @@ class Engine(Room):
         if self.pool.wants_spare:
             # Between a load (which takes the spare) and the refill the spare is missing; its room stays booked,
             # or the refill would push a full budget over the top.
-            value += self._spare_pss
+            value += self._spare_pss or SPARE_ALLOWANCE
         # PSS splits shared pages (the preloaded runtimes) among the processes that map them, so when a worker
         # exits the forkserver's and spare's share grows. Admission uses the highest base of the last minute,
         # so a swap cannot push the total over the budget through that back door.

@@ -73,13 +73,17 @@ class Room:
 
     def too_big(self, model_id: str) -> str | None:
         """Why a model can never load inside the budget beside swarm-edge itself (its highest base: asleep it holds
-        less) and pinned models, or None: it fits, or its size is unknown (admission decides). Blocking."""
-        if (need := self._known_estimate(model_id)) is None:
-            return None
+        less) and pinned models, or None: it fits, or admission decides. A model not fetched yet has no estimate:
+        its weights' declared size is a floor (they are read into its worker whole), so a board is not made to
+        download gigabytes only to refuse them. Blocking."""
+        need = self._known_estimate(model_id)
+        about = "about"
+        if need is None:
+            need, about = self.registry.get(model_id).file("model").size, "at least"
         base = max(self.base_pss(), self._base_high)
         room = self.scheduler.budget - base - self.scheduler.pinned_other(model_id)
         if need <= room:
             return None
-        return (f"{model_id} needs about {need / 2**20:,.0f} MiB, the {self.scheduler.budget / 2**20:,.0f} MiB "
+        return (f"{model_id} needs {about} {need / 2**20:,.0f} MiB, the {self.scheduler.budget / 2**20:,.0f} MiB "
                 f"budget leaves {max(0, room) / 2**20:,.0f} MiB")
 

@@ -48,6 +48,13 @@ def fitted(rt: Runtime, route: Route) -> Route:
     return route
 
 
+def planned(rt: Runtime, task: str) -> str:
+    """The model a later step of a plan will most likely use for `task`: its route's first model, or the first
+    candidate that fits when that one cannot (what `fitted` will pick), for the scheduler's hints."""
+    models = candidates(rt.registry, task)
+    return next((m for m in models if rt.too_big(m) is None), models[0] if models else task)
+
+
 def fitting(rt: Runtime, models: list[str]) -> list[str]:
     """A cascade's or ensemble's models without the later ones that cannot fit (the first is the route's,
     already fitted)."""

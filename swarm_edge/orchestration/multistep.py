@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 from swarm_edge.events import Done, Start, Token
 from swarm_edge.orchestration.answer import Answer, Step, assemble
 from swarm_edge.orchestration.context import Context, Relay, Solved
-from swarm_edge.orchestration.fit import fitted
+from swarm_edge.orchestration.fit import fitted, planned
 from swarm_edge.orchestration.plan import Subtask, pipeline_prompt, strategy_of, subtask_prompt, subtask_route
 from swarm_edge.orchestration.strategies import solve
 from swarm_edge.router import Route
@@ -41,7 +41,8 @@ async def run(ctx: Context, kind: str, top: Route, subtasks: list[Subtask], mate
             prompt = part_prompt(kind, sub, material, previous)
             routed = await asyncio.to_thread(rt.route, prompt, rt.resident()) if kind == "decompose" else None
             route = await asyncio.to_thread(fitted, rt, subtask_route(sub, routed, registry, i, len(subtasks)))
-            rt.hint([registry.routes[s.task].models[0] for s in subtasks[i:]])
+            later = await asyncio.to_thread(lambda rest: [planned(rt, s.task) for s in rest], subtasks[i + 1:])
+            rt.hint([route.model, *later])  # the models that will answer, fitted: not ones the box cannot hold
             if i > 0 and relay.started:
                 yield Token(SEPARATOR)
             async with contextlib.aclosing(solve(ctx, sub.task, route, [*system, {"role": "user", "content": prompt}],

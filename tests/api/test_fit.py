@@ -37,3 +37,36 @@ def test_a_route_to_a_model_that_cannot_fit_is_answered_by_one_that_does(model_f
     finally:
         assert d.stop() == 0, d.output()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_model_not_fetched_yet_that_cannot_fit_is_not_downloaded_to_be_refused(model_files, tmp_path):
+    """A board's route to a heavy model whose files are not here: its declared weights alone exceed the budget, so
+    `fitted` picks a model that fits at once (before, the request downloaded gigabytes and then got a 507)."""
+    from swarm_edge.config import Settings
+    from swarm_edge.engine import Engine
+    from swarm_edge.orchestration.fit import fitted, planned
+    from swarm_edge.registry import load_registry
+    from swarm_edge.router import Route
+
+    heavy = f"""
+  - id: heavy
+    format: gguf
+    tasks: [chat]
+    files:
+      - name: heavy.gguf
+        size: {3 * 2**30}
+        sha256: {"ab" * 32}
+        sources: [{{path: "{tmp_path / 'nowhere' / 'heavy.gguf'}"}}]
+"""
+    text = registry_yaml(model_files)
+    text = text.replace("\nmodels:\n", "\nmodels:\n" + heavy.lstrip("\n"), 1)
+    (tmp_path / "models.yaml").write_text(text)
+    registry = load_registry(tmp_path / "models.yaml")
+    engine = Engine(registry, Settings.load(home=tmp_path / "home", threads=1), budget="1GiB", spare=False,
+                    fetch=False)
+    why = engine.too_big("heavy")
+    assert why is not None and why.startswith("heavy needs at least 3,072 MiB, the 1,024 MiB budget leaves"), why
+    assert not (tmp_path / "home" / "models" / "heavy").exists()  # nothing was fetched to learn that
+    route = fitted(engine, Route(task="chat", model="heavy", confidence=1.0, reason="routed"))
+    assert route.model == "smollm2-135m" and "heavy needs at least" in route.reason, route
+    assert planned(engine, "chat") != "heavy"
