@@ -101,6 +101,10 @@ class WorkerCrashedError(InferenceError):
     """The worker process serving a request died; the request fails, the next one reloads the model."""
 
 
+class ClientGoneError(SwarmEdgeError):
+    """The client hung up mid-answer (seen by a worker writing to it directly); its generation was stopped."""
+
+
 class BudgetError(SwarmEdgeError):
     """A model cannot fit in the memory budget even with everything else evicted."""
 

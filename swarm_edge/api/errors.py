@@ -27,6 +27,7 @@ STATUS: list[tuple[type[errors.SwarmEdgeError], int, str]] = [
     (errors.DeadlineError, 504, "request_timeout"),
     (errors.ConfigError, 400, "invalid_request"),
     (errors.CloudUnavailableError, 502, "cloud_unavailable"),
+    (errors.ClientGoneError, 499, "client_gone"),  # nobody reads it: for logs and metrics
     (errors.FetchError, 503, "model_unavailable"),
     (errors.ModelFileError, 503, "model_unavailable"),
     (errors.BackendUnavailableError, 503, "backend_unavailable"),

@@ -65,7 +65,8 @@ class ClosingStream(StreamingResponse):
                     chunks.append(queue.get_nowait())
                 end = chunks[-1] is None
                 body = b"".join(c for c in chunks if c is not None)
-                self._write_pending()
+                if not self._write_pending():
+                    return
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": not end})
                 if end:
@@ -85,14 +86,26 @@ class ClosingStream(StreamingResponse):
             return
         sink, framing = self.direct
         t = self.transport
-        ready = t is not None and not t.is_closing() and t.get_write_buffer_size() == 0
+        # the worker writes HTTP/1.1 chunks: only under a chunked head (no length, no content coding), and only
+        # after everything uvicorn queued has gone out
+        chunked = not any(k.lower() in (b"content-length", b"content-encoding") for k, _ in self.raw_headers)
+        ready = chunked and t is not None and not t.is_closing() and t.get_write_buffer_size() == 0
         if sink.hand_over(framing, t.get_extra_info("socket") if ready else None):
             self.metrics.direct_streams += 1
 
-    def _write_pending(self) -> None:
-        """What a direct worker could not write goes out first: it is the stream's next bytes, already framed."""
-        if self.direct is not None and self.direct[0].pending and self.transport is not None:
-            self.transport.write(self.direct[0].take())
+    def _write_pending(self) -> bool:
+        """What a direct worker could not write goes out first: it is the stream's next bytes, already framed.
+        False when the response cannot go on: its worker died holding the socket with a chunk maybe half written
+        (the connection is aborted: no error chunk can follow a broken one)."""
+        if self.direct is None or self.transport is None:
+            return True
+        sink, t = self.direct[0], self.transport
+        if sink.torn:
+            t.abort()
+            return False
+        if sink.pending and not t.is_closing():
+            t.write(sink.take())
+        return True
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()

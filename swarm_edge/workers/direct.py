@@ -23,6 +23,7 @@ import base64
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,11 +39,13 @@ _SLOT = re.compile(r'("\\u000[01]")')
 
 
 def enabled(env: Mapping[str, str]) -> bool:
-    """Whether streamed answers take the direct path: SWARM_EDGE_DIRECT on (the default) or off."""
+    """Whether streamed answers take the direct path: SWARM_EDGE_DIRECT on (the default) or off. Linux only:
+    elsewhere multiprocessing's descriptor passing waits for an acknowledgement, which would block the event loop
+    until the worker's next token."""
     raw = env.get(DIRECT_ENV, "on").strip().lower()
     if raw not in ("on", "off", "1", "0"):
         raise ConfigError(f"{DIRECT_ENV}={raw!r}: expected on or off")
-    return raw in ("on", "1")
+    return raw in ("on", "1") and sys.platform.startswith("linux")
 
 
 def now_rfc3339() -> str:
@@ -97,6 +100,7 @@ class Writer:
         self.out = bytearray()     # bytes the socket has not taken yet
         self.t_first: float | None = None
         self.gone = False          # the client hung up
+        self.flagged = False       # whether the daemon was told a chunk is half written (backed_change)
 
     @property
     def relaying(self) -> bool:
@@ -111,8 +115,10 @@ class Writer:
                 os.close(fd)
             held, self.held = self.held, []
             return held
-        self.fd, self.framing = fd, Framing(**framing)
+        self.fd = fd  # first: closed by close() even if the framing is refused
+        os.set_inheritable(fd, False)
         os.set_blocking(fd, False)
+        self.framing = Framing(**framing)
         held, self.held = self.held, []
         for text in held:
             self.token(text)
@@ -143,6 +149,16 @@ class Writer:
             self.out.clear()
             return
         del self.out[:n]
+
+    def backed_change(self) -> bool | None:
+        """True when the socket stopped taking bytes mid-stream (a chunk may be half written), False when it took
+        them all again, None when nothing changed: the daemon must know, for a worker that dies meanwhile leaves
+        the client a broken chunk, which no error chunk can follow."""
+        backed = bool(self.out)
+        if backed == self.flagged:
+            return None
+        self.flagged = backed
+        return backed
 
     def sent(self) -> dict[str, Any]:
         """The event that tells the daemon what the client was sent (before the generation's done event)."""
@@ -193,6 +209,14 @@ class Sink:
         self.worker: Any = None
         self.pending = bytearray()
         self.direct = False
+        self.backed = False   # the worker said a chunk may be half written (it could not write all it had)
+        self.ended = False    # the worker's end (or error) frame came: it let go of the socket in order
+
+    @property
+    def torn(self) -> bool:
+        """The worker held the socket with a chunk maybe half written and is gone without its end frame: the
+        response cannot be finished; the connection must be aborted."""
+        return self.direct and self.backed and not self.ended
 
     def hand_over(self, framing: Framing, sock: Any) -> bool:
         """Give the worker the client's socket (None: relay); whether the tokens now go straight to the client."""

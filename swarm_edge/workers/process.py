@@ -10,6 +10,7 @@ import os
 import signal
 import struct
 import sys
+import time
 from typing import Any
 
 from swarm_edge.errors import InferenceError, SwarmEdgeError
@@ -23,6 +24,7 @@ EMBED_FRAME = 1 << 20         # vectors go in slices of about this much JSON: 20
                               # the event loop decodes each frame at once (~50 ms per MiB on a small machine)
 _FLOAT_JSON = 26              # the longest float JSON writes ("-2.2250738585072014e-308") and its ", "
 _HEADER = struct.Struct("!i")
+TICK_S = 5.0                  # a direct generation's worker sends a frame at least this often (the stall watchdog)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -151,17 +153,35 @@ def _serve(conn, backend) -> None:
                 receive_sink(conn, msg, None)  # arrived after the request finished: close its descriptor
             else:
                 _send(conn, "error", error="InferenceError", message=f"unknown request kind {kind!r}")
-        except SwarmEdgeError as exc:
-            _send(conn, "error", error=type(exc).__name__, message=str(exc))
         except Exception as exc:  # keep the worker alive and the caller informed
-            _send(conn, "error", error="InferenceError", message=f"{type(exc).__name__}: {exc}")
+            _send(conn, "error", **_error_of(exc))
 
 
 def _generate(conn, backend, msg: dict) -> bool:
     """One generation, its events relayed as frames or, on the direct path (workers/direct.py), its tokens written
-    to the client's socket; True if the daemon said "close"."""
+    to the client's socket; True if the daemon said "close". However it ends, a direct generation lets go of the
+    socket and its end (or error) frame carries the bytes the socket did not take."""
     writer = Writer() if msg.get("direct") else None
+    try:
+        stop = _run(conn, backend, msg, writer)
+    except Exception as exc:  # a failed generation (or the daemon gone): its error frame, the socket let go first
+        direct = writer.close() if writer is not None else None
+        _send(conn, "error", **_error_of(exc), direct=direct)
+        return False
+    direct = writer.close() if writer is not None else None
+    _send(conn, "end", pss=_pss(), cancelled=stop is not None, direct=direct)
+    return stop == "close"
+
+
+def _error_of(exc: Exception) -> dict[str, str]:
+    if isinstance(exc, SwarmEdgeError):
+        return {"error": type(exc).__name__, "message": str(exc)}
+    return {"error": "InferenceError", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _run(conn, backend, msg: dict, writer: Writer | None) -> str | None:
     stop = None
+    heard = time.monotonic()  # the last frame the daemon got: a direct generation ticks, for its stall watchdog
     for event in backend.generate(GenerateRequest(**msg["request"])):
         if (stop := _orders(conn, writer)) is not None:
             break
@@ -171,6 +191,13 @@ def _generate(conn, backend, msg: dict) -> bool:
                 if writer.gone:  # the client hung up: nobody reads the rest
                     stop = "cancel"
                     break
+                if (backed := writer.backed_change()) is not None:  # a chunk is (no longer) half written
+                    _send(conn, "event", event={"type": "backed", "on": backed})
+                elif time.monotonic() - heard > TICK_S:
+                    _send(conn, "event", event={"type": "tick"})
+                else:
+                    continue
+                heard = time.monotonic()
                 continue
             if not writer.decided:  # the answer is done before the daemon said where it goes: wait for it
                 stop = _orders(conn, writer, wait=True)
@@ -179,9 +206,7 @@ def _generate(conn, backend, msg: dict) -> bool:
             if not writer.relaying:
                 _send(conn, "event", event=writer.sent())
         _send(conn, "event", event=event)
-    direct = writer.close() if writer is not None else None
-    _send(conn, "end", pss=_pss(), cancelled=stop is not None, direct=direct)
-    return stop == "close"
+    return stop
 
 
 def _orders(conn, writer: Writer | None, *, wait: bool = False) -> str | None:

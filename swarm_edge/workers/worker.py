@@ -4,7 +4,6 @@ watch it for stalls, and turn its death or its error frames into SwarmEdgeErrors
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
@@ -13,67 +12,28 @@ from collections.abc import AsyncGenerator
 from dataclasses import asdict
 from typing import Any
 
-from swarm_edge.errors import ConfigError, InferenceError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
+from swarm_edge.errors import (
+    ClientGoneError,
+    InferenceError,
+    ModelLoadError,
+    SwarmEdgeError,
+    WorkerCrashedError,
+)
 from swarm_edge.workers.base import GenerateRequest
 from swarm_edge.workers.direct import Framing, Sink, pending, send_sink
+from swarm_edge.workers.limits import (  # noqa: F401  (re-exported: pool.py and tests import them from here)
+    LOAD_TIMEOUT_S,
+    STALL_ENV,
+    STALL_FIRST_S,
+    STALL_NEXT_S,
+    STOP_TIMEOUT_S,
+    _stopped_or_idle,
+    off_loop,
+    stall_windows,
+)
 from swarm_edge.workers.process import _HEADER, MAX_FRAME, _decode
 
 log = logging.getLogger("swarm_edge.pool")
-
-# Forks, joins and the forkserver's start and stop run on threads of their own, never on the default executor that
-# routing threads use: routes waiting for the router's embedder to reload (a fork) must not take every thread the
-# fork needs (a deadlock until the embedder's call timed out, found by a second read).
-PROCESS_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="swarm-edge-process")
-
-
-async def off_loop(fn, *args):
-    """Run a blocking process operation on PROCESS_THREADS."""
-    return await asyncio.get_running_loop().run_in_executor(PROCESS_THREADS, fn, *args)
-
-LOAD_TIMEOUT_S = 300.0
-STOP_TIMEOUT_S = 10.0
-# A generation's (or an embedding's) first message may take STALL_FIRST_S (prompt evaluation: a long prompt on a
-# slow CPU), each later one STALL_NEXT_S. A worker silent for longer is looked at: stopped (SIGSTOP, a debugger),
-# it is declared hung and killed at once; blocked (no CPU used since the last look), one window later; computing,
-# it gets another window (a generation's request deadline bounds it). SWARM_EDGE_WORKER_STALL_S="FIRST,NEXT" (or
-# one number for both) overrides them, e.g. for tests.
-STALL_FIRST_S = 30.0
-STALL_NEXT_S = 15.0
-STALL_ENV = "SWARM_EDGE_WORKER_STALL_S"
-
-
-def stall_windows(env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(first, next) stall windows in seconds: STALL_FIRST_S and STALL_NEXT_S, or SWARM_EDGE_WORKER_STALL_S."""
-    raw = (os.environ if env is None else env).get(STALL_ENV, "").strip()
-    if not raw:
-        return STALL_FIRST_S, STALL_NEXT_S
-    try:
-        values = [float(part) for part in raw.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or not all(0 < v < float("inf") for v in values):
-        raise ConfigError(f"{STALL_ENV}={raw!r}: expected seconds for the first message and, optionally, each "
-                          "later one, e.g. \"30,15\" or \"20\"")
-    return values[0], values[-1]
-
-
-def _stopped_or_idle(pid: int, cpu_before: float | None) -> tuple[str | None, float | None]:
-    """Why a silent worker is hung ("...stopped", "...no CPU" since `cpu_before`), else None; and its CPU seconds."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            status, times = proc.status(), proc.cpu_times()
-    except psutil.Error:  # gone (its pipe's EOF tells the rest) or unreadable: nothing to say it is computing
-        return "its process could not be inspected", None
-    cpu = times.user + times.system
-    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
-        return "its process is stopped", cpu
-    if cpu_before is not None and cpu <= cpu_before:
-        return "it used no CPU meanwhile", cpu
-    return None, cpu
-
 
 class Worker:
     """The daemon's handle on one worker process. One request at a time (the scheduler guarantees it)."""
@@ -234,14 +194,20 @@ class Worker:
         self._decided = True
         try:
             send_sink(self.conn, self.pid, framing if fd is not None else None, fd)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            # the order may have gone without its descriptor: the worker would wait for it, out of step with us
+            log.warning("handing a connection to %s (pid %d) failed (%s); killing the worker", self.model_id,
+                        self.pid, exc)
+            self.kill()
             return False
         return fd is not None
 
     def _ended(self, msg: dict) -> None:
-        """An end frame: keep the bytes a direct generation left to write for its response."""
-        if self._sink is not None and msg.get("direct"):
-            self._sink.pending += pending(msg)
+        """An end or error frame: keep the bytes a direct generation left to write for its response."""
+        if self._sink is not None:
+            self._sink.ended = True
+            if msg.get("direct"):
+                self._sink.pending += pending(msg)
         self._sink = None
 
     async def generate(self, request: GenerateRequest, *, sent: bool = False) -> AsyncGenerator[dict, None]:
@@ -252,17 +218,25 @@ class Worker:
             while True:
                 msg = await self._next()
                 if msg["kind"] == "event":
+                    kind = msg["event"].get("type")
+                    if kind == "backed" and self._sink is not None:  # the direct path: see Sink.torn
+                        self._sink.backed = bool(msg["event"].get("on"))
+                    if kind in ("backed", "tick"):  # a direct generation's own frames (tick: it is alive)
+                        continue
                     yield msg["event"]
                 elif msg["kind"] == "end":
                     self.last_pss = msg.get("pss") or self.last_pss
                     self._inflight = False
                     self._disarm()
+                    gone = (msg.get("direct") or {}).get("gone")
                     self._ended(msg)
+                    if gone:  # the worker found the client gone and stopped: not an answer
+                        raise ClientGoneError("the client hung up mid-answer; its generation was stopped")
                     return
                 elif msg["kind"] == "error":
                     self._inflight = False
                     self._disarm()
-                    self._sink = None
+                    self._ended(msg)
                     raise _error(msg)
         finally:
             await self.abandon()
@@ -289,6 +263,9 @@ class Worker:
         and embeddings are watched; loads have their own timeout (LOAD_TIMEOUT_S)."""
         self._watchdog = None  # only armed while a request is in flight (_disarm cancels it, also on death)
         window = self.stall[1] if self._heard > self._sent_at else self.stall[0]
+        if self._sink is not None and not self._decided:  # the direct path waits for our hand-over, not the worker
+            self._arm(window)
+            return
         quiet = self._loop.time() - max(self._heard, self._sent_at)
         if quiet < window:  # heard from since the timer was set: wait for the rest of the new window
             self._arm(window - quiet)

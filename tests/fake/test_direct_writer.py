@@ -124,3 +124,49 @@ def test_chunk_and_the_switch():
     assert enabled({}) and not enabled({"SWARM_EDGE_DIRECT": "off"}) and enabled({"SWARM_EDGE_DIRECT": "ON"})
     with pytest.raises(ConfigError, match="SWARM_EDGE_DIRECT"):
         enabled({"SWARM_EDGE_DIRECT": "maybe"})
+
+
+def test_the_writer_says_when_a_chunk_may_be_half_written_and_when_it_is_not():
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        w = Writer()
+        w.decide(Framing(json.dumps({"t": TEXT})).wire(), os.dup(ours.fileno()))
+        w.token("a")
+        assert w.backed_change() is None  # all written: nothing to say
+        changes = []
+        for i in range(2000):
+            w.token(f"token {i:04d} ")
+            if (c := w.backed_change()) is not None:
+                changes.append(c)
+        assert changes == [True]  # said once, when the socket filled up
+        theirs.settimeout(0.5)
+        while True:  # the client catches up
+            try:
+                if not theirs.recv(1 << 16):
+                    break
+            except TimeoutError:
+                break
+            w.token("more")
+            if (c := w.backed_change()) is not None:
+                changes.append(c)
+            if not w.out:
+                break
+        assert changes == [True, False]
+        w.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_refused_framing_does_not_leak_the_descriptor():
+    ours, theirs = socket.socketpair()
+    fd = os.dup(ours.fileno())
+    w = Writer()
+    with pytest.raises(ValueError):
+        w.decide({"template": "no slot", "first": ""}, fd)
+    w.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by the writer
+    ours.close()
+    theirs.close()
