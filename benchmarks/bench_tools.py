@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import hashlib
 import json
 import os
 import re
@@ -228,9 +229,16 @@ async def measure(b, config: str, cases: dict[str, list], max_tokens: int, log: 
     return out
 
 
-def table(split: str, results: dict[str, list[dict]]) -> list[str]:
+def split_sha256(cases: dict[str, list]) -> str:
+    """sha256 of the split's case ids (category order, file order): which cases a table counts, checkable."""
+    ids = [case["id"] for c in CATEGORIES for case, _ in cases.get(c, [])]
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def table(split: str, results: dict[str, list[dict]], ids_sha: str = "") -> list[str]:
     head = "| configuration | " + " | ".join(CATEGORIES) + " | all | median latency (s) |"
     lines = [f"# Tool calls: BFCL (bfcl-eval 2026.3.23, BFCL_v4 data), {split} split, scored by BFCL's AST checker",
+             "", f"Case ids of this split: sha256 {ids_sha}." if ids_sha else "",
              "", head, "|---" * (len(CATEGORIES) + 3) + "|"]
     for config, recs in results.items():
         cells = []
@@ -283,9 +291,11 @@ def main() -> None:
         finally:
             daemon.close()
         fitted = []
-    lines = table(args.split, results)
+    ids_sha = split_sha256(cases)
+    print(f"the {args.split} split's case ids: sha256 {ids_sha}", file=sys.stderr)
+    lines = table(args.split, results, ids_sha)
     lines[-1] = lines[-1].replace(f"--split {args.split}", " ".join(sys.argv[1:]))
-    write_results(name, {"split": args.split, "limit": args.limit, "results": results},
+    write_results(name, {"split": args.split, "limit": args.limit, "ids_sha256": ids_sha, "results": results},
                   lines + ([""] + fitted if fitted else []))
 
 
