@@ -214,20 +214,23 @@ def test_memory_settings_in_the_formula_and_the_key(smol_facts):
 
 CALIBRATED_PSS = """
 import json, sys
+import psutil
 from swarm_edge.workers.base import GenerateRequest
 from swarm_edge.workers.gguf import GGUFBackend
-from swarm_edge.workers.process import _pss
 b = GGUFBackend(sys.argv[1], options={"n_ctx": 2048, "n_batch": 512, "threads": 1, **json.loads(sys.argv[2])})
 b.calibrate()
 text = "".join(e.get("text", "") for e in b.generate(GenerateRequest(
     messages=[{"role": "user", "content": "Name three colours."}], max_tokens=8, cache_prompt=False)))
-print(json.dumps({"pss": _pss(), "text": text}))
+print(json.dumps({"pss": psutil.Process().memory_full_info().pss, "text": text}))  # not ru_maxrss: it keeps
+# the parent's peak across exec, and the parent here is pytest
 """
 
 
 def test_a_smaller_batch_and_a_q8_cache_take_less_memory_and_still_answer(model_files):
     """Real llama.cpp on smollm2-135m, calibrated as a worker is (one full batch): n_ubatch 32 and a q8_0 KV cache
-    (with flash attention) load, answer, and take less memory than the default, by about what the formula says."""
+    (with flash attention) load, answer, and take less memory than the default: at least the KV cache's half (the
+    cache is touched at load). The logits rows the formula books for n_ubatch are mostly never touched, so their
+    part of the saving is not promised (benchmarks/results/memory.md: 221 -> 181 MiB here)."""
     import json
     import subprocess
     import sys
@@ -241,6 +244,5 @@ def test_a_smaller_batch_and_a_q8_cache_take_less_memory_and_still_answer(model_
         got[name] = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["lean"]["text"].strip(), got
     saved = got["default"]["pss"] - got["lean"]["pss"]
-    expected = sum(gguf_formula(facts, 2048, 512).values()) - sum(
-        gguf_formula(facts, 2048, 512, n_ubatch=32, kv_type="q8_0").values())
-    assert saved > expected / 2, (saved / MiB, expected / MiB, got)
+    kv_saved = gguf_formula(facts, 2048, 512)["kv_cache"] - gguf_formula(facts, 2048, 512, kv_type="q8_0")["kv_cache"]
+    assert saved > 0.8 * kv_saved, (saved / MiB, kv_saved / MiB, got)
