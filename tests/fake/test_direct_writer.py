@@ -82,12 +82,18 @@ def test_the_writer_writes_held_then_new_tokens_as_chunks():
         theirs.close()
 
 
-def test_a_full_socket_never_blocks_the_writer_and_the_rest_comes_back():
+def _small_socket_writer() -> tuple[socket.socket, socket.socket, Writer]:
+    """A socketpair whose sending side buffers little, and a Writer decided onto a copy of it."""
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    w = Writer()
+    w.decide(Framing(json.dumps({"t": TEXT})).wire(), os.dup(ours.fileno()))
+    return ours, theirs, w
+
+
+def test_a_full_socket_never_blocks_the_writer_and_the_rest_comes_back():
+    ours, theirs, w = _small_socket_writer()
     try:
-        w = Writer()
-        w.decide(Framing(json.dumps({"t": TEXT})).wire(), os.dup(ours.fileno()))
         for i in range(2000):  # ~40 KB: far more than the socket takes while nobody reads
             w.token(f"token {i:04d} ")
         assert w.out  # it kept the rest instead of waiting
@@ -127,11 +133,8 @@ def test_chunk_and_the_switch():
 
 
 def test_the_writer_says_when_a_chunk_may_be_half_written_and_when_it_is_not():
-    ours, theirs = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours, theirs, w = _small_socket_writer()
     try:
-        w = Writer()
-        w.decide(Framing(json.dumps({"t": TEXT})).wire(), os.dup(ours.fileno()))
         w.token("a")
         assert w.backed_change() is None  # all written: nothing to say
         changes = []
