@@ -334,11 +334,12 @@ class Engine(Room):
         """Stop every worker and the spare."""
         if self.sleeper is not None:
             await self.sleeper.close()
-            await asyncio.to_thread(self.router.drop)  # the router's embedder worker
+        # the router's embedder worker; final: a warm-up or route thread still in flight loads none again
+        await asyncio.to_thread(self.router.drop, final=True)
         for task in list(self._background):
             task.cancel()
+        await self.pool.close(final=True)  # first: a load that comes now is refused, not left running
         await self.scheduler.close()
-        await self.pool.close()
         self._io.shutdown(wait=False, cancel_futures=True)
         if self.cloud is not None:
             await self.cloud.aclose()

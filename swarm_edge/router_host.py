@@ -59,6 +59,7 @@ class Router:
         # (RemoteEmbedder below); (spec, files, threads) -> an object with embed_with_prefix and close
         self.opener: Callable[..., Any] | None = None
         self._lock = threading.Lock()
+        self._closed = False             # drop(final=True): the engine is closing; no embedder is loaded again
 
     @property
     def kind(self) -> str:
@@ -90,11 +91,15 @@ class Router:
         semantic = self._semantic
         return getattr(semantic.backend, "pid", None) if semantic is not None else None
 
-    def drop(self, expected: SemanticRouter | None = None) -> bool:
+    def drop(self, expected: SemanticRouter | None = None, *, final: bool = False) -> bool:
         """Unload the embedding model (the daemon goes to sleep: idle.py); the trained head is kept, so the next
         route loads the embedder again (a fraction of a second) and waits for it. True if one was loaded.
-        `expected`: only if that one is still the one loaded (a route that saw its worker die)."""
+        `expected`: only if that one is still the one loaded (a route that saw its worker die). `final`: the engine
+        is closing; a warm-up or route still in flight finds the router closed and never loads it again (the keyword
+        rules answer it)."""
         with self._lock:
+            if final:
+                self._closed = True
             if expected is not None and self._semantic is not expected:
                 return False
             semantic, self._semantic = self._semantic, None
@@ -112,7 +117,7 @@ class Router:
     def _get(self, wait: bool = True) -> SemanticRouter | None:
         """The semantic router, built on first use. `wait=False`: None while another thread builds it (the
         first start with new examples trains the head: seconds), so requests meanwhile use the rules."""
-        if self._semantic is not None or self._failed is not None:
+        if self._semantic is not None or self._failed is not None or self._closed:
             return self._semantic
         if self._later is not None and time.monotonic() < self._later[0]:
             return None  # a remote embedder failed a moment ago: the rules route until it is tried again
@@ -122,7 +127,7 @@ class Router:
         if not self._lock.acquire(blocking=wait):
             return None
         try:
-            if self._semantic is None and self._failed is None:
+            if self._semantic is None and self._failed is None and not self._closed:
                 try:
                     from swarm_edge.workers import open_backend
 
@@ -191,7 +196,11 @@ class RemoteEmbedder:
         if running is self.loop:
             coro.close()
             raise RuntimeError("the remote embedder is called from routing threads, not the event loop")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed: the daemon is stopping
+            coro.close()
+            raise TransientError("the router's embedder is unavailable: the daemon is stopping") from None
         try:
             return future.result(CALL_TIMEOUT_S)
         except concurrent.futures.TimeoutError:

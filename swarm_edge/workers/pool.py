@@ -14,6 +14,7 @@ import multiprocessing
 import time
 from typing import Any
 
+from swarm_edge.errors import ModelLoadError
 from swarm_edge.workers.process import EMBED_FRAME, MAX_FRAME, _decode, _send, _serve, _slices, worker_main  # noqa: F401
 from swarm_edge.workers.worker import (  # noqa: F401
     LOAD_TIMEOUT_S,
@@ -73,6 +74,7 @@ class Pool:
         self._spare: tuple[Any, Any] | None = None    # (process, parent end of its pipe)
         self._refill: asyncio.Task | None = None
         self._forking = 0   # spawns and spare forks in flight (event loop only): the forkserver never stops under one
+        self.closed = False  # close(final=True): the engine is stopping; nothing is forked any more
         self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
 
     def start_server(self) -> None:
@@ -97,7 +99,7 @@ class Pool:
 
     async def prepare_spare(self) -> None:
         """Fork the spare worker now (idempotent)."""
-        if self._want_spare and (self._spare is None or not self._spare[0].is_alive()):
+        if self._want_spare and not self.closed and (self._spare is None or not self._spare[0].is_alive()):
             self._forking += 1
             try:
                 self._spare = await off_loop(self._fork)
@@ -116,6 +118,8 @@ class Pool:
     async def spawn(self, model_id: str, fmt: str, model_path: str, options: dict[str, Any], *,
                     calibrate: bool = False, timeout: float = LOAD_TIMEOUT_S) -> Worker:
         """Give a worker process (the spare, or a new one) a model to load; return it once it is ready."""
+        if self.closed:  # a late caller (a routing thread's embedder) while the engine stops: no orphan worker
+            raise ModelLoadError(f"{model_id}: not loaded, the engine is stopping")
         t0 = time.perf_counter()
         self._forking += 1
         try:
@@ -143,7 +147,7 @@ class Pool:
             worker.kill()  # nobody will own this half-loaded process: it must not keep its memory
             raise
         finally:
-            if self._want_spare:  # fork the next spare after the load, so it does not compete with it
+            if self._want_spare and not self.closed:  # the next spare after the load, so it does not compete with it
                 self._refill = asyncio.get_running_loop().create_task(self.prepare_spare())
         worker.info["spawn_to_ready_s"] = time.perf_counter() - t0
         return worker
@@ -159,7 +163,7 @@ class Pool:
     def wake(self) -> None:
         """Start the forkserver and fork the spare in the background (a lazy start, or after sleep()); a load
         that comes meanwhile waits for that spare instead of forking its own. Event loop only."""
-        if self._want_spare and self._refill is None and self._spare is None:
+        if self._want_spare and not self.closed and self._refill is None and self._spare is None:
             self._refill = asyncio.get_running_loop().create_task(self._start_and_fork())
 
     async def _start_and_fork(self) -> None:
@@ -178,8 +182,10 @@ class Pool:
         await off_loop(_stop_forkserver)
         return True
 
-    async def close(self) -> None:
-        """Stop the spare (workers are stopped by their owners)."""
+    async def close(self, *, final: bool = False) -> None:
+        """Stop the spare (workers are stopped by their owners). `final`: for good (the engine is stopping); a spawn
+        that comes later is refused rather than leaving a worker nobody stops."""
+        self.closed = self.closed or final
         if self._refill is not None:
             await asyncio.gather(self._refill, return_exceptions=True)
             self._refill = None

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import swarm_edge.workers.pool as pool_module
+from swarm_edge.errors import ModelLoadError
 from swarm_edge.idle import Sleeper
 
 
@@ -120,3 +121,37 @@ def test_a_route_in_flight_keeps_the_daemon_awake(fake_pool):
             return s.idle()
 
     assert asyncio.run(main()) is False
+
+
+def test_a_closed_pool_forks_nothing_more(fake_pool):
+    """Regression (session 9's finding 11): a spawn that came after Engine.close (a routing thread's embedder)
+    forked a worker and a spare refill nobody stopped. A pool closed for good refuses both."""
+    pool, _ = fake_pool
+    forks: list[int] = []
+    pool._fork = lambda: forks.append(1) or (FakeProc(), FakeConn())  # type: ignore[method-assign]
+
+    async def main():
+        await pool.close(final=True)
+        with pytest.raises(ModelLoadError, match="engine is stopping"):
+            await pool.spawn("m", "onnx", "/nowhere", {})
+        pool.wake()
+        await pool.prepare_spare()
+        return pool._refill, pool._spare
+
+    assert asyncio.run(main()) == (None, None) and forks == []
+
+
+def test_a_router_closed_for_good_loads_no_embedder_again():
+    """Regression (finding 11): a warm-up or route thread that reaches the router after the engine's final drop
+    must not start an embedder worker; the keyword rules answer it."""
+    from swarm_edge.config import DEFAULT_CONFIG
+    from swarm_edge.registry import load_registry
+    from swarm_edge.router_host import Router
+
+    opened: list[str] = []
+    router = Router(load_registry(DEFAULT_CONFIG), lambda mid: {})
+    router.opener = lambda spec, files, threads: opened.append(spec.id)  # FAKE opener: records, loads nothing
+    assert router.drop(final=True) is False  # nothing was loaded
+    router.warm()
+    r = router.route("Translate into French: good night")
+    assert opened == [] and r.task == "translate" and not router.loaded
