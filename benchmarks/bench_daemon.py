@@ -13,7 +13,7 @@ Same GGUF, n_ctx, n_batch, threads, chat messages and sampling (greedy, top_p 1.
 starts a fresh daemon and a fresh raw instance (one instance's memory layout can be a few percent faster
 than another's), warms both with one request, then alternates them prompt by prompt, so both see the same
 sequence of prompts (and the same prefix-cache hits). Added TTFT is the median of the per-prompt
-differences daemon - raw. The three sides take turns in a rotating order.
+differences daemon - raw. The three sides take turns in a rotating order, with a pause between two (SETTLE_S).
 
 Rerun:  .venv/bin/python benchmarks/bench_daemon.py [--reps 4] [--max-tokens 96] [--models ID ...]
 Writes: benchmarks/results/daemon.json and benchmarks/results/daemon.md
@@ -49,6 +49,15 @@ PROMPTS = [
     "List twenty colours, numbered, one per line.",
 ]
 SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
+# Between two sides, a pause: llama.cpp's OpenMP threads spin for a while after a computation, and on 2 cores the
+# previous side's spinning process (this one for raw, a worker for the daemon) slowed the next side's prompt by
+# several ms; measured back to back, the worker's own model call looked 4 ms slower than raw, with the pause it is
+# not (a user's client runs no llama.cpp threads)
+SETTLE_S = 0.3
+# The fixed cost, measured where the model's own time is smallest and steadiest: the same short prompt again, a full
+# prefix-cache hit on every side (the model evaluates one token, ~12 ms on smollm2), so what remains of the
+# difference is the daemon's: HTTP, routing, the worker's pipe. Fresh prompts vary by +-5 ms a side on this machine.
+CACHED_PROMPT, CACHED_ROUNDS = "Say hello.", 6
 
 
 def raw_once(llm, prompt: str, max_tokens: int):
@@ -102,6 +111,7 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
     from llama_cpp import Llama
 
     pairs = []   # (daemon (ttft, tok/s, n, ...), raw (ttft, tok/s, n), relay (ttft, tok/s, n, ...)) per prompt
+    cached = []  # the same, for CACHED_PROMPT asked again
     for rep in range(reps):
         roots = [Path(tempfile.mkdtemp(prefix="se-bench-")) for _ in range(2)]
         daemon, relay = Daemon(roots[0], threads), Daemon(roots[1], threads, direct=False)
@@ -119,8 +129,18 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
                 got = {}
                 for name in names[k:] + names[:k]:
                     fn, *args = sides[name]
+                    time.sleep(SETTLE_S)
                     got[name] = fn(*args, prompt, max_tokens)
                 pairs.append((got["daemon"], got["raw"], got["relay"]))
+            for j in range(CACHED_ROUNDS + 1):  # round 0 puts the prompt in every side's cache
+                k = (j + rep) % 3
+                got = {}
+                for name in names[k:] + names[:k]:
+                    fn, *args = sides[name]
+                    time.sleep(SETTLE_S)
+                    got[name] = fn(*args, CACHED_PROMPT, 8)
+                if j:
+                    cached.append((got["daemon"], got["raw"], got["relay"]))
         finally:
             raw.close()
             daemon.stop()
@@ -147,6 +167,15 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
             "http_and_client": statistics.median((p[0][0] - p[0][3]) * 1000 for p in pairs),
             "daemon_to_worker": statistics.median((p[0][3] - p[0][4]) * 1000 for p in pairs),
             "model_call_vs_raw": statistics.median((p[0][4] - p[1][0]) * 1000 for p in pairs),
+        },
+        "cached_prompt": CACHED_PROMPT, "cached_pairs": len(cached),
+        "cached_raw_ttft_ms": statistics.median(p[1][0] for p in cached) * 1000,
+        "cached_ttft_added_ms_median": statistics.median((p[0][0] - p[1][0]) * 1000 for p in cached),
+        "cached_relay_ttft_added_ms_median": statistics.median((p[2][0] - p[1][0]) * 1000 for p in cached),
+        "cached_ttft_split_ms_median": {
+            "http_and_client": statistics.median((p[0][0] - p[0][3]) * 1000 for p in cached),
+            "daemon_to_worker": statistics.median((p[0][3] - p[0][4]) * 1000 for p in cached),
+            "model_call_vs_raw": statistics.median((p[0][4] - p[1][0]) * 1000 for p in cached),
         },
         "same_token_counts": all(p[0][2] == p[1][2] == p[2][2] for p in pairs),
         "pairs": pairs,
@@ -179,14 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         "path (the worker writes the tokens to the client), `relay` the same daemon with SWARM_EDGE_DIRECT=off.",
         "Rerun: `.venv/bin/python benchmarks/bench_daemon.py`", "",
         "| model | threads | raw tok/s | daemon tok/s | daemon/raw | relay/raw | raw TTFT ms | daemon TTFT ms "
-        "| added TTFT ms (median of pairs) | relay added TTFT ms | same tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| added TTFT ms (median of pairs) | relay added TTFT ms | cached prompt: raw TTFT ms | added | relay added "
+        "| same tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(f"| {r['model']} | {r['threads']} | {r['raw']['tok_s']:.1f} | {r['daemon']['tok_s']:.1f} | "
                      f"**{r['decode_ratio']:.3f}** | {r['relay_decode_ratio']:.3f} | {r['raw']['ttft_s'] * 1000:.1f} | "
                      f"{r['daemon']['ttft_s'] * 1000:.1f} | **{r['ttft_added_ms_median']:+.1f}** | "
-                     f"{r['relay_ttft_added_ms_median']:+.1f} | {r['same_token_counts']} |")
+                     f"{r['relay_ttft_added_ms_median']:+.1f} | {r['cached_raw_ttft_ms']:.1f} | "
+                     f"**{r['cached_ttft_added_ms_median']:+.1f}** | {r['cached_relay_ttft_added_ms_median']:+.1f} | "
+                     f"{r['same_token_counts']} |")
+    lines += ["", "Where the added TTFT goes (medians; http: client TTFT - the daemon's own ttft_s; daemon to worker: "
+              "that - the worker's model-call ttft; model call: that - raw TTFT):", "",
+              "| model | prompts | http + client ms | daemon to worker ms | model call vs raw ms |",
+              "|---|---|---|---|---|"]
+    for r in results:
+        for label, key in (("fresh", "ttft_split_ms_median"), ("cached", "cached_ttft_split_ms_median")):
+            sp = r[key]
+            lines.append(f"| {r['model']} | {label} | {sp['http_and_client']:+.2f} | {sp['daemon_to_worker']:+.2f} | "
+                         f"{sp['model_call_vs_raw']:+.2f} |")
     write_results("daemon", {"meta": meta, "results": results}, lines)
     return 0
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 
@@ -13,6 +14,8 @@ from swarm_edge.workers.direct import Sink
 
 if TYPE_CHECKING:
     from swarm_edge.engine import Engine
+
+T = TypeVar("T")
 
 
 def engine_of(request: Request) -> Engine:
@@ -34,9 +37,18 @@ def sink_for(request: Request, stream: bool) -> Sink | None:
     return Sink() if stream and request.app.state.direct else None
 
 
+async def built(build: Callable[..., T], given: Any, *args: Any) -> T:
+    """`build(given, *args)`: a request's schema or tools checked and turned into a grammar, off the event loop
+    (that is CPU work), but in line when there is nothing to build: a thread hop would cost every plain request a
+    fraction of a millisecond of its time to first token."""
+    if given in (None, "", [], {}):
+        return build(given, *args)
+    return await asyncio.to_thread(build, given, *args)
+
+
 def generation(request: Request, **kw: Any):
     """The orchestrator's stream for this request's engine."""
     return orchestrator.stream(engine_of(request), **kw)
 
 
-__all__ = ["deadline_of", "engine_of", "generation", "metrics_of", "sink_for"]
+__all__ = ["built", "deadline_of", "engine_of", "generation", "metrics_of", "sink_for"]

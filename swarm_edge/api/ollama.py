@@ -3,7 +3,6 @@ Errors here are Ollama's {"error": str} (errors.ERROR_FORMATS)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -11,7 +10,7 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 
 from swarm_edge import __version__, errors, orchestrator, structured
-from swarm_edge.api.deps import deadline_of, engine_of, generation, metrics_of, sink_for
+from swarm_edge.api.deps import built, deadline_of, engine_of, generation, metrics_of, sink_for
 from swarm_edge.api.schemas import (
     EMBEDDING_STATUSES,
     GENERATION_STATUSES,
@@ -138,8 +137,8 @@ async def ollama_generation(request: Request, model: str, options, stream: bool,
     metrics = metrics_of(request)
     # a bad format or tool is a 400 before anything runs (checked off the event loop: a schema is bounded, but
     # building its grammar is still CPU work)
-    output = await asyncio.to_thread(structured.from_ollama, fmt)
-    kw["tools"] = await asyncio.to_thread(Toolset.from_openai, tools)
+    output = await built(structured.from_ollama, fmt)
+    kw["tools"] = await built(Toolset.from_openai, tools)
     sink = sink_for(request, stream)
     events = generation(request, model_id=ollama_name(model), max_tokens=options.max_tokens, allow_cloud=allow_cloud,
                         output=output, sink=sink,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array
-import asyncio
 import base64
 import json
 import time
@@ -14,7 +13,7 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 
 from swarm_edge import errors, orchestrator, structured
-from swarm_edge.api.deps import deadline_of, engine_of, generation, metrics_of, sink_for
+from swarm_edge.api.deps import built, deadline_of, engine_of, generation, metrics_of, sink_for
 from swarm_edge.api.errors import classify, error_body
 from swarm_edge.api.schemas import (
     EMBEDDING_STATUSES,
@@ -180,8 +179,8 @@ async def openai_generation(request: Request, body, kind: str, **kw: Any):
 @router.post("/v1/chat/completions", responses=responses(ChatCompletion, *GENERATION_STATUSES, stream=SSE))
 async def chat_completions(request: Request, body: ChatCompletionRequest):
     # a bad schema or tool is a 400 before anything runs (checked off the event loop: building a grammar is CPU)
-    output = await asyncio.to_thread(structured.from_openai, body.response_format)
-    tools = await asyncio.to_thread(Toolset.from_openai, body.tools, body.tool_choice, body.parallel_tool_calls)
+    output = await built(structured.from_openai, body.response_format)
+    tools = await built(Toolset.from_openai, body.tools, body.tool_choice, body.parallel_tool_calls)
     return await openai_generation(request, body, "chat", messages=body.plain_messages(), max_tokens=body.limit,
                                    output=output, tools=tools)
 
