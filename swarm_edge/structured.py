@@ -3,10 +3,14 @@
 A request's format (OpenAI `response_format`, Ollama `format`) becomes an `OutputFormat` in the daemon, before any
 model is used:
 - the schema must be a valid JSON schema (Draft 2020-12);
-- it may use only what the grammar converter (llama.cpp's JSON-schema-to-GBNF converter, the copy llama-cpp-python
-  ships) turns into grammar rules. A keyword the converter would drop without a word (`minimum`, `uniqueItems`,
-  `not`, a `maxLength` beside a `pattern`, a `format` it does not know, ...) is refused with its place in the
-  schema named: an answer is never less constrained than the caller asked;
+- strict (OpenAI's `strict: true`), it may use only what the grammar converter (llama.cpp's JSON-schema-to-GBNF
+  converter, the copy llama-cpp-python ships) turns into grammar rules. A keyword the converter would drop without a
+  word (`minimum`, `uniqueItems`, `not`, a `maxLength` beside a `pattern`, a `format` it does not know, ...) is
+  refused with its place in the schema named: an answer is never less constrained than the caller asked;
+- not strict (OpenAI's default, Ollama's `format`, a tool without `strict: true`: what pydantic models with
+  `Field(ge=...)` produce), the grammar enforces a copy without those keywords (`loosened`) and the answer is
+  validated against the whole schema afterwards: an answer that breaks one is reported (the trace's `valid`,
+  `problem`) and, on a routed request, cascaded like any other answer without its shape;
 - the converter must take it: it runs here once, so a schema it chokes on is a 400 too, not a failed generation
   (the worker converts the same schema again, with the same code, inside llama-cpp-python).
 After generation, `OutputFormat.problem(text)` parses the answer and validates it against the schema.
@@ -42,6 +46,7 @@ CONSTRAINTS = frozenset({
     "patternProperties", "additionalProperties", "propertyNames", "items", "prefixItems", "unevaluatedItems",
     "unevaluatedProperties", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$dynamicRef", "format"})
 STRING_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
+ANY = "*"  # _unexpressed: the node may be any value (the grammar's {})
 TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
 OBJECT = {"type": "object"}  # json_object mode: any JSON object
 
@@ -53,14 +58,24 @@ class OutputFormat:
     schema: dict[str, Any]
     name: str = "json_object"
     strict: bool = True
+    grammar_schema: dict[str, Any] | None = None  # not strict: the schema the grammar enforces (`loosened`)
+    unenforced: tuple[str, ...] = ()              # ... and what it leaves to the check after the answer
 
     @classmethod
     def build(cls, schema: dict[str, Any], *, name: str = "json_object", strict: bool = True,
               where: str = "response_format") -> OutputFormat:
-        """Check `schema` (`where` names the request field in errors), its grammar included; keep it prepared."""
-        prepared = prepare(schema, where)
-        grammar_of(prepared, where)
-        return cls(schema=prepared, name=name, strict=strict)
+        """Check `schema` (`where` names the request field in errors), its grammar included; keep it prepared.
+        Strict, every constraint must be one the grammar enforces; otherwise the grammar enforces what it can and
+        `problem` checks the rest."""
+        prepared = prepare(schema, where, strict=strict)
+        grammar_schema, left = (prepared, []) if strict else loosened(prepared)
+        grammar_of(grammar_schema, where)
+        return cls(schema=prepared, name=name, strict=strict, grammar_schema=grammar_schema, unenforced=tuple(left))
+
+    @property
+    def generation_schema(self) -> dict[str, Any]:
+        """The schema the worker builds its grammar from."""
+        return self.grammar_schema if self.grammar_schema is not None else self.schema
 
     def problem(self, text: str) -> str | None:
         """Why `text` is not an answer in this format (it does not parse, or it does not validate), or None."""
@@ -120,7 +135,7 @@ def from_ollama(fmt: Any) -> OutputFormat | None:
     raise SchemaError(f"format must be \"json\" or a JSON schema (an object), not {json.dumps(fmt)[:80]}")
 
 
-def prepare(schema: dict[str, Any], where: str, prefix: str = "x--") -> dict[str, Any]:
+def prepare(schema: dict[str, Any], where: str, prefix: str = "x--", *, strict: bool = True) -> dict[str, Any]:
     """`schema`, checked (`check`), with every $defs entry (at any depth) moved to the top under a name of its
     own, `prefix` + def-N, and every $ref pointed there: the converter names grammar rules after the last part of
     a reference, so two definitions of one name, or one named like a property or a built-in rule, would share a
@@ -167,13 +182,14 @@ def prepare(schema: dict[str, Any], where: str, prefix: str = "x--") -> dict[str
     prepared = rewrite(schema, "#")
     if defs:
         prepared["$defs"] = defs
-    check(prepared, where)
+    check(prepared, where, strict=strict)
     return prepared
 
 
-def check(schema: dict[str, Any], where: str, *, prepared: bool = True) -> None:
+def check(schema: dict[str, Any], where: str, *, prepared: bool = True, strict: bool = True) -> None:
     """Raise SchemaError unless `schema` is a valid JSON schema whose every constraint the grammar expresses
-    (`prepared`: its definitions are all at the top, as `prepare` leaves them; only then are they all walked)."""
+    (`prepared`: its definitions are all at the top, as `prepare` leaves them; only then are they all walked).
+    Not `strict`: only what `loosened` cannot leave out of the grammar is refused."""
     try:
         size = len(json.dumps(schema))
     except (TypeError, ValueError, RecursionError) as exc:
@@ -192,11 +208,17 @@ def check(schema: dict[str, Any], where: str, *, prepared: bool = True) -> None:
             from None
     if not prepared:
         return
-    dropped = list(_unexpressed(schema, "#", schema))
+    if not strict:
+        try:
+            loosened(schema)
+        except SchemaError as exc:
+            raise SchemaError(f"{where}: the grammar cannot take {exc}") from None
+        return
+    dropped = [message for _, _, message in _unexpressed(schema, "#", schema)]
     if dropped:
         raise SchemaError(f"{where}: the grammar cannot enforce {'; '.join(dropped[:5])}"
                           + (f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else "")
-                          + " - remove it, or check the value after the answer")
+                          + " - remove it, or leave `strict` out to have it checked after the answer")
 
 
 def _depth(node: Any, where: str, depth: int) -> None:
@@ -248,42 +270,70 @@ def _branch(node: dict[str, Any]) -> tuple[set[str], list[tuple[str, Any]]]:
 
 
 def _unexpressed(node: Any, path: str, root: dict[str, Any]):
-    """Each constraint in `node` (and below) the grammar would not enforce, as "`keyword` at path"."""
+    """Each constraint in `node` (and below) the grammar would not enforce, as (the node, what `loosened` does about
+    it, "`keyword` at path"): a keyword to leave out of the grammar's copy, ANY to let the node be any value, or
+    None where nothing can be left out (the schema is refused, strict or not)."""
     if not isinstance(node, dict):  # `true` / `false` schemas
         if node is False:
-            yield f"a `false` schema at {path}"
+            yield node, None, f"a `false` schema at {path}"
         return
     t = node.get("type")
     if isinstance(t, str) and t not in TYPES or isinstance(t, list) and any(x not in TYPES for x in t):
-        yield f"`type` {json.dumps(t)} at {path}"
+        yield node, None, f"`type` {json.dumps(t)} at {path}"
     ref = node.get("$ref")
     if isinstance(ref, str) and not ref.startswith("#/"):
-        yield f"`$ref` {ref!r} at {path} (only local references, #/...)"
+        yield node, None, f"`$ref` {ref!r} at {path} (only local references, #/...)"
     if "allOf" in node:
-        yield f"`allOf` at {path}"
+        yield node, "allOf", f"`allOf` at {path}"
     enforced, subs = _branch(node)
     constraints = set(node) & CONSTRAINTS
     if isinstance(t, str) and t != "string":
         constraints.discard("format")  # `format` constrains strings only ("float" on a number is a note)
     for key in ("minLength", "maxLength", "minItems", "maxItems"):
         if isinstance(node.get(key), int) and node[key] > MAX_REPEAT:
-            yield f"`{key}` {node[key]} at {path} (at most {MAX_REPEAT})"
+            yield node, key, f"`{key}` {node[key]} at {path} (at most {MAX_REPEAT})"
     pattern = node.get("pattern")
     if isinstance(pattern, str):
         if "\\" in pattern:
-            yield f"`pattern` {pattern[:40]!r} at {path}: escapes (\\d, \\w, \\.) are not supported, write [0-9], [.]"
+            yield node, "pattern", (f"`pattern` {pattern[:40]!r} at {path}: escapes (\\d, \\w, \\.) are not "
+                                    "supported, write [0-9], [.]")
         if NESTED_REPEAT.search(pattern):
-            yield f"`pattern` {pattern[:40]!r} at {path}: a repeated group with a repetition inside, as in (a+)+"
+            yield node, "pattern", (f"`pattern` {pattern[:40]!r} at {path}: a repeated group with a repetition "
+                                    "inside, as in (a+)+")
         if any(int(n) > MAX_REPEAT for n in re.findall(r"\{(\d+)(?:,(\d*))?\}", pattern) for n in n if n):
-            yield f"`pattern` {pattern[:40]!r} at {path}: a repetition count over {MAX_REPEAT}"
+            yield node, "pattern", f"`pattern` {pattern[:40]!r} at {path}: a repetition count over {MAX_REPEAT}"
     if not constraints and node:
-        yield f"an untyped schema (any value) at {path}"
+        yield node, ANY, f"an untyped schema (any value) at {path}"
     for key in sorted(constraints - enforced - {"allOf"}):
-        yield f"`{key}` at {path}"
+        yield node, key, f"`{key}` at {path}"
     for sub_path, sub in subs:
         yield from _unexpressed(sub, f"{path}/{sub_path}", root)
     for name, sub in (node.get("$defs") or {}).items() if path == "#" else ():  # all at the top (prepare)
         yield from _unexpressed(sub, f"#/$defs/{name}", root)
+
+
+def loosened(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A schema that is not strict (a tool without `strict: true`, a response format with `strict: false`, Ollama's
+    `format`), as its grammar takes it: a copy without the constraints the grammar cannot enforce (`minimum`,
+    `uniqueItems`, ...), which the answer is validated against afterwards, and what was left out. Raises
+    SchemaError for what cannot be left out (a `false` schema, a reference out of the document)."""
+    copy = json.loads(json.dumps(schema))
+    left: list[str] = []
+    for _ in range(4):  # leaving one keyword out can change which rule a node gets: look again
+        found = list(_unexpressed(copy, "#", copy))
+        if not found:
+            return copy, left
+        for node, key, message in found:
+            if key is None:
+                raise SchemaError(message)
+            left.append(message)
+            if key == ANY:
+                node.clear()  # {}: the converter's "any value"
+            elif key == "oneOf":
+                node["anyOf"] = node.pop("oneOf")  # "exactly one" becomes "at least one"
+            else:
+                node.pop(key, None)
+    raise SchemaError("the schema cannot be loosened into one the grammar takes")
 
 
 @functools.cache
@@ -316,4 +366,5 @@ def grammar_of(schema: dict[str, Any], where: str = "schema") -> str:
     return gbnf
 
 
-__all__ = ["OBJECT", "OutputFormat", "SchemaError", "check", "from_ollama", "from_openai", "grammar_of", "prepare"]
+__all__ = ["OBJECT", "OutputFormat", "SchemaError", "check", "from_ollama", "from_openai", "grammar_of", "loosened",
+           "prepare"]

@@ -10,7 +10,9 @@ A model whose template has no tool support (no format recognised) is not offered
 
 A call's arguments are generated under the grammar of its function's parameter schema, so they always parse and
 the required ones are there; they are validated against the schema afterwards as well (the grammar cannot bound
-every value, and a call cut off by max_tokens is invalid).
+every value, and a call cut off by max_tokens is invalid). A function with `strict: true` may use only constraints
+the grammar enforces (else a 400 names the one it cannot); without it, as OpenAI's default, the grammar enforces
+what it can (`minimum`, `maximum` and the like are left to the check afterwards).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarm_edge.errors import SchemaError
-from swarm_edge.structured import grammar_of, prepare
+from swarm_edge.structured import grammar_of, loosened, prepare
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TOOLS = 128
@@ -45,10 +47,12 @@ class Function:
     name: str
     description: str
     parameters: dict[str, Any]
+    strict: bool = False
+    grammar_parameters: dict[str, Any] | None = None  # not strict: what the grammar enforces (structured.loosened)
 
     def openai(self) -> dict[str, Any]:
-        return {"type": "function",
-                "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
+        fn = {"name": self.name, "description": self.description, "parameters": self.parameters}
+        return {"type": "function", "function": {**fn, "strict": True} if self.strict else fn}
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,14 @@ def _function(tool: Any, where: str, index: int) -> Function:
         params = {"type": "object", "properties": {}}
     if not isinstance(params, dict) or params.get("type", "object") != "object":
         raise SchemaError(f"{where}.function.parameters must be a JSON schema of an object")
-    # its definitions renamed apart from every other function's: all end up side by side in the call grammar
-    return Function(name, description, prepare(params, f"{where}.function.parameters", prefix=f"x--f{index}-"))
+    strict = fn.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise SchemaError(f"{where}.function.strict must be true or false")
+    # its definitions renamed apart from every other function's: all end up side by side in the call grammar.
+    # Strict, every constraint must be one the grammar enforces; otherwise (OpenAI's default) the grammar enforces
+    # what it can and the call is validated against the whole schema afterwards (Toolset.problem)
+    prepared = prepare(params, f"{where}.function.parameters", prefix=f"x--f{index}-", strict=strict is True)
+    return Function(name, description, prepared, strict is True, None if strict else loosened(prepared)[0])
 
 
 def _choice(tool_choice: Any, names: list[str]) -> str:
@@ -179,7 +189,7 @@ def call_schema(functions: Sequence[Function]) -> dict[str, Any]:
     defs: dict[str, Any] = {}
     variants = []
     for fn in functions:
-        params = dict(fn.parameters)
+        params = dict(fn.grammar_parameters if fn.grammar_parameters is not None else fn.parameters)
         defs.update(params.pop("$defs", None) or {})
         variants.append({"type": "object", "properties": {"name": {"const": fn.name}, "arguments": params},
                          "required": ["name", "arguments"], "additionalProperties": False})

@@ -39,7 +39,7 @@ class Sampling:
         kw: dict[str, Any] = dict(max_tokens=self.max_tokens or spec.max_tokens, temperature=self.temperature,
                                   top_p=self.top_p, stop=list(self.stop), seed=self.seed,
                                   cache_prompt=self.cache_prompt, logprobs=self.logprobs,
-                                  json_schema=self.output.schema if self.output is not None else None)
+                                  json_schema=self.output.generation_schema if self.output is not None else None)
         if self.tools is not None:
             kw.update(tools=self.tools.openai(), tool_choice=self.tools.openai_choice(),
                       parallel_tool_calls=self.tools.parallel)

@@ -116,7 +116,8 @@ def test_bad_tool_requests_are_400s_naming_the_field(sdk, tools_daemon):
                                     tool_choice={"type": "function", "function": {"name": "nope"}})
     with pytest.raises(openai.BadRequestError, match=r"tools\[0\].function.parameters"):
         sdk.chat.completions.create(model="auto", messages=ASK, tools=[
-            {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+            {"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "object",
+                                                                                          "properties": {
                 "n": {"type": "integer", "minimum": 0}}}}}])
     orphan = ASK + [{"role": "tool", "tool_call_id": "call_x", "content": "18C"}]
     r = tools_daemon.http.post("/v1/chat/completions", json={"model": "auto", "messages": orphan, "tools": [WEATHER]})

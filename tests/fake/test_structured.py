@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from swarm_edge.errors import ConfigError
-from swarm_edge.structured import OBJECT, SchemaError, from_ollama, from_openai, prepare
+from swarm_edge.structured import OBJECT, SchemaError, from_ollama, from_openai, grammar_of, prepare
 from tests.fake.helpers import ask
 from tests.fake.runtime import FAKE_YAML, FakeCloud, FakeRuntime, Reply, fake_registry
 
@@ -92,6 +92,9 @@ def test_a_pydantic_schema_is_taken_whole():
     (fmt({"type": "string", "pattern": "^a{1,5000}$"}), "a repetition count over 1000"),
 ])
 def test_a_schema_the_grammar_cannot_enforce_is_refused_with_its_place(body, words):
+    """Strict: every constraint must be one the grammar enforces (not strict: test_a_loose_schema_...)."""
+    if isinstance(body.get("json_schema"), dict):
+        body = {**body, "json_schema": {**body["json_schema"], "strict": True}}
     with pytest.raises(SchemaError) as info:
         from_openai(body)
     assert words in str(info.value)
@@ -101,8 +104,46 @@ def test_a_schema_the_grammar_cannot_enforce_is_refused_with_its_place(body, wor
 def test_ollama_format_must_be_json_or_a_schema():
     with pytest.raises(SchemaError, match="format must be \"json\" or a JSON schema"):
         from_ollama("yaml")
-    with pytest.raises(SchemaError, match=r"^format: the grammar cannot enforce `minimum`"):
-        from_ollama({"type": "integer", "minimum": 1})
+    loose = from_ollama({"type": "integer", "minimum": 1})  # Ollama has no strict mode: checked after the answer
+    assert loose is not None and loose.generation_schema == {"type": "integer"}
+    assert loose.unenforced == ("`minimum` at #",) and "less than the minimum of 1" in loose.problem("0")
+    assert loose.problem("3") is None
+
+
+LOOSE = [  # constraints the grammar cannot enforce, and what a not-strict format's grammar is built from instead
+    ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}},
+     {"type": "object", "properties": {"n": {"type": "integer"}}}, '{"n": -1}'),
+    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+     {"type": "array", "items": {"type": "string"}}, '["a", "a"]'),
+    ({"type": "string", "pattern": "^a+$", "maxLength": 3}, {"type": "string", "pattern": "^a+$"}, '"aaaa"'),
+    ({"type": "string", "pattern": "^\\d{3}$"}, {"type": "string"}, '"12"'),
+    ({"type": "object", "properties": {"x": {"description": "anything"}}},
+     {"type": "object", "properties": {"x": {}}}, None),
+    ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, {"anyOf": [{"type": "integer"}, {"type": "number"}]}, "3"),
+    ({"allOf": [{"type": "object"}], "type": "object", "properties": {"a": {"type": "string", "format": "email"}}},
+     {"type": "object", "properties": {"a": {"type": "string"}}}, None),
+]
+
+
+@pytest.mark.parametrize("schema, grammar_schema, breaks", LOOSE)
+def test_a_loose_schema_is_taken_its_grammar_enforces_what_it_can_and_the_answer_is_checked(
+        schema, grammar_schema, breaks):
+    """Regression: a response format or tool without `strict: true` that used `minimum` (a pydantic `Field(ge=0)`)
+    was a 400, though OpenAI and Ollama take it. Now the grammar is built from a copy without what it cannot
+    enforce, and the answer is validated against the whole schema."""
+    out = from_openai(fmt(schema))
+    assert out is not None and out.strict is False and out.schema == schema
+    assert out.generation_schema == grammar_schema and out.unenforced
+    assert grammar_of(out.generation_schema)
+    if breaks is not None:
+        assert out.problem(breaks) is not None
+
+
+def test_what_cannot_be_left_out_is_refused_strict_or_not():
+    with pytest.raises(SchemaError, match="a `false` schema"):
+        from_openai(fmt({"type": "object", "properties": {"x": False}}))
+    with pytest.raises(SchemaError, match="only references into"):
+        from_openai(fmt({"$ref": "https://example.com/s.json"}))
 
 
 def test_a_deep_or_huge_schema_is_refused():

@@ -56,9 +56,10 @@ def test_choices():
     ([WEATHER, WEATHER], None, "'get_weather' is given twice"),
     ([{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}], None,
      "tools[0].function.parameters must be a JSON schema of an object"),
-    ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+    ([{"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "object", "properties": {
         "n": {"type": "integer", "maximum": 3}}}}}], None,
      "tools[0].function.parameters: the grammar cannot enforce `maximum` at #/properties/n"),
+    ([{"type": "function", "function": {"name": "f", "strict": "yes"}}], None, "tools[0].function.strict must be"),
     ("get_weather", None, "tools must be a list"),
 ])
 def test_bad_tools_are_refused_naming_the_field(tools, choice, words):
@@ -78,6 +79,23 @@ def test_problem():
     required = Toolset.from_openai([WEATHER], "required", False)
     assert required.problem([], "length") == "no tool call (cut off by max_tokens)"
     assert "parallel_tool_calls is false" in required.problem([PARIS, PARIS], "stop")
+
+
+def test_a_tool_without_strict_takes_what_the_grammar_cannot_enforce_and_its_calls_are_checked():
+    """Regression (BFCL's parallel_multiple_145): a function whose parameter had `maximum` was a 400, though OpenAI
+    takes it; pydantic's Field(le=...) makes such tools. Without `strict: true` the call grammar leaves `maximum`
+    out, and the call is validated against the whole schema (the cascade's keep rule, the trace's `valid`)."""
+    fee = {"type": "function", "function": {"name": "pay", "parameters": {"type": "object", "properties": {
+        "fee": {"type": "number", "minimum": 0, "maximum": 3}}, "required": ["fee"]}}}
+    tools = Toolset.from_openai([fee], "required")
+    assert tools is not None and tools.functions[0].grammar_parameters == {
+        "type": "object", "properties": {"fee": {"type": "number"}}, "required": ["fee"]}
+    assert "maximum" not in toolcalls.grammar(tools) and "fee" in toolcalls.grammar(tools)
+    assert "5 is greater than the maximum of 3" in tools.problem([{"name": "pay", "arguments": {"fee": 5}}], "stop")
+    assert tools.problem([{"name": "pay", "arguments": {"fee": 2}}], "stop") is None
+    assert "strict" not in tools.openai()[0]["function"]  # what the worker rebuilds it from: the same loosening
+    strict = Toolset.from_openai([{**fee, "function": {**fee["function"], "strict": False}}])
+    assert strict is not None and strict.functions[0].grammar_parameters == tools.functions[0].grammar_parameters
 
 
 def test_the_call_grammar_and_the_parser_agree():
