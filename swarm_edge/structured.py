@@ -21,33 +21,17 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from swarm_edge.errors import ConfigError, SchemaError
+from swarm_edge.grammar_fit import loosened, unexpressed
 
 MAX_DEPTH = 32            # nesting of a schema: the converter and the validator recurse once per level
 MAX_SCHEMA_BYTES = 256 << 10
 MAX_GRAMMAR_BYTES = 256 << 10
-MAX_REPEAT = 1000         # minLength/maxLength/minItems/maxItems and {m,n}: llama.cpp's grammar parser refuses
-                          # (and past ~10^5 crashes on) large repetition counts, and the converter spells them out
-NESTED_REPEAT = re.compile(r"\([^()]*[+*}][^()]*\)\s*[+*{]")  # (a+)+ : exponential to check, so refused
-
-# The keywords that constrain a value (JSON Schema 2020-12's applicator and validation vocabularies). Anything
-# else describes and never constrains (title, description, default, examples, $defs, a tool's made-up
-# "optional": validators ignore unknown keywords), so any node may carry it.
-CONSTRAINTS = frozenset({
-    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
-    "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems", "maxContains", "minContains",
-    "contains", "maxProperties", "minProperties", "required", "dependentRequired", "dependentSchemas", "properties",
-    "patternProperties", "additionalProperties", "propertyNames", "items", "prefixItems", "unevaluatedItems",
-    "unevaluatedProperties", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$dynamicRef", "format"})
-STRING_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
-ANY = "*"  # _unexpressed: the node may be any value (the grammar's {})
-TYPES = frozenset({"string", "number", "integer", "boolean", "null", "object", "array"})
 OBJECT = {"type": "object"}  # json_object mode: any JSON object
 
 
@@ -58,7 +42,7 @@ class OutputFormat:
     schema: dict[str, Any]
     name: str = "json_object"
     strict: bool = True
-    grammar_schema: dict[str, Any] | None = None  # not strict: the schema the grammar enforces (`loosened`)
+    grammar_schema: dict[str, Any] | None = None  # the schema the grammar enforces (`loosened`)
     unenforced: tuple[str, ...] = ()              # ... and what it leaves to the check after the answer
 
     @classmethod
@@ -68,7 +52,7 @@ class OutputFormat:
         Strict, every constraint must be one the grammar enforces; otherwise the grammar enforces what it can and
         `problem` checks the rest."""
         prepared = prepare(schema, where, strict=strict)
-        grammar_schema, left = (prepared, []) if strict else loosened(prepared)
+        grammar_schema, left = loosened(prepared)  # strict: nothing is left out; `{}` becomes ANY_VALUE
         grammar_of(grammar_schema, where)
         return cls(schema=prepared, name=name, strict=strict, grammar_schema=grammar_schema, unenforced=tuple(left))
 
@@ -119,7 +103,9 @@ def from_openai(response_format: dict[str, Any] | None) -> OutputFormat | None:
     if not isinstance(schema, dict):
         raise SchemaError("response_format.json_schema.schema must be a JSON schema (an object)")
     strict = spec.get("strict")
-    return OutputFormat.build(schema, name=name, strict=bool(strict) if strict is not None else False,
+    if strict is not None and not isinstance(strict, bool):
+        raise SchemaError("response_format.json_schema.strict must be true or false")
+    return OutputFormat.build(schema, name=name, strict=strict is True,
                               where="response_format.json_schema.schema")
 
 
@@ -214,7 +200,7 @@ def check(schema: dict[str, Any], where: str, *, prepared: bool = True, strict: 
         except SchemaError as exc:
             raise SchemaError(f"{where}: the grammar cannot take {exc}") from None
         return
-    dropped = [message for _, _, message in _unexpressed(schema, "#", schema)]
+    dropped = [message for _, _, message in unexpressed(schema, "#", schema) if message]
     if dropped:
         raise SchemaError(f"{where}: the grammar cannot enforce {'; '.join(dropped[:5])}"
                           + (f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else "")
@@ -227,113 +213,6 @@ def _depth(node: Any, where: str, depth: int) -> None:
     children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
     for child in children:
         _depth(child, where, depth + 1)
-
-
-def _branch(node: dict[str, Any]) -> tuple[set[str], list[tuple[str, Any]]]:
-    """The keywords the converter's rule for `node` enforces, and the subschemas it visits (with their paths).
-
-    Mirrors SchemaConverter.visit in llama_cpp/llama_grammar.py: the first branch that matches wins, and whatever
-    else the node says is dropped."""
-    t = node.get("type")
-    if "$ref" in node:
-        return {"$ref"}, []
-    if "oneOf" in node:  # generated as anyOf: "exactly one" is not enforced (unless there is only one)
-        return ({"oneOf"} if len(node["oneOf"]) == 1 else set()), [(f"oneOf/{i}", s)
-                                                                  for i, s in enumerate(node["oneOf"])]
-    if "anyOf" in node:
-        return {"anyOf"}, [(f"anyOf/{i}", s) for i, s in enumerate(node["anyOf"])]
-    if isinstance(t, list):
-        return {"type"}, []
-    if "const" in node:
-        return {"const", "type"}, []
-    if "enum" in node:
-        return {"enum", "type"}, []
-    if t in (None, "object") and ("properties" in node or node.get("additionalProperties", True) is not True):
-        subs = [(f"properties/{k}", s) for k, s in node.get("properties", {}).items()]
-        if isinstance(node.get("additionalProperties"), dict):
-            subs.append(("additionalProperties", node["additionalProperties"]))
-        props = node.get("properties", {})
-        required = {"required"} if set(node.get("required", [])) <= set(props) else set()  # else one never comes
-        return {"type", "properties", "additionalProperties"} | required, subs
-    if t in (None, "array") and ("items" in node or "prefixItems" in node):
-        if "prefixItems" in node and node.get("items") in (None, False):  # a tuple, exactly
-            return {"type", "prefixItems", "items"}, [(f"prefixItems/{i}", s)
-                                                      for i, s in enumerate(node["prefixItems"])]
-        return {"type", "items", "minItems", "maxItems"}, [("items", node["items"])]
-    if t in (None, "string") and "pattern" in node:
-        return {"type", "pattern"}, []
-    if t in (None, "string") and node.get("format") in STRING_FORMATS:
-        return {"type", "format"}, []
-    if t == "string" and ("minLength" in node or "maxLength" in node):
-        return {"type", "minLength", "maxLength"}, []
-    return {"type"}, []
-
-
-def _unexpressed(node: Any, path: str, root: dict[str, Any]):
-    """Each constraint in `node` (and below) the grammar would not enforce, as (the node, what `loosened` does about
-    it, "`keyword` at path"): a keyword to leave out of the grammar's copy, ANY to let the node be any value, or
-    None where nothing can be left out (the schema is refused, strict or not)."""
-    if not isinstance(node, dict):  # `true` / `false` schemas
-        if node is False:
-            yield node, None, f"a `false` schema at {path}"
-        return
-    t = node.get("type")
-    if isinstance(t, str) and t not in TYPES or isinstance(t, list) and any(x not in TYPES for x in t):
-        yield node, None, f"`type` {json.dumps(t)} at {path}"
-    ref = node.get("$ref")
-    if isinstance(ref, str) and not ref.startswith("#/"):
-        yield node, None, f"`$ref` {ref!r} at {path} (only local references, #/...)"
-    if "allOf" in node:
-        yield node, "allOf", f"`allOf` at {path}"
-    enforced, subs = _branch(node)
-    constraints = set(node) & CONSTRAINTS
-    if isinstance(t, str) and t != "string":
-        constraints.discard("format")  # `format` constrains strings only ("float" on a number is a note)
-    for key in ("minLength", "maxLength", "minItems", "maxItems"):
-        if isinstance(node.get(key), int) and node[key] > MAX_REPEAT:
-            yield node, key, f"`{key}` {node[key]} at {path} (at most {MAX_REPEAT})"
-    pattern = node.get("pattern")
-    if isinstance(pattern, str):
-        if "\\" in pattern:
-            yield node, "pattern", (f"`pattern` {pattern[:40]!r} at {path}: escapes (\\d, \\w, \\.) are not "
-                                    "supported, write [0-9], [.]")
-        if NESTED_REPEAT.search(pattern):
-            yield node, "pattern", (f"`pattern` {pattern[:40]!r} at {path}: a repeated group with a repetition "
-                                    "inside, as in (a+)+")
-        if any(int(n) > MAX_REPEAT for n in re.findall(r"\{(\d+)(?:,(\d*))?\}", pattern) for n in n if n):
-            yield node, "pattern", f"`pattern` {pattern[:40]!r} at {path}: a repetition count over {MAX_REPEAT}"
-    if not constraints and node:
-        yield node, ANY, f"an untyped schema (any value) at {path}"
-    for key in sorted(constraints - enforced - {"allOf"}):
-        yield node, key, f"`{key}` at {path}"
-    for sub_path, sub in subs:
-        yield from _unexpressed(sub, f"{path}/{sub_path}", root)
-    for name, sub in (node.get("$defs") or {}).items() if path == "#" else ():  # all at the top (prepare)
-        yield from _unexpressed(sub, f"#/$defs/{name}", root)
-
-
-def loosened(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A schema that is not strict (a tool without `strict: true`, a response format with `strict: false`, Ollama's
-    `format`), as its grammar takes it: a copy without the constraints the grammar cannot enforce (`minimum`,
-    `uniqueItems`, ...), which the answer is validated against afterwards, and what was left out. Raises
-    SchemaError for what cannot be left out (a `false` schema, a reference out of the document)."""
-    copy = json.loads(json.dumps(schema))
-    left: list[str] = []
-    for _ in range(4):  # leaving one keyword out can change which rule a node gets: look again
-        found = list(_unexpressed(copy, "#", copy))
-        if not found:
-            return copy, left
-        for node, key, message in found:
-            if key is None:
-                raise SchemaError(message)
-            left.append(message)
-            if key == ANY:
-                node.clear()  # {}: the converter's "any value"
-            elif key == "oneOf":
-                node["anyOf"] = node.pop("oneOf")  # "exactly one" becomes "at least one"
-            else:
-                node.pop(key, None)
-    raise SchemaError("the schema cannot be loosened into one the grammar takes")
 
 
 @functools.cache

@@ -48,7 +48,7 @@ class Function:
     description: str
     parameters: dict[str, Any]
     strict: bool = False
-    grammar_parameters: dict[str, Any] | None = None  # not strict: what the grammar enforces (structured.loosened)
+    grammar_parameters: dict[str, Any] | None = None  # what the grammar enforces (structured.loosened)
 
     def openai(self) -> dict[str, Any]:
         fn = {"name": self.name, "description": self.description, "parameters": self.parameters}
@@ -160,7 +160,7 @@ def _function(tool: Any, where: str, index: int) -> Function:
     # Strict, every constraint must be one the grammar enforces; otherwise (OpenAI's default) the grammar enforces
     # what it can and the call is validated against the whole schema afterwards (Toolset.problem)
     prepared = prepare(params, f"{where}.function.parameters", prefix=f"x--f{index}-", strict=strict is True)
-    return Function(name, description, prepared, strict is True, None if strict else loosened(prepared)[0])
+    return Function(name, description, prepared, strict is True, loosened(prepared)[0])
 
 
 def _choice(tool_choice: Any, names: list[str]) -> str:

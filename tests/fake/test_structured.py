@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from swarm_edge.errors import ConfigError
+from swarm_edge.grammar_fit import ANY_VALUE
 from swarm_edge.structured import OBJECT, SchemaError, from_ollama, from_openai, grammar_of, prepare
 from tests.fake.helpers import ask
 from tests.fake.runtime import FAKE_YAML, FakeCloud, FakeRuntime, Reply, fake_registry
@@ -118,7 +119,20 @@ LOOSE = [  # constraints the grammar cannot enforce, and what a not-strict forma
     ({"type": "string", "pattern": "^a+$", "maxLength": 3}, {"type": "string", "pattern": "^a+$"}, '"aaaa"'),
     ({"type": "string", "pattern": "^\\d{3}$"}, {"type": "string"}, '"12"'),
     ({"type": "object", "properties": {"x": {"description": "anything"}}},
-     {"type": "object", "properties": {"x": {}}}, None),
+     {"type": "object", "properties": {"x": ANY_VALUE}}, None),
+    ({"type": "array", "items": {"minimum": 0}}, {"type": "array", "items": ANY_VALUE}, "[-1]"),
+    # second read (review 11): what a left-out keyword leaned on goes with it, so the grammar never excludes a
+    # value the schema allows
+    ({"type": "object", "properties": {"c": {"allOf": [{"$ref": "#/$defs/x--def-0"}], "description": "c"}},
+      "required": ["c"], "$defs": {"x--def-0": {"type": "string", "enum": ["red", "blue"]}}},
+     {"type": "object", "properties": {"c": {"$ref": "#/$defs/x--def-0", "description": "c"}}, "required": ["c"],
+      "$defs": {"x--def-0": {"type": "string", "enum": ["red", "blue"]}}}, '{"c": "green"}'),
+    ({"type": "object", "patternProperties": {"^x": {"type": "string"}}, "additionalProperties": False},
+     {"type": "object"}, '{"y": 1}'),
+    ({"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, {"type": "array"},
+     '[1]'),
+    ({"type": "array", "prefixItems": [{"type": "string"}, {"type": "string"}], "items": False, "maxItems": 1},
+     {"type": "array", "prefixItems": [{"type": "string"}], "items": False}, '["a", "b"]'),
     ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, {"anyOf": [{"type": "integer"}, {"type": "number"}]}, "3"),
     ({"allOf": [{"type": "object"}], "type": "object", "properties": {"a": {"type": "string", "format": "email"}}},
      {"type": "object", "properties": {"a": {"type": "string"}}}, None),
@@ -139,7 +153,34 @@ def test_a_loose_schema_is_taken_its_grammar_enforces_what_it_can_and_the_answer
         assert out.problem(breaks) is not None
 
 
+def test_an_empty_schema_is_any_value_in_the_grammar_strict_or_not():
+    """The converter reads `{}` as any object: a field that may be anything must not be forced to be an object."""
+    for strict in (True, False):
+        out = from_openai(fmt({"type": "object", "properties": {"x": {}}}, strict=strict))
+        assert out is not None and out.generation_schema["properties"]["x"] == ANY_VALUE and not out.unenforced
+
+
+def test_strict_must_be_a_boolean():
+    with pytest.raises(SchemaError, match="strict must be true or false"):
+        from_openai(fmt({"type": "integer", "minimum": 0}, strict="false"))
+
+
+def test_the_worker_is_sent_the_loosened_schema():
+    """What the grammar is built from is the loosened copy (llama.cpp's converter drops `minimum` quietly, so only
+    this shows which one went)."""
+    from swarm_edge.config import DEFAULT_CONFIG
+    from swarm_edge.orchestration.request import Sampling
+    from swarm_edge.registry import load_registry
+
+    out = from_openai(fmt({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}))
+    spec = load_registry(DEFAULT_CONFIG).get("smollm2-135m")
+    request = Sampling(output=out).call(spec, [{"role": "user", "content": "x"}])
+    assert request.json_schema == {"type": "object", "properties": {"n": {"type": "integer"}}}
+
+
 def test_what_cannot_be_left_out_is_refused_strict_or_not():
+    with pytest.raises(SchemaError, match="names 'b', which `properties` lacks"):
+        from_openai(fmt({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]}))
     with pytest.raises(SchemaError, match="a `false` schema"):
         from_openai(fmt({"type": "object", "properties": {"x": False}}))
     with pytest.raises(SchemaError, match="only references into"):
