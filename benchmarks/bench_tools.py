@@ -270,6 +270,8 @@ def main() -> None:
     ap.add_argument("--epsilon", type=int, default=None,
                     help="--measure: answers within which options tie (default: one standard error of the best)")
     ap.add_argument("--fresh", action="store_true", help="forget the cases a cut-off run of this name finished")
+    ap.add_argument("--report", action="store_true",
+                    help="write the table from the cases already in the case log (a cut-off run), running none")
     args = ap.parse_args()
     b = bfcl()
     split = None if args.split == "all" else args.split
@@ -278,7 +280,11 @@ def main() -> None:
           file=sys.stderr)
     name = args.name or f"tools-{args.split}" + ("-measured" if args.measure else "")
     log = CaseLog(name, fresh=args.fresh)
-    if args.measure:
+    if args.report:  # what a cut-off run finished: each category's count shows how far it got
+        results = {config: [rec for items in cases.values() for case, _ in items
+                            if (rec := log.get(config, case["id"])) is not None] for config in args.configs}
+        fitted = []
+    elif args.measure:
         if args.split != "dev" or "auto" in args.configs:
             raise SystemExit("--measure chooses the route: the dev split, models only")
         results = {config: asyncio.run(measure(b, config, cases, args.max_tokens, log)) for config in args.configs}
@@ -294,7 +300,7 @@ def main() -> None:
     ids_sha = split_sha256(cases)
     print(f"the {args.split} split's case ids: sha256 {ids_sha}", file=sys.stderr)
     lines = table(args.split, results, ids_sha)
-    lines[-1] = lines[-1].replace(f"--split {args.split}", " ".join(sys.argv[1:]))
+    lines[-1] = lines[-1].replace(f"--split {args.split}", " ".join(a for a in sys.argv[1:] if a != "--report"))
     write_results(name, {"split": args.split, "limit": args.limit, "ids_sha256": ids_sha, "results": results},
                   lines + ([""] + fitted if fitted else []))
 
