@@ -107,6 +107,27 @@ class Daemon:
         self.proc.wait(60)
 
 
+def one_round(sides: dict, k: int, prompt: str, max_tokens: int) -> tuple:
+    """`prompt` on every side, starting with the k-th (the order rotates), a pause before each: (daemon, raw, relay)."""
+    names = list(sides)
+    got = {}
+    for name in names[k:] + names[:k]:
+        fn, *args = sides[name]
+        time.sleep(SETTLE_S)
+        got[name] = fn(*args, prompt, max_tokens)
+    return got["daemon"], got["raw"], got["relay"]
+
+
+def ttft_split(rows: list) -> dict:
+    """Where the added time goes: HTTP + client (client TTFT - daemon-side TTFT), daemon to worker and back
+    (daemon-side - time inside the worker's model call), and the model call itself vs raw; medians, ms."""
+    return {
+        "http_and_client": statistics.median((p[0][0] - p[0][3]) * 1000 for p in rows),
+        "daemon_to_worker": statistics.median((p[0][3] - p[0][4]) * 1000 for p in rows),
+        "model_call_vs_raw": statistics.median((p[0][4] - p[1][0]) * 1000 for p in rows),
+    }
+
+
 def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
     from llama_cpp import Llama
 
@@ -123,24 +144,12 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
             raw_once(raw, "Say hello.", 8)
             sides = {"daemon": (daemon_once, daemon.http, spec.id), "raw": (raw_once, raw),
                      "relay": (daemon_once, relay.http, spec.id)}
-            names = list(sides)
             for i, prompt in enumerate(PROMPTS):
-                k = (i + rep) % 3
-                got = {}
-                for name in names[k:] + names[:k]:
-                    fn, *args = sides[name]
-                    time.sleep(SETTLE_S)
-                    got[name] = fn(*args, prompt, max_tokens)
-                pairs.append((got["daemon"], got["raw"], got["relay"]))
+                pairs.append(one_round(sides, (i + rep) % 3, prompt, max_tokens))
             for j in range(CACHED_ROUNDS + 1):  # round 0 puts the prompt in every side's cache
-                k = (j + rep) % 3
-                got = {}
-                for name in names[k:] + names[:k]:
-                    fn, *args = sides[name]
-                    time.sleep(SETTLE_S)
-                    got[name] = fn(*args, CACHED_PROMPT, 8)
+                got = one_round(sides, (j + rep) % 3, CACHED_PROMPT, 8)
                 if j:
-                    cached.append((got["daemon"], got["raw"], got["relay"]))
+                    cached.append(got)
         finally:
             raw.close()
             daemon.stop()
@@ -161,22 +170,12 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
         "decode_ratio_per_prompt_median": statistics.median(p[0][1] / p[1][1] for p in pairs),
         "ttft_added_ms_median": statistics.median((p[0][0] - p[1][0]) * 1000 for p in pairs),
         "relay_ttft_added_ms_median": statistics.median((p[2][0] - p[1][0]) * 1000 for p in pairs),
-        # where the added time goes: HTTP + client (client TTFT - daemon-side TTFT), daemon to worker and back
-        # (daemon-side - time inside the worker's model call), and the model call itself vs raw
-        "ttft_split_ms_median": {
-            "http_and_client": statistics.median((p[0][0] - p[0][3]) * 1000 for p in pairs),
-            "daemon_to_worker": statistics.median((p[0][3] - p[0][4]) * 1000 for p in pairs),
-            "model_call_vs_raw": statistics.median((p[0][4] - p[1][0]) * 1000 for p in pairs),
-        },
+        "ttft_split_ms_median": ttft_split(pairs),
         "cached_prompt": CACHED_PROMPT, "cached_pairs": len(cached),
         "cached_raw_ttft_ms": statistics.median(p[1][0] for p in cached) * 1000,
         "cached_ttft_added_ms_median": statistics.median((p[0][0] - p[1][0]) * 1000 for p in cached),
         "cached_relay_ttft_added_ms_median": statistics.median((p[2][0] - p[1][0]) * 1000 for p in cached),
-        "cached_ttft_split_ms_median": {
-            "http_and_client": statistics.median((p[0][0] - p[0][3]) * 1000 for p in cached),
-            "daemon_to_worker": statistics.median((p[0][3] - p[0][4]) * 1000 for p in cached),
-            "model_call_vs_raw": statistics.median((p[0][4] - p[1][0]) * 1000 for p in cached),
-        },
+        "cached_ttft_split_ms_median": ttft_split(cached),
         "same_token_counts": all(p[0][2] == p[1][2] == p[2][2] for p in pairs),
         "pairs": pairs,
     }
