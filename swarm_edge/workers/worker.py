@@ -215,6 +215,8 @@ class Worker:
         if not sent:
             await self.begin(request)
         try:
+            if self._sink is not None and not self._decided:  # read without a hand-over: relay, do not hold
+                self.hand_over(Framing('"\\u0000"'), None)
             while True:
                 msg = await self._next()
                 if msg["kind"] == "event":

@@ -17,6 +17,7 @@ from swarm_edge.api.schemas import MAX_INPUTS
 from swarm_edge.engine import Engine, tree_pss
 from swarm_edge.errors import BudgetError, CorruptModelError, InferenceError, ModelLoadError, WorkerCrashedError
 from swarm_edge.workers import GenerateRequest
+from swarm_edge.workers.direct import Framing, Sink
 from swarm_edge.workers.pool import EMBED_FRAME, MAX_FRAME, Worker, _decode, _send, _serve, _slices
 
 pytestmark = pytest.mark.real_model
@@ -116,6 +117,32 @@ def test_client_gone_mid_stream_cancels_and_keeps_worker(test_registry, settings
 
     events, alive = run(main())
     assert events[-1]["type"] == "done" and alive
+
+
+def test_a_direct_generation_dropped_or_read_before_its_hand_over(test_registry, settings):
+    """A direct generation dropped before its hand-over leaves the worker in step, and one that is read without a
+    hand-over is relayed, not held forever."""
+    async def main():
+        engine = Engine(test_registry, settings, budget="4GiB")
+        await engine.start()
+        try:
+            async with engine.session("smollm2-135m") as session:
+                worker = session.worker
+                await worker.begin(HELLO, Sink())
+                await worker.abandon()  # a response that failed before its head
+                sink = Sink()
+                await worker.begin(HELLO, sink)
+                events = [e async for e in worker.generate(HELLO, sent=True)]
+                refused = worker.hand_over(Framing('{"t": "\\u0000"}'), None)  # too late: it was relayed
+                again = [e async for e in worker.generate(HELLO)]
+            return events, again, refused, sink
+        finally:
+            await engine.close()
+
+    events, again, refused, sink = run(main())
+    assert [e["type"] for e in events if e["type"] != "token"] == ["done"]  # relayed tokens, not one "sent" event
+    assert sum(e["type"] == "token" for e in events) >= 1
+    assert again[-1]["type"] == "done" and not refused and not sink.direct
 
 
 def test_corrupt_model_is_refused_before_any_worker_starts(test_registry, settings, tmp_path, model_files):
