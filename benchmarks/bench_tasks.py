@@ -179,6 +179,7 @@ def main() -> None:
     ap.add_argument("--budget", default="6GiB")
     ap.add_argument("--split", choices=["dev", "test"], help="the evaluation sets' split (unless --suite legacy)")
     ap.add_argument("--suite", choices=["eval", "legacy"], default="eval")
+    ap.add_argument("--name", default=None, help="results file name (default tasks-SPLIT; legacy: tasks)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -195,6 +196,8 @@ def main() -> None:
     mib = 1024 * 1024
     ref = next((r for r in results if r["config"] == BIG), None)
     rerun = "--suite legacy" if split is None else f"--split {split}"
+    if args.name or args.configs != DEFAULT_CONFIGS:
+        rerun += f" --configs {' '.join(args.configs)}" + (f" --name {args.name}" if args.name else "")
     lines = [f"# Task suite: {len(items)} items, greedy, 2 threads ({platform.machine()}, "
              f"{os.cpu_count()} cores); rerun: .venv/bin/python benchmarks/bench_tasks.py {rerun}", "",
              f"{announce}.", "",
@@ -208,7 +211,7 @@ def main() -> None:
         lines.append(f"| {r['config']} | {r['correct']}/{r['items']} = {r['accuracy']:.3f} | {r['mean_latency_s']:.2f} "
                      f"| {lat} | {r['mean_latency_without_loads_s']:.2f} | {r['peak_pss_bytes'] / mib:.0f} | {mem} "
                      f"| {r['used_big_model']} | {r['escalated']} | {per} |")
-    write_results("tasks" if split is None else f"tasks-{split}",
+    write_results(args.name or ("tasks" if split is None else f"tasks-{split}"),
                   {"suite": "legacy" if split is None else "eval", "split": announce, "items": len(items),
                    "budget": args.budget, "results": results}, lines)
 
