@@ -22,10 +22,12 @@ Writes: benchmarks/results/daemon.json and benchmarks/results/daemon.md
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +56,7 @@ SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
 # several ms; measured back to back, the worker's own model call looked 4 ms slower than raw, with the pause it is
 # not (a user's client runs no llama.cpp threads)
 SETTLE_S = 0.3
+CLIENTS = {"light": "light (a bare Unix socket, HTTP and SSE read by hand: light_once)", "httpx": "httpx"}
 # The fixed cost, measured where the model's own time is smallest and steadiest: the same short prompt again, a full
 # prefix-cache hit on every side (the model evaluates one token, ~12 ms on smollm2), so what remains of the
 # difference is the daemon's: HTTP, routing, the worker's pipe. Fresh prompts vary by +-5 ms a side on this machine.
@@ -81,6 +84,57 @@ def daemon_once(client, model: str, prompt: str, max_tokens: int):
         if any(c.get("delta", {}).get("content") for c in obj.get("choices", [])):
             last = time.perf_counter()
             first = first or last
+    n = usage.get("completion_tokens") or 0
+    if first is None or last is None or n < 2 or last <= first:
+        raise RuntimeError("the model produced fewer than two tokens; pick a longer-running prompt")
+    return first - t0, (n - 1) / (last - first), n, trace.get("ttft_s"), trace.get("model_ttft_s")
+
+
+def _events(sock: socket.socket, buf: bytes):
+    """The SSE events' JSON objects of a chunked response whose head has been read (`buf`: bytes after it)."""
+    sse = b""
+    while True:
+        while (eol := buf.find(b"\r\n")) >= 0 and len(buf) >= eol + 4 + int(buf[:eol], 16):
+            size = int(buf[:eol], 16)
+            if size == 0:
+                return
+            sse, buf = sse + buf[eol + 2:eol + 2 + size], buf[eol + 4 + size:]
+            while (end := sse.find(b"\n\n")) >= 0:
+                event, sse = sse[:end], sse[end + 2:]
+                if event.startswith(b"data: {"):
+                    yield json.loads(event[6:])
+        data = sock.recv(65536)
+        if not data:
+            return
+        buf += data
+
+
+def light_once(path: Path, model: str, prompt: str, max_tokens: int):
+    """daemon_once with the lightest client Python has: a Unix socket, the request's bytes written by hand, chunked
+    coding and SSE read by hand. httpx's own machinery costs about 0.4 ms a request and CPU for every event, on the
+    2 cores the model decodes on: a client's cost, not the daemon's (an app in C, Go or Rust pays less)."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                       "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}).encode()
+    trace: dict = {}
+    usage: dict = {}
+    first = last = None
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        t0 = time.perf_counter()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: swarm-edge\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536) or b"\r\n\r\n"
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+            raise RuntimeError(f"unexpected response: {head[:200]!r}")
+        for obj in _events(sock, buf):
+            trace.update(obj.get("swarm", {}).get("timings", {}))
+            usage.update(obj.get("usage") or {})
+            if any(c.get("delta", {}).get("content") for c in obj.get("choices", [])):
+                last = time.perf_counter()
+                first = first or last
     n = usage.get("completion_tokens") or 0
     if first is None or last is None or n < 2 or last <= first:
         raise RuntimeError("the model produced fewer than two tokens; pick a longer-running prompt")
@@ -128,7 +182,7 @@ def ttft_split(rows: list) -> dict:
     }
 
 
-def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
+def bench_model(spec, files, threads: int, reps: int, max_tokens: int, client: str = "light") -> dict:
     from llama_cpp import Llama
 
     pairs = []   # (daemon (ttft, tok/s, n, ...), raw (ttft, tok/s, n), relay (ttft, tok/s, n, ...)) per prompt
@@ -142,8 +196,12 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
             daemon_once(daemon.http, spec.id, "Say hello.", 8)   # loads the model in a worker
             daemon_once(relay.http, spec.id, "Say hello.", 8)
             raw_once(raw, "Say hello.", 8)
-            sides = {"daemon": (daemon_once, daemon.http, spec.id), "raw": (raw_once, raw),
-                     "relay": (daemon_once, relay.http, spec.id)}
+            if client == "light":
+                sides = {"daemon": (light_once, daemon.socket, spec.id), "raw": (raw_once, raw),
+                         "relay": (light_once, relay.socket, spec.id)}
+            else:
+                sides = {"daemon": (daemon_once, daemon.http, spec.id), "raw": (raw_once, raw),
+                         "relay": (daemon_once, relay.http, spec.id)}
             for i, prompt in enumerate(PROMPTS):
                 pairs.append(one_round(sides, (i + rep) % 3, prompt, max_tokens))
             for j in range(CACHED_ROUNDS + 1):  # round 0 puts the prompt in every side's cache
@@ -160,8 +218,8 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int) -> dict:
     r_tok = statistics.median(p[1][1] for p in pairs)
     l_tok = statistics.median(p[2][1] for p in pairs)
     return {
-        "model": spec.id, "threads": threads, "n_ctx": spec.n_ctx, "n_batch": spec.n_batch, "reps": reps,
-        "prompts": len(pairs),
+        "model": spec.id, "client": client, "threads": threads, "n_ctx": spec.n_ctx, "n_batch": spec.n_batch,
+        "reps": reps, "prompts": len(pairs),
         "daemon": {"tok_s": d_tok, "ttft_s": statistics.median(p[0][0] for p in pairs)},
         "raw": {"tok_s": r_tok, "ttft_s": statistics.median(p[1][0] for p in pairs)},
         "relay": {"tok_s": l_tok, "ttft_s": statistics.median(p[2][0] for p in pairs)},
@@ -187,25 +245,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--client", choices=["light", "httpx"], default="light",
+                    help="the HTTP client that reads the daemon's stream (light: a bare socket; see light_once)")
     args = ap.parse_args(argv)
     settings = Settings.load(threads=args.threads)
     registry = load_registry(DEFAULT_CONFIG)
     results = []
     for spec, files in fetched_models(settings, registry, args.models):
         print(f"benchmarking {spec.id} through the daemon vs raw ...", file=sys.stderr, flush=True)
-        results.append(bench_model(spec, files, settings.threads, args.reps, args.max_tokens))
+        results.append(bench_model(spec, files, settings.threads, args.reps, args.max_tokens, args.client))
     if not results:
         print("no model is fetched: run `swarm-edge models fetch` first", file=sys.stderr)
         return 1
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.machine(),
-            "python": platform.python_version(), "max_tokens": args.max_tokens, "prompts": PROMPTS}
+            "python": platform.python_version(), "max_tokens": args.max_tokens, "client": args.client,
+            "prompts": PROMPTS}
     lines = [
         "# Through the daemon (HTTP/SSE over the Unix socket, worker process) vs raw llama-cpp-python, one run",
         "", f"{meta['when']}, {args.reps} reps x {len(PROMPTS)} prompts, alternating per prompt, fresh daemon and "
         f"raw instance per rep, medians, {args.max_tokens} tokens max, same file/threads/n_ctx/n_batch/messages/"
         "sampling. Bars (issue 16): decode ratio >= 0.99 on smollm2-135m, added TTFT <= 2 ms. `daemon` is the direct "
-        "path (the worker writes the tokens to the client), `relay` the same daemon with SWARM_EDGE_DIRECT=off.",
-        "Rerun: `.venv/bin/python benchmarks/bench_daemon.py`", "",
+        "path (the worker writes the tokens to the client), `relay` the same daemon with SWARM_EDGE_DIRECT=off. "
+        f"Client: {CLIENTS[args.client]}.",
+        f"Rerun: `.venv/bin/python benchmarks/bench_daemon.py --client {args.client}`", "",
         "| model | threads | raw tok/s | daemon tok/s | daemon/raw | relay/raw | raw TTFT ms | daemon TTFT ms "
         "| added TTFT ms (median of pairs) | relay added TTFT ms | cached prompt: raw TTFT ms | added | relay added "
         "| same tokens |",
