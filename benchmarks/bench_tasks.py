@@ -198,6 +198,8 @@ def main() -> None:
     rerun = "--suite legacy" if split is None else f"--split {split}"
     if args.name or args.configs != DEFAULT_CONFIGS:
         rerun += f" --configs {' '.join(args.configs)}" + (f" --name {args.name}" if args.name else "")
+    rerun += (f" --budget {args.budget}" if args.budget != "6GiB" else "") + \
+        (f" --limit {args.limit}" if args.limit else "")
     lines = [f"# Task suite: {len(items)} items, greedy, 2 threads ({platform.machine()}, "
              f"{os.cpu_count()} cores); rerun: .venv/bin/python benchmarks/bench_tasks.py {rerun}", "",
              f"{announce}.", "",

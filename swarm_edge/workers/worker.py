@@ -206,6 +206,7 @@ class Worker:
         """An end or error frame: keep the bytes a direct generation left to write for its response."""
         if self._sink is not None:
             self._sink.ended = True
+            self._sink.worker = None  # a late hand-over must not reach this worker's next generation
             if msg.get("direct"):
                 self._sink.pending += pending(msg)
         self._sink = None
@@ -216,6 +217,7 @@ class Worker:
             await self.begin(request)
         try:
             if self._sink is not None and not self._decided:  # read without a hand-over: relay, do not hold
+                self._sink.worker = None
                 self.hand_over(Framing('"\\u0000"'), None)
             while True:
                 msg = await self._next()
