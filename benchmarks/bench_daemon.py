@@ -76,11 +76,16 @@ def daemon_once(client, model: str, prompt: str, max_tokens: int):
     time from the first content event to the last."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": 0.0, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    return _measured(client.stream("/v1/chat/completions", body), t0)
+
+
+def _measured(objs, t0: float):
+    """daemon_once's figures from a stream's event objects, read as they arrive (t0: when the request went out)."""
     trace: dict = {}
     usage: dict = {}
-    t0 = time.perf_counter()
     first = last = None
-    for obj in client.stream("/v1/chat/completions", body):
+    for obj in objs:
         trace.update(obj.get("swarm", {}).get("timings", {}))
         usage.update(obj.get("usage") or {})
         if any(c.get("delta", {}).get("content") for c in obj.get("choices", [])):
@@ -120,31 +125,24 @@ def light_once(path: Path, model: str, prompt: str, max_tokens: int):
     on the 2 cores the model decodes on (GET /health took 0.86 ms through httpx, 0.49 ms from a bare socket)."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                        "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}).encode()
-    trace: dict = {}
-    usage: dict = {}
-    first = last = None
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(300)
         sock.connect(str(path))
         t0 = time.perf_counter()
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: swarm-edge\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += sock.recv(65536) or b"\r\n\r\n"
-        head, _, buf = buf.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
-            raise RuntimeError(f"unexpected response: {head[:200]!r}")
-        for obj in _events(sock, buf):
-            trace.update(obj.get("swarm", {}).get("timings", {}))
-            usage.update(obj.get("usage") or {})
-            if any(c.get("delta", {}).get("content") for c in obj.get("choices", [])):
-                last = time.perf_counter()
-                first = first or last
-    n = usage.get("completion_tokens") or 0
-    if first is None or last is None or n < 2 or last <= first:
-        raise RuntimeError("the model produced fewer than two tokens; pick a longer-running prompt")
-    return first - t0, (n - 1) / (last - first), n, trace.get("ttft_s"), trace.get("model_ttft_s")
+        return _measured(_light_events(sock, body), t0)
+
+
+def _light_events(sock: socket.socket, body: bytes):
+    """The request written by hand, the head checked, then the stream's event objects (_events)."""
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: swarm-edge\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536) or b"\r\n\r\n"
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+        raise RuntimeError(f"unexpected response: {head[:200]!r}")
+    yield from _events(sock, buf)
 
 
 class Daemon:
