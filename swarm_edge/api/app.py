@@ -21,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from swarm_edge import __version__
 from swarm_edge.api import ollama, openai, swarm
 from swarm_edge.api.errors import classify, error_body, install_handlers
+from swarm_edge.api.hot import HotPaths
 from swarm_edge.api.metrics import Metrics, prometheus_text
 from swarm_edge.api.middleware import MAX_BODY, UNIX_PEER_CHECKED, Guard
 from swarm_edge.api.schemas import finish_openapi
@@ -55,11 +56,12 @@ def _lifespan(engine: Engine, on_ready):
 
 
 def create_app(engine: Engine, *, token: str | None = None, on_ready=None, request_timeout: float | None = None,
-               max_connections: int | None = None, direct: bool = True) -> FastAPI:
+               max_connections: int | None = None, direct: bool = True, hot: bool = True) -> FastAPI:
     """The FastAPI app over an Engine. The lifespan starts the engine's workers and stops them all.
     `request_timeout`: seconds a generation request may take, from arrival to its last token (None: no limit).
     `max_connections`: past this many open connections, requests are answered 503 (None: no cap).
-    `direct`: streamed answers take the direct path (workers/direct.py) where they can."""
+    `direct`: streamed answers take the direct path (workers/direct.py) where they can.
+    `hot`: the generation endpoints skip FastAPI's routing (api/hot.py); off only to compare the two."""
     app = FastAPI(title="swarm-edge", version=__version__, lifespan=_lifespan(engine, on_ready), docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -71,7 +73,10 @@ def create_app(engine: Engine, *, token: str | None = None, on_ready=None, reque
     for router in routers:
         app.include_router(router)
     # /metrics counts requests by path: the endpoints' own, every other path as "other"
-    paths = {r.path for r in [*app.routes, *(r for router in routers for r in router.routes)] if hasattr(r, "path")}
+    routes = [*app.routes, *(r for router in routers for r in router.routes)]
+    paths = {r.path for r in routes if hasattr(r, "path")}
+    if hot:
+        app.add_middleware(HotPaths, routes=HotPaths.of(routes))  # added first: inside Guard
     app.add_middleware(Guard, metrics=metrics, token=token, paths=paths)
     return app
 
