@@ -33,6 +33,14 @@ class GenerateRequest:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("GenerateRequest needs exactly one of messages or prompt")
 
+    def wire(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict, for the worker's order. Not dataclasses.asdict: every field is plain JSON
+        already, and asdict's deep copy of the messages cost 30 us of each request's time to first token."""
+        return {name: getattr(self, name) for name in _REQUEST_FIELDS}
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(GenerateRequest))
+
 
 @dataclass(frozen=True)
 class LoadInfo:

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 from collections.abc import AsyncGenerator
-from dataclasses import asdict
 from typing import Any
 
 from swarm_edge.errors import (
@@ -175,7 +174,7 @@ class Worker:
         """
         await self._settle()
         self.requests += 1
-        order: dict[str, Any] = {"kind": "generate", "request": asdict(request)}
+        order: dict[str, Any] = {"kind": "generate", "request": request.wire()}
         if sink is not None:
             order["direct"] = True
         self._send(order)

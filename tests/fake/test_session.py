@@ -120,3 +120,18 @@ def test_an_unknown_event_key_is_a_key_error():
 
 def test_genstats_from_the_wire_ignores_unknown_and_null_keys():
     assert GenStats.from_wire({"type": "done", "chunks": 3, "mean_logprob": None, "x": 1}) == GenStats(chunks=3)
+
+
+def test_a_requests_wire_form_is_asdict_without_the_copy():
+    """The worker's order carries GenerateRequest.wire(); it must say what dataclasses.asdict says, field for field
+    (a field holding a dataclass would break that: asdict converts it, wire would hand it to json.dumps)."""
+    import json
+    from dataclasses import asdict
+
+    full = GenerateRequest(messages=[{"role": "user", "content": "x"}], max_tokens=5, temperature=0.5, top_p=0.9,
+                           stop=["\n"], seed=1, logprobs=True, json_schema={"type": "object"}, cache_prompt=False,
+                           tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto",
+                           parallel_tool_calls=False)
+    for req in (full, REQ):
+        assert req.wire() == asdict(req)
+        assert GenerateRequest(**json.loads(json.dumps(req.wire()))) == req
