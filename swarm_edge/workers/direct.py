@@ -175,12 +175,89 @@ class Writer:
 
 def receive_sink(conn, msg: dict[str, Any], writer: Writer | None) -> list[str]:
     """The worker reads a "sink" order (and its descriptor, when it has one); held tokens to relay, if any."""
-    fd = reduction.recv_handle(conn) if msg.get("fd") else None
+    return take_sink(msg, reduction.recv_handle(conn) if msg.get("fd") else None, writer)
+
+
+def take_sink(msg: dict[str, Any], fd: int | None, writer: Writer | None) -> list[str]:
+    """A "sink" order and its descriptor, already read: to the writer (held tokens to relay, if any)."""
     if writer is None or writer.decided:  # not expected: a stray order must not leak the descriptor
         if fd is not None:
             os.close(fd)
         return []
     return writer.decide(msg.get("framing"), fd)
+
+
+class Orders:
+    """A direct generation's orders, read on a thread of their own while the model runs (the worker's side).
+
+    The hand-over arrives while the model reads the prompt. Read on the main thread, it waited for the first token,
+    and its reads (a poll, the frame, the descriptor) came between that token and the client: about 0.2 ms of the
+    time to first token. Here a thread reads each order as it arrives; the model's loop takes them from `got`, with
+    no system call per token. Only this thread reads the pipe while it runs (the main thread still writes: the pipe
+    is a socket); `stop()` ends it before the generation's end frame goes, so the daemon's next order is read by the
+    main thread again. A sink's descriptor comes as the order's "_fd"; the daemon gone reads as a "cancel".
+    """
+
+    def __init__(self, conn) -> None:
+        import _thread
+        import collections
+        import threading
+
+        self.conn = conn
+        self.got: collections.deque[dict[str, Any]] = collections.deque()
+        self._arrived, self._ended = threading.Event(), threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        _thread.start_new_thread(self._read, ())  # not threading.Thread: its start() waits for the thread to run
+
+    def _read(self) -> None:
+        import select
+
+        poller = select.poll()
+        poller.register(self.conn.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            while not any(fd == self._wake_r for fd, _ in poller.poll()):
+                msg = self._one()
+                self.got.append(msg)
+                self._arrived.set()
+                if msg.get("kind") != "sink":
+                    return  # cancel or close: the generation stops, and what follows is the main thread's to read
+        finally:
+            self._ended.set()
+            self._arrived.set()
+
+    def _one(self) -> dict[str, Any]:
+        try:
+            msg = json.loads(self.conn.recv_bytes())
+            if not isinstance(msg, dict):
+                return {"kind": "cancel"}
+            if msg.get("kind") == "sink" and msg.get("fd"):
+                msg["_fd"] = reduction.recv_handle(self.conn)
+            return msg
+        except (EOFError, OSError, ValueError):
+            return {"kind": "cancel"}  # the daemon is gone: stop; the main thread's next read ends the worker
+
+    def next(self, wait: bool) -> dict[str, Any] | None:
+        """The next order (None: none yet); with `wait`, block until one comes ("cancel" if the reader ended)."""
+        while True:
+            if self.got:
+                return self.got.popleft()
+            if not wait:
+                return None
+            if self._ended.is_set():
+                return {"kind": "cancel"}
+            self._arrived.wait()
+            self._arrived.clear()
+
+    def stop(self) -> list[dict[str, Any]]:
+        """End the thread; the orders it read that nobody took (their descriptors still open)."""
+        os.write(self._wake_w, b"\0")
+        self._ended.wait()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        left = list(self.got)
+        self.got.clear()
+        return left
 
 
 def send_sink(conn, pid: int, framing: Framing | None, fd: int | None) -> None:
@@ -231,5 +308,5 @@ class Sink:
         return out
 
 
-__all__ = ["DIRECT_ENV", "NOW", "TEXT", "Framing", "Sink", "Writer", "chunk", "enabled", "now_rfc3339", "pending",
-           "receive_sink", "send_sink"]
+__all__ = ["DIRECT_ENV", "NOW", "TEXT", "Framing", "Orders", "Sink", "Writer", "chunk", "enabled", "now_rfc3339",
+           "pending", "receive_sink", "send_sink", "take_sink"]

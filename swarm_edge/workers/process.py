@@ -11,11 +11,12 @@ import signal
 import struct
 import sys
 import time
+from multiprocessing import reduction
 from typing import Any
 
 from swarm_edge.errors import InferenceError, SwarmEdgeError
 from swarm_edge.workers.base import GenerateRequest
-from swarm_edge.workers.direct import Writer, receive_sink
+from swarm_edge.workers.direct import Orders, Writer, receive_sink, take_sink
 
 log = logging.getLogger("swarm_edge.pool")
 
@@ -160,17 +161,28 @@ def _serve(conn, backend) -> None:
 def _generate(conn, backend, msg: dict) -> bool:
     """One generation, its events relayed as frames or, on the direct path (workers/direct.py), its tokens written
     to the client's socket; True if the daemon said "close". However it ends, a direct generation lets go of the
-    socket and its end (or error) frame carries the bytes the socket did not take."""
+    socket and its end (or error) frame carries the bytes the socket did not take. A direct generation's orders are
+    read by a thread of its own (direct.Orders), ended before the end frame goes."""
     writer = Writer() if msg.get("direct") else None
+    orders = Orders(conn) if writer is not None else None
+    failed: Exception | None = None
+    stop = None
     try:
-        stop = _run(conn, backend, msg, writer)
+        stop = _run(conn, backend, msg, writer, orders)
     except Exception as exc:  # a failed generation (or the daemon gone): its error frame, the socket let go first
-        direct = writer.close() if writer is not None else None
-        _send(conn, "error", **_error_of(exc), direct=direct)
-        return False
+        failed = exc
+    closing = False
+    if orders is not None:  # orders read but not taken: a close is still obeyed, a descriptor still closed
+        for left in orders.stop():
+            closing = closing or left.get("kind") == "close"
+            if left.get("_fd") is not None:
+                os.close(left["_fd"])
     direct = writer.close() if writer is not None else None
+    if failed is not None:
+        _send(conn, "error", **_error_of(failed), direct=direct)
+        return closing
     _send(conn, "end", pss=_pss(), cancelled=stop is not None, direct=direct)
-    return stop == "close"
+    return stop == "close" or closing
 
 
 def _error_of(exc: Exception) -> dict[str, str]:
@@ -179,11 +191,11 @@ def _error_of(exc: Exception) -> dict[str, str]:
     return {"error": "InferenceError", "message": f"{type(exc).__name__}: {exc}"}
 
 
-def _run(conn, backend, msg: dict, writer: Writer | None) -> str | None:
+def _run(conn, backend, msg: dict, writer: Writer | None, orders: Orders | None) -> str | None:
     stop = None
     heard = time.monotonic()  # the last frame the daemon got: a direct generation ticks, for its stall watchdog
     for event in backend.generate(GenerateRequest(**msg["request"])):
-        if (stop := _orders(conn, writer)) is not None:
+        if (stop := _orders(conn, writer, orders)) is not None:
             break
         if writer is not None and not writer.relaying:
             if event["type"] == "token":
@@ -200,7 +212,7 @@ def _run(conn, backend, msg: dict, writer: Writer | None) -> str | None:
                 heard = time.monotonic()
                 continue
             if not writer.decided:  # the answer is done before the daemon said where it goes: wait for it
-                stop = _orders(conn, writer, wait=True)
+                stop = _orders(conn, writer, orders, wait=True)
                 if stop is not None:
                     break
             if not writer.relaying:
@@ -209,18 +221,29 @@ def _run(conn, backend, msg: dict, writer: Writer | None) -> str | None:
     return stop
 
 
-def _orders(conn, writer: Writer | None, *, wait: bool = False) -> str | None:
+def _orders(conn, writer: Writer | None, orders: Orders | None = None, *, wait: bool = False) -> str | None:
     """Read the daemon's orders during a generation: "sink" (the direct path's hand-over, answered here), and
-    "cancel" or "close" (returned: both stop it). With `wait`, block until the hand-over or a stop."""
-    while wait or conn.poll():
-        msg = json.loads(conn.recv_bytes())
+    "cancel" or "close" (returned: both stop it). With `wait`, block until the hand-over or a stop. A direct
+    generation's come from `orders` (read by its thread), a relayed one's from the pipe."""
+    while True:
+        if orders is not None:
+            msg = orders.next(wait)
+            if msg is None:
+                return None
+            fd = msg.get("_fd")
+        elif wait or conn.poll():
+            msg = json.loads(conn.recv_bytes())
+            fd = reduction.recv_handle(conn) if msg.get("kind") == "sink" and msg.get("fd") else None
+        else:
+            return None
         if msg.get("kind") != "sink":
+            if fd is not None:
+                os.close(fd)
             return msg.get("kind") or "cancel"
-        for text in receive_sink(conn, msg, writer):  # relay after all: the held tokens go as events
+        for text in take_sink(msg, fd, writer):  # relay after all: the held tokens go as events
             _send(conn, "event", event={"type": "token", "text": text})
         if wait:
             return None
-    return None
 
 
 def _decode(frame: bytes) -> dict:

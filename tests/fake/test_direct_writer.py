@@ -173,3 +173,70 @@ def test_a_refused_framing_does_not_leak_the_descriptor():
         os.fstat(fd)  # closed by the writer
     ours.close()
     theirs.close()
+
+
+def _pipe():
+    """The daemon's and the worker's ends of a worker pipe (multiprocessing's, over a real socketpair)."""
+    import multiprocessing
+
+    return multiprocessing.Pipe()
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def test_the_orders_thread_reads_the_hand_over_as_it_comes_and_stops_at_a_cancel():
+    from swarm_edge.workers.direct import Orders, send_sink
+
+    daemon, worker = _pipe()
+    client, server = socket.socketpair()
+    orders = Orders(worker)
+    assert orders.next(wait=False) is None
+    send_sink(daemon, os.getpid(), Framing('"\\u0000"'), server.fileno())
+    msg = orders.next(wait=True)
+    assert msg["kind"] == "sink" and msg["framing"]["template"] == '"\\u0000"'
+    fd = msg["_fd"]
+    assert fd != server.fileno() and _fd_open(fd)  # a descriptor of its own, received over SCM_RIGHTS
+    os.write(fd, b"hi")
+    assert client.recv(2) == b"hi"
+    os.close(fd)
+    daemon.send_bytes(json.dumps({"kind": "cancel"}).encode())
+    assert orders.next(wait=True) == {"kind": "cancel"}
+    daemon.send_bytes(json.dumps({"kind": "generate"}).encode())  # the thread has stopped reading: the next
+    assert orders.stop() == []                                     # order is the main thread's
+    assert json.loads(worker.recv_bytes()) == {"kind": "generate"}
+    for s in (client, server):
+        s.close()
+
+
+def test_stopping_the_orders_thread_gives_back_what_nobody_took():
+    from swarm_edge.workers.direct import Orders, send_sink
+
+    daemon, worker = _pipe()
+    client, server = socket.socketpair()
+    orders = Orders(worker)
+    send_sink(daemon, os.getpid(), Framing('"\\u0000"'), server.fileno())
+    daemon.send_bytes(json.dumps({"kind": "close"}).encode())
+    while len(orders.got) < 2:  # both read by the thread, neither taken
+        orders._arrived.wait(1)
+    left = orders.stop()
+    assert [m["kind"] for m in left] == ["sink", "close"] and _fd_open(left[0]["_fd"])
+    os.close(left[0]["_fd"])
+    for s in (client, server):
+        s.close()
+
+
+def test_the_daemon_gone_is_a_cancel_and_stop_returns_at_once():
+    from swarm_edge.workers.direct import Orders
+
+    daemon, worker = _pipe()
+    orders = Orders(worker)
+    daemon.close()
+    assert orders.next(wait=True) == {"kind": "cancel"}
+    assert orders.stop() == []
+    assert orders.next(wait=True) == {"kind": "cancel"}  # the thread has ended: a wait never hangs
