@@ -135,6 +135,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="fresh daemons per revision, alternating")
     ap.add_argument("--model", default="smollm2-135m")
     args = ap.parse_args()
+    for name in ("base", "head"):  # a commit, not a name that moves ("HEAD" in a results file says nothing later)
+        setattr(args, name, subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", getattr(args, name)],
+                                           check=True, capture_output=True, text=True).stdout.strip())
     work = Path(tempfile.mkdtemp(prefix="bench-fixed-"))
     try:
         revs = {rev: build(rev, work / f"rev{i}") for i, rev in enumerate((args.base, args.head))}
