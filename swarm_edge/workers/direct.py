@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from multiprocessing import reduction
 from typing import Any
 
-from swarm_edge.errors import ConfigError
+from swarm_edge.errors import ConfigError, InferenceError
 
 DIRECT_ENV = "SWARM_EDGE_DIRECT"  # "off": every token is relayed through the daemon (to compare, or to debug)
 TEXT, NOW = "\x00", "\x01"  # the template's slots: the token, and the time (RFC 3339), each a JSON string
@@ -205,23 +205,31 @@ class Orders:
 
         self.conn = conn
         self.got: collections.deque[dict[str, Any]] = collections.deque()
+        self.failed: BaseException | None = None  # what ended the thread other than an order (raised by next())
         self._arrived, self._ended = threading.Event(), threading.Event()
         self._wake_r, self._wake_w = os.pipe()
-        _thread.start_new_thread(self._read, ())  # not threading.Thread: its start() waits for the thread to run
+        try:
+            _thread.start_new_thread(self._read, ())  # not threading.Thread: its start() waits for the thread
+        except BaseException:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
 
     def _read(self) -> None:
         import select
 
-        poller = select.poll()
-        poller.register(self.conn.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
         try:
+            poller = select.poll()
+            poller.register(self.conn.fileno(), select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
             while not any(fd == self._wake_r for fd, _ in poller.poll()):
                 msg = self._one()
                 self.got.append(msg)
                 self._arrived.set()
                 if msg.get("kind") != "sink":
                     return  # cancel or close: the generation stops, and what follows is the main thread's to read
+        except BaseException as exc:  # noqa: BLE001 - a descriptor that did not come (out of descriptors, say)
+            self.failed = exc
         finally:
             self._ended.set()
             self._arrived.set()
@@ -238,10 +246,14 @@ class Orders:
             return {"kind": "cancel"}  # the daemon is gone: stop; the main thread's next read ends the worker
 
     def next(self, wait: bool) -> dict[str, Any] | None:
-        """The next order (None: none yet); with `wait`, block until one comes ("cancel" if the reader ended)."""
+        """The next order (None: none yet); with `wait`, block until one comes ("cancel" if the reader ended).
+        InferenceError if the thread failed: the generation ends with an error frame, as a failed read did."""
         while True:
             if self.got:
                 return self.got.popleft()
+            if self.failed is not None:
+                raise InferenceError(f"reading the daemon's orders failed: {type(self.failed).__name__}: "
+                                     f"{self.failed}") from self.failed
             if not wait:
                 return None
             if self._ended.is_set():

@@ -240,3 +240,18 @@ def test_the_daemon_gone_is_a_cancel_and_stop_returns_at_once():
     assert orders.next(wait=True) == {"kind": "cancel"}
     assert orders.stop() == []
     assert orders.next(wait=True) == {"kind": "cancel"}  # the thread has ended: a wait never hangs
+
+
+def test_a_hand_over_whose_descriptor_does_not_come_fails_the_generation_at_once():
+    from swarm_edge.errors import InferenceError
+    from swarm_edge.workers.direct import Orders
+
+    daemon, worker = _pipe()
+    orders = Orders(worker)
+    daemon.send_bytes(json.dumps({"kind": "sink", "fd": True, "framing": None}).encode())
+    daemon.send_bytes(b"no descriptor with this")  # bytes where SCM_RIGHTS should have been
+    with pytest.raises(InferenceError, match="orders failed"):
+        orders.next(wait=True)
+    with pytest.raises(InferenceError):
+        orders.next(wait=False)  # the model's loop sees it at its next token too
+    assert orders.stop() == []

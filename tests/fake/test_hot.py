@@ -10,7 +10,7 @@ import re
 
 import httpx2
 import pytest
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from swarm_edge.api.app import create_app
@@ -121,3 +121,39 @@ def test_a_hot_path_must_be_a_post_taking_the_request_and_a_body_model():
         HotPaths.of(extra.routes, ("/p",))
     with pytest.raises(ValueError, match="no POST route"):
         HotPaths.of(good.routes, ("/p", "/q"))
+    for kw in ({"status_code": 201}, {"response_model": Body}, {"dependencies": [Depends(lambda: None)]}):
+        other = APIRouter()
+        other.post("/p", **kw)(fine)
+        with pytest.raises(ValueError, match="cannot have"):
+            HotPaths.of(other.routes, ("/p",))
+
+
+def _raw_asgi(app, messages: list[dict]) -> list[dict]:
+    """One request straight through the ASGI app: its body as the given receive messages; what it sent."""
+    from swarm_edge.api.middleware import UNIX_PEER_CHECKED
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "headers": [(b"host", b"x"), (b"content-type", b"application/json")],
+             "server": (UNIX_PEER_CHECKED, None), "client": None, "state": {}}
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_a_client_gone_mid_body_is_answered_and_counted_as_fastapi_does():
+    part = [{"type": "http.request", "body": b'{"model": "sm', "more_body": True}, {"type": "http.disconnect"}]
+    answers, counts = [], []
+    for hot in (True, False):
+        app = create_app(FakeEngine(replies=REPLIES), token="x", hot=hot)
+        answers.append(_raw_asgi(app, [dict(m) for m in part]))
+        counts.append(dict(app.state.metrics.requests))
+    assert answers[0] == answers[1] and counts[0] == counts[1]
+    assert answers[0][0]["status"] == 400 and counts[0] == {("/v1/chat/completions", 400): 1}
