@@ -1,5 +1,5 @@
 """The generation endpoints' requests go straight to their handlers, past FastAPI's routing, dependency solving and
-response serialization: about 0.15-0.25 ms of every request's time to first token on a 2-core machine
+response serialization: 0.1-0.2 ms of every request's time to first token on a 2-core machine
 (benchmarks/bench_fixed_path.py, "client to the model call"). Everything a client can see stays FastAPI's:
 
 - the same handler, given the same arguments: the Request and its body read as JSON (`json.loads`) and validated
