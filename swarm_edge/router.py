@@ -19,9 +19,10 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from swarm_edge.errors import ConfigError
+from swarm_edge.errors import ConfigError, SwarmEdgeError
 from swarm_edge.registry import Registry, examples_path
 
 log = logging.getLogger("swarm_edge.router")
@@ -151,6 +152,10 @@ def router_examples(registry: Registry) -> list[tuple[str, str]]:
     return pairs
 
 
+class RouterStopped(SwarmEdgeError):
+    """The head's training was stopped (the engine is closing): nothing is cached, the rules route meanwhile."""
+
+
 class SemanticRouter:
     """A trained head over the prompt's features, calibrated into per-task probabilities (module docstring).
 
@@ -158,7 +163,8 @@ class SemanticRouter:
     onnxruntime sessions may be run from several threads.
     """
 
-    def __init__(self, registry: Registry, backend, *, embedder_sha: str = "", cache_dir=None, head=None) -> None:
+    def __init__(self, registry: Registry, backend, *, embedder_sha: str = "", cache_dir=None, head=None,
+                 stop: Callable[[], bool] | None = None) -> None:
         import numpy as np
 
         self._np = np
@@ -171,6 +177,7 @@ class SemanticRouter:
         if len(self.tasks) < 2:
             raise ConfigError(f"{registry.path}: semantic routing needs examples of at least two tasks")
         self.embedder_sha, self.cache_dir = embedder_sha, cache_dir
+        self._stop = stop  # asked before each example while the head trains: the engine closing ends the training
         self.head = head if head is not None else self._head()
 
     def examples_key(self) -> str:
@@ -213,13 +220,18 @@ class SemanticRouter:
                 head = None
         if head is None:
             log.info("training the router's head on %d examples (once per set of examples)", len(self.examples))
-            X = np.stack([self.features(text) for text, _ in self.examples])
+            X = np.stack([self._example(text) for text, _ in self.examples])
             y = np.array([self.tasks.index(task) for _, task in self.examples])
             head = route_head.train(X, y, len(self.tasks), [text for text, _ in self.examples])
             self._save(cache, head)
         if self.spec.temperature is not None:  # models.yaml's override; the cache keeps the fitted one
             head.temperature = float(self.spec.temperature)
         return head
+
+    def _example(self, text: str):
+        if self._stop is not None and self._stop():
+            raise RouterStopped("the router's head was still training when the engine closed")
+        return self.features(text)
 
     def _save(self, cache, head) -> None:
         np = self._np

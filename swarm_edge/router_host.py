@@ -97,9 +97,9 @@ class Router:
         `expected`: only if that one is still the one loaded (a route that saw its worker die). `final`: the engine
         is closing; a warm-up or route still in flight finds the router closed and never loads it again (the keyword
         rules answer it)."""
+        if final:  # before the lock, which a first start holds while the head trains: that training stops now
+            self._closed = True
         with self._lock:
-            if final:
-                self._closed = True
             if expected is not None and self._semantic is not expected:
                 return False
             semantic, self._semantic = self._semantic, None
@@ -133,8 +133,13 @@ class Router:
 
                     spec = self.registry.get(embedder)
                     backend = (self.opener or open_backend)(spec, self._files(embedder), self.threads)
-                    self._semantic = SemanticRouter(self.registry, backend, embedder_sha=spec.file("model").sha256,
-                                                    cache_dir=self.cache_dir, head=self._head)
+                    try:
+                        self._semantic = SemanticRouter(self.registry, backend, cache_dir=self.cache_dir,
+                                                        embedder_sha=spec.file("model").sha256, head=self._head,
+                                                        stop=lambda: self._closed)
+                    except BaseException:  # no router (its training stopped, say): no embedder left loaded
+                        backend.close()
+                        raise
                 except (BudgetError, TransientError) as exc:  # the daemon's remote embedder: try again later
                     self._later = (time.monotonic() + RETRY_S, f"semantic router unavailable for now ({exc}); "
                                    f"keyword rules until it is tried again")

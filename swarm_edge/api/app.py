@@ -45,6 +45,7 @@ def _lifespan(engine: Engine, on_ready):
                 log.warning("%s", why)
 
         warm = asyncio.gather(asyncio.to_thread(warm_router), asyncio.to_thread(engine.model_estimates))
+        warm.add_done_callback(_settled)
         if on_ready:
             on_ready()
         try:
@@ -53,6 +54,14 @@ def _lifespan(engine: Engine, on_ready):
             warm.cancel()
             await engine.close()
     return lifespan
+
+
+def _settled(warm: asyncio.Future) -> None:
+    """The warm-up's outcome, read: cancelled at shutdown is no news (asyncio would log it as "exception was never
+    retrieved", with a traceback); anything else is said once."""
+    exc = None if warm.cancelled() else warm.exception()
+    if exc is not None and not isinstance(exc, asyncio.CancelledError):
+        log.warning("warming up failed: %s: %s", type(exc).__name__, exc)
 
 
 def create_app(engine: Engine, *, token: str | None = None, on_ready=None, request_timeout: float | None = None,

@@ -155,3 +155,51 @@ def test_a_router_closed_for_good_loads_no_embedder_again():
     router.warm()
     r = router.route("Translate into French: good night")
     assert opened == [] and r.task == "translate" and not router.loaded
+
+
+def test_closing_the_engine_stops_the_routers_first_training(tmp_path):
+    """Regression (the arm64 smoke: a daemon stopped during its first start's head training waited for the whole
+    training, 64 s natively on one core, over an hour emulated): the final drop ends the training at the next
+    example, closes the embedder, caches nothing, and the rules route meanwhile."""
+    import threading
+
+    import numpy as np
+
+    from swarm_edge.config import DEFAULT_CONFIG
+    from swarm_edge.registry import load_registry
+    from swarm_edge.router_host import Router
+
+    reached, go = threading.Event(), threading.Event()
+
+    class Embedder:  # FAKE backend: zero vectors; its third call waits until the test says go
+        calls, closed = 0, False
+
+        def embed_with_prefix(self, text, prefix_chars):
+            self.calls += 1
+            if self.calls == 3:
+                reached.set()
+                go.wait(30)
+            return np.zeros(384, np.float32), np.zeros(384, np.float32)
+
+        def close(self):
+            self.closed = True
+
+    backend = Embedder()
+    router = Router(load_registry(DEFAULT_CONFIG), lambda mid: {}, cache_dir=tmp_path)
+    router.opener = lambda spec, files, threads: backend
+    warming = threading.Thread(target=router.warm)
+    warming.start()
+    assert reached.wait(30)
+    dropping = threading.Thread(target=router.drop, kwargs={"final": True})
+    dropping.start()
+    for _ in range(3000):  # the final drop says so before it waits for the lock the training holds
+        if router._closed:
+            break
+        dropping.join(0.01)
+    go.set()
+    dropping.join(30)
+    warming.join(30)
+    assert not dropping.is_alive() and not warming.is_alive()
+    assert backend.calls == 3 and backend.closed and list(tmp_path.iterdir()) == []
+    assert "still training" in (router.unavailable or "")
+    assert router.route("Translate into French: good night").task == "translate" and not router.loaded
