@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_daemon import _light_events  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,24 +108,16 @@ def serve(copy: Path, marks: Path, n: int, model: str) -> list[dict[str, int]]:
 
 
 def request(sock: Path, model: str, marks: dict[str, int]) -> None:
+    """One streamed request by bench_daemon's bare-socket client; C1 when the first token's event is read."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4,
                        "temperature": 0.0, "stream": True}).encode()
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(120)
         s.connect(str(sock))
         marks["C0"] = time.monotonic_ns()
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        buf = b""
-        while b"[DONE]" not in buf:
-            piece = s.recv(65536)
-            if not piece:
-                raise SystemExit(f"the stream ended early: {buf[:300]!r}")
-            buf += piece
-            if not buf.startswith(b"HTTP/1.1 200") and len(buf) > 12:
-                raise SystemExit(f"unexpected response: {buf[:300]!r}")
-            if "C1" not in marks and b'"content":"' in buf.partition(b"\r\n\r\n")[2]:
-                marks["C1"] = time.monotonic_ns()  # the role chunk goes out with the first token, in one write
+        for event in _light_events(s, body):
+            if "C1" not in marks and any(c.get("delta", {}).get("content") for c in event.get("choices", ())):
+                marks["C1"] = time.monotonic_ns()
 
 
 def main() -> None:
