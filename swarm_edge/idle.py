@@ -9,6 +9,11 @@ the embedder and hands the freed heap back to the system (boxmem.give_back). The
 The next request wakes it: the forkserver and the spare start in the background as soon as it arrives (while it
 is routed), and the embedder loads again (its trained head is kept, so no training). Measured in
 benchmarks/bench_idle.py: what the first request after sleep pays, and the tree's PSS asleep.
+
+With models resident the daemon dozes instead: after `after` seconds with nothing in flight it stops the spare and
+the forkserver (and the resource tracker): ~64 MiB of a tree with the 0.5B loaded (benchmarks/bench_peer.py). The
+resident workers stay: they are the daemon's own children, not the forkserver's (workers/child.py). A request for
+a resident model does not wake them; the next load starts the forkserver again (and pays for its start).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Sleeper:
         self.last = time.monotonic()     # when the last session or route ended (or started)
         self.asleep = False
         self.sleeps = 0
+        self.dozes = 0
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -107,9 +113,40 @@ class Sleeper:
         return not (self.active or self.routing or self.scheduler.residents or self.scheduler.waiting)
 
     def idle(self) -> bool:
-        """Whether now is the time to sleep: quiet for `after` seconds, and something to give back."""
+        """Whether now is the time to sleep: quiet for `after` seconds, and something to give back (or not
+        asleep yet: a dozing daemon whose last model was unloaded)."""
         return (self.after is not None and self.quiet() and time.monotonic() - self.last >= self.after
-                and (self.router.loaded or self.pool.running))
+                and (self.router.loaded or self.pool.running or not self.asleep))
+
+    def _still(self) -> bool:
+        """Nothing in flight that may load a model: no session, route or waiting request."""
+        return not (self.active or self.routing or self.scheduler.waiting)
+
+    @property
+    def dozing(self) -> bool:
+        """Models resident, the forkserver and the spare stopped (until the next load)."""
+        return not self.asleep and bool(self.scheduler.residents) and not self.pool.running
+
+    def dozy(self) -> bool:
+        """Whether now is the time to doze: models resident (their workers the daemon's own children), nothing
+        in flight for `after` seconds, and the forkserver up."""
+        return (self.after is not None and getattr(self.pool, "adopted", False) and self.pool.running
+                and bool(self.scheduler.residents) and self._still() and time.monotonic() - self.last >= self.after)
+
+    async def doze(self) -> bool:
+        """Stop the spare and the forkserver under resident models; give up if a request comes meanwhile."""
+        epoch = self.epoch
+
+        def still() -> bool:
+            return self.epoch == epoch and self._still()
+
+        if not await self.pool.sleep(still):
+            return False
+        self.dozes += 1
+        await asyncio.to_thread(give_back)
+        log.info("dozing: nothing for %.0f s; forkserver and spare stopped under %d resident model(s)",
+                 self.after or 0, len(self.scheduler.residents))
+        return True
 
     async def sleep(self) -> bool:
         """Unload the embedder, stop the spare and the forkserver, give the heap back; give up (and stay awake)
@@ -135,11 +172,13 @@ class Sleeper:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(max(0.05, min(1.0, (self.after or 4.0) / 4)))
-            if self.idle():
-                try:
+            try:
+                if self.idle():
                     await self.sleep()
-                except Exception:  # noqa: BLE001 - a failed sleep costs memory, never the daemon
-                    log.warning("could not go to sleep", exc_info=True)
+                elif self.dozy():
+                    await self.doze()
+            except Exception:  # noqa: BLE001 - a failed sleep costs memory, never the daemon
+                log.warning("could not go to sleep", exc_info=True)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -268,6 +268,8 @@ class Status(BaseModel):
     waiting: int
     asleep: bool = Field(False, description="no model resident for a while: the forkserver, its spare worker and "
                                             "the router's embedder are stopped until the next request")
+    dozing: bool = Field(False, description="models resident, nothing in flight for a while: the forkserver and its "
+                                            "spare worker are stopped until the next load (which starts them again)")
     residents: list[Resident]
     stats: dict[str, int]
     models: dict[str, dict[str, Any]]

@@ -30,6 +30,7 @@ async def swarm_status(request: Request):
     snap = described["scheduler"]
     snap["budget_source"] = engine.budget_source
     snap["asleep"] = engine.sleeper is not None and engine.sleeper.asleep
+    snap["dozing"] = engine.sleeper is not None and engine.sleeper.dozing
     snap["models"] = await asyncio.to_thread(engine.model_estimates)
     snap["pid"], snap["socket"] = os.getpid(), str(engine.settings.socket_path)
     snap["streams_open"] = metrics_of(request).streams_open

@@ -9,13 +9,25 @@ multiprocessing pipe, both ways: the daemon never unpickles anything a worker se
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
+import os
 import time
 from typing import Any
 
 from swarm_edge.errors import ModelLoadError
-from swarm_edge.workers.process import EMBED_FRAME, MAX_FRAME, _decode, _send, _serve, _slices, worker_main  # noqa: F401
+from swarm_edge.workers.child import Child
+from swarm_edge.workers.process import (  # noqa: F401
+    EMBED_FRAME,
+    MAX_FRAME,
+    _decode,
+    _send,
+    _serve,
+    _slices,
+    adopt_orphans,
+    worker_main,
+)
 from swarm_edge.workers.worker import (  # noqa: F401
     LOAD_TIMEOUT_S,
     STOP_TIMEOUT_S,
@@ -28,6 +40,7 @@ from swarm_edge.workers.worker import (  # noqa: F401
 log = logging.getLogger("swarm_edge.pool")
 
 PRELOAD = ["swarm_edge.workers.preload"]
+HELLO_TIMEOUT_S = 60.0  # a new worker's first frame (its pid), after the fork (and the forkserver's start)
 
 
 def _usable(spare: tuple[Any, Any]) -> bool:
@@ -43,9 +56,9 @@ def _usable(spare: tuple[Any, Any]) -> bool:
 
 
 def _stop_forkserver() -> None:
-    """Stop multiprocessing's forkserver, then its resource tracker (every worker is gone: they die with the
-    forkserver); the next fork starts both again. `_stop` is private on both (CPython's tests use it; 3.8 to 3.13
-    have it): without it they simply stay."""
+    """Stop multiprocessing's forkserver, then its resource tracker (workers hold neither's pipe: process.py
+    `_drop_inherited_ends`); the next fork starts both again. `_stop` is private on both (CPython's tests use
+    it; 3.8 to 3.13 have it): without it they simply stay."""
     from multiprocessing import forkserver, resource_tracker
 
     for server in (forkserver._forkserver, resource_tracker._resource_tracker):
@@ -64,6 +77,10 @@ class Pool:
 
     One spare worker process is kept forked and waiting, so a load does not wait for the fork and the
     child's start-up either: it only sends the spare its model.
+
+    Workers leave the forkserver as they start and become this process's own children (it is a child subreaper:
+    child.py), so the forkserver and the spare can stop while models are resident (`sleep`, idle.py's doze).
+    Where the kernel refuses that (not Linux), workers stay the forkserver's children and die with it.
     """
 
     def __init__(self, preload: list[str] | None = None, spare: bool = True) -> None:
@@ -76,6 +93,8 @@ class Pool:
         self._forking = 0   # spawns and spare forks in flight (event loop only): the forkserver never stops under one
         self.closed = False  # close(final=True): the engine is stopping; nothing is forked any more
         self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
+        self.adopted = adopt_orphans()                 # workers are this process's children (not the forkserver's)
+        self._children: dict[int, Child] = {}          # every worker forked and not yet reaped, by pid
 
     def start_server(self) -> None:
         """Start the forkserver now (it imports the runtimes once), so the first load does not pay for it."""
@@ -90,12 +109,39 @@ class Pool:
         self._ctx.set_forkserver_preload(self.preload)
 
     def _fork(self) -> tuple[Any, Any]:
+        """A new worker, once it said hello (its pid): a Child if it left the forkserver, else multiprocessing's
+        handle. ModelLoadError if it does not start."""
         self._configure()
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=worker_main, name="swarm-edge-worker", args=(child,), daemon=True)
+        daemon = os.getpid() if self.adopted else None
+        process = self._ctx.Process(target=worker_main, name="swarm-edge-worker", args=(child, daemon), daemon=True)
         process.start()
         child.close()
-        return process, parent
+        try:
+            if not parent.poll(HELLO_TIMEOUT_S):
+                raise ModelLoadError(f"a new worker process did not start within {HELLO_TIMEOUT_S:.0f} s")
+            hello = json.loads(parent.recv_bytes())
+            pid = int(hello["pid"]) if hello.get("kind") == "hello" else 0
+        except (EOFError, OSError, ValueError, TypeError, KeyError) as exc:
+            process.kill()
+            parent.close()  # a worker that started after all sees EOF and exits
+            raise ModelLoadError(f"a new worker process did not start: {type(exc).__name__}: {exc}") from None
+        except ModelLoadError:
+            process.kill()
+            parent.close()
+            raise
+        if not self.adopted:
+            return process, parent
+        process.join(STOP_TIMEOUT_S)  # the middle process, which exited for the worker to leave the forkserver
+        handle = self._children[pid] = Child(pid)
+        return handle, parent
+
+    def pids(self) -> set[int]:
+        """Every worker of this pool not reaped yet (resident, spare, the router's embedder, exiting)."""
+        for pid, child in list(self._children.items()):
+            if not child.is_alive():  # reaps it
+                self._children.pop(pid, None)
+        return set(self._children)
 
     async def prepare_spare(self) -> None:
         """Fork the spare worker now (idempotent)."""
@@ -171,8 +217,8 @@ class Pool:
         await self.prepare_spare()
 
     async def sleep(self, still_idle=lambda: True) -> bool:
-        """Stop the spare, then the forkserver: only if `still_idle()` (no worker may be alive: every one is the
-        forkserver's child and dies with it) and no fork is in flight. The next fork starts the forkserver again.
+        """Stop the spare, then the forkserver: only if `still_idle()` and no fork is in flight (and, unless
+        `adopted`, no worker is alive: each would die with the forkserver). The next fork starts it again.
         Returns whether it stopped."""
         if not still_idle():
             return False  # woken already: keep the spare a wake may just have forked

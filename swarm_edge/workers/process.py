@@ -29,6 +29,9 @@ TICK_S = 5.0                  # a direct generation's worker sends a frame at le
 
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+_PR_SET_CHILD_SUBREAPER = 36
+WORKER_NAME = "swarm-edge-wkr"  # what ps and top show for a worker (the kernel keeps 15 bytes)
 
 
 def _pss() -> int:
@@ -67,35 +70,90 @@ def _slices(vectors: list[list[float]]) -> list[list[list[float]]]:
     return [vectors[i:i + step] for i in range(0, len(vectors), step)] or [[]]
 
 
-def _die_with_the_daemon() -> None:
-    """Make the kernel SIGKILL this worker when the daemon is gone, even if it is stopped or stuck in native code.
+def _drop_inherited_ends() -> None:
+    """Close this worker's copies of the forkserver's "alive" pipe and of the resource tracker's pipe.
 
-    A worker notices the daemon's death only when it reads its pipe. The kernel can kill it when its parent dies
-    (Linux: PR_SET_PDEATHSIG); the parent is the forkserver, which exits when the daemon does - once no worker
-    holds the write end of the forkserver's "alive" pipe, which multiprocessing hands to every child it forks
-    (for children that would fork children of their own; a worker never does). With that copy kept, one stuck
-    worker kept the forkserver, the resource tracker and itself alive after a kill -9 of the daemon, forever.
-    """
-    from multiprocessing import forkserver
+    multiprocessing hands every child it forks the write ends of both (for children that would fork children or
+    make semaphores of their own; a worker does neither). Kept, they held the forkserver and the tracker alive
+    after a kill -9 of the daemon (while one worker was stuck), and made a stop of the tracker wait for every
+    worker."""
+    from multiprocessing import forkserver, resource_tracker
 
-    server = getattr(forkserver, "_forkserver", None)
-    fd = getattr(server, "_forkserver_alive_fd", None)
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    for server, attr in ((getattr(forkserver, "_forkserver", None), "_forkserver_alive_fd"),
+                         (getattr(resource_tracker, "_resource_tracker", None), "_fd")):
+        fd = getattr(server, attr, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            setattr(server, attr, None)
+
+
+def _prctl(option: int, value: int) -> bool:
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def adopt_orphans() -> bool:
+    """Daemon side: make this process a child subreaper (Linux 3.4+), so a worker that leaves the forkserver
+    (`_leave_the_forkserver`) becomes this process's own child. Returns whether it did."""
+    return sys.platform.startswith("linux") and _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _leave_the_forkserver(daemon: int) -> bool:
+    """Become the daemon's own child: fork once more and let the middle process exit, so the kernel hands this
+    process to the nearest child subreaper, the daemon (`adopt_orphans`). Then the forkserver may stop while models
+    are resident (idle.py: the daemon dozes), the daemon reaps its workers and reads their real exit status, and
+    PR_SET_PDEATHSIG watches the daemon itself. False: the daemon is gone (or did not adopt us); exit."""
+    middle = os.getpid()
+    if os.fork():
+        os._exit(0)  # the middle process: the forkserver reaps it
+    deadline = time.monotonic() + 30
+    while os.getppid() == middle and time.monotonic() < deadline:  # until the middle one is gone
+        time.sleep(0.0005)
+    return _die_with(daemon)
+
+
+def _die_with(parent: int | None) -> bool:
+    """Make the kernel SIGKILL this worker when its parent (the daemon, or else the forkserver, which exits when
+    the daemon does) is gone, even if it is stopped or stuck in native code: a worker notices the daemon's
+    death only when it reads its pipe. False if the parent is not (or no longer) `parent`."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        # a forkserver gone before the prctl is not seen by it; the pipe's EOF below then ends this worker
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # a parent gone before the prctl is not seen by it: the check after it is (or the pipe's EOF ends this worker)
+    return parent is None or os.getppid() == parent
 
 
-def worker_main(conn) -> None:
-    """Entry point of a worker process: wait for a load order (a spare waits here), load, then serve."""
+def _hello(conn, daemon: int | None) -> bool:
+    """A new worker's first steps: drop the inherited pipe ends, leave the forkserver if the daemon adopts its
+    workers, name itself for ps/top, and tell the daemon its pid. False if the daemon is gone."""
+    _drop_inherited_ends()
+    if not (_leave_the_forkserver(daemon) if daemon is not None else _die_with(None)):
+        return False
+    _set_name(WORKER_NAME)
+    try:
+        _send(conn, "hello", pid=os.getpid())
+    except OSError:
+        return False
+    return True
+
+
+def _set_name(name: str) -> None:
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def worker_main(conn, daemon: int | None = None) -> None:
+    """Entry point of a worker process: say hello, wait for a load order (a spare waits here), load, then serve.
+    `daemon`: the daemon's pid, if it adopts its workers (adopt_orphans)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the daemon, which stops us in order
-    _die_with_the_daemon()
+    if not _hello(conn, daemon):
+        return
     from swarm_edge.workers import backend_class
 
     try:

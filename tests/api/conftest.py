@@ -75,6 +75,23 @@ class Daemon:
             self._logf.close()
 
 
+def worker_processes(pid: int) -> list:
+    """The daemon's worker processes (the spare, the router's embedder, every resident model): its own children
+    (workers/child.py), named for ps by process.py's WORKER_NAME."""
+    import psutil
+
+    from swarm_edge.workers.process import WORKER_NAME
+
+    out = []
+    for child in psutil.Process(pid).children():
+        try:
+            if child.name() == WORKER_NAME:
+                out.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
 def client(socket_path: Path, timeout: float = 120.0) -> httpx2.Client:
     """An httpx2 client over a Unix socket."""
     return httpx2.Client(transport=httpx2.HTTPTransport(uds=str(socket_path)), base_url="http://swarm-edge",

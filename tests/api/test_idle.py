@@ -13,6 +13,7 @@ import pytest
 
 from swarm_edge.errors import ConfigError
 from swarm_edge.idle import SLEEP_AFTER_S, sleep_after
+from tests.api.conftest import worker_processes
 
 
 def children(d) -> list[psutil.Process]:
@@ -70,10 +71,40 @@ def test_a_killed_router_worker_costs_one_prompt_then_routing_is_semantic_again(
     first = chat(d, "auto", "Translate into German: good night")
     assert "keyword rules" not in first["swarm"]["route"]["reason"]
     resident = {r["pid"] for r in d.status()["residents"] if r.get("pid")}
-    forkserver = [k for k in children(d) if k.ppid() == d.proc.pid and "forkserver" in " ".join(k.cmdline())]
-    workers = [k for k in forkserver[0].children() if k.pid not in resident]
-    # the spare and the router's embedder are the non-resident workers; kill both (which is which: not visible)
+    # the non-resident workers: the spare (and the router's embedder, when the routes have examples to embed; this
+    # registry's have none); kill them all (which is which: not visible)
+    workers = wait_for(lambda: [k for k in worker_processes(d.proc.pid) if k.pid not in resident])
     for w in workers:
         os.kill(w.pid, signal.SIGKILL)
     routed = [chat(d, "auto", "Translate into German: thank you")["swarm"]["route"]["reason"] for _ in range(2)]
     assert "keyword rules" not in routed[-1], routed  # a new embedder worker serves the next prompt at the latest
+
+
+def test_with_a_model_resident_the_daemon_dozes_and_the_next_load_starts_the_forkserver(make_daemon):
+    """Dozing (idle.py): a model resident, nothing in flight for SWARM_EDGE_SLEEP_S: the spare and the forkserver
+    stop, the model stays (its worker is the daemon's child: workers/child.py); a request for it does not start them,
+    a load does. A kill -9 of the dozing daemon leaves no worker behind, even a stopped one."""
+    d = make_daemon("--idle-ttl", "600", env={"SWARM_EDGE_SLEEP_S": "1"})
+    chat(d, "smollm2-135m", "Say hi.")
+    st = wait_for(lambda: (st := d.status())["dozing"] and st)
+    resident = {r["pid"] for r in st["residents"]}
+    assert len(resident) == 1 and not st["asleep"]
+
+    def others() -> list[psutil.Process]:  # anything but the workers: the forkserver, the resource tracker
+        workers = {w.pid for w in worker_processes(d.proc.pid)}
+        return [k for k in children(d) if k.pid not in workers]
+
+    assert others() == [] and {w.pid for w in worker_processes(d.proc.pid)} == resident  # no spare either
+    assert chat(d, "smollm2-135m", "Say hi again.")["choices"][0]["message"]["content"]
+    assert d.status()["dozing"] and others() == []  # served by the resident worker: nothing started
+    chat(d, "smollm2-135m-b", "Say hello.")  # a load: the forkserver starts again
+    st = d.status()
+    assert {r["model"] for r in st["residents"]} == {"smollm2-135m", "smollm2-135m-b"}
+    assert all(psutil.Process(r["pid"]).ppid() == d.proc.pid for r in st["residents"])
+    st = wait_for(lambda: (st := d.status())["dozing"] and st)  # and dozes again
+    tree = children(d)
+    assert len(tree) == 2, tree
+    tree[0].suspend()  # SIGSTOP: it cannot see the daemon die; the kernel kills it (PR_SET_PDEATHSIG)
+    d.proc.kill()
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"orphans of the killed daemon: {[(p.pid, p.status()) for p in alive]}"

@@ -12,11 +12,10 @@ import random
 import threading
 
 import httpx2
-import psutil
 import pytest
 
 from swarm_edge.boxmem import tree_pss
-from tests.api.conftest import Daemon, private_root
+from tests.api.conftest import Daemon, private_root, worker_processes
 
 pytestmark = pytest.mark.real_model
 
@@ -36,15 +35,6 @@ def _warm(d: Daemon) -> None:
 
 def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _workers(pid: int) -> list[psutil.Process]:
-    """Worker processes: the forkserver's children (the spare and every resident model)."""
-    out = []
-    for child in psutil.Process(pid).children():
-        if "forkserver" in " ".join(child.cmdline()):
-            out.extend(child.children())
-    return out
 
 
 async def _one(http: httpx2.AsyncClient, i: int, rng: random.Random) -> str:
@@ -169,7 +159,7 @@ def test_300_requests_three_models_one_fits(api_config):
         assert peak[0] <= budget, (peak, budget)     # the scheduler's books
         assert len(pss) > 50 and max(pss) <= budget, (max(pss), budget)  # what `ps` would say
         assert _fds(d.proc.pid) <= fds_before + 4
-        workers = _workers(d.proc.pid)
+        workers = worker_processes(d.proc.pid)
         resident_pids = {r["pid"] for r in st["residents"]}
         assert resident_pids <= {w.pid for w in workers} and len(workers) <= len(resident_pids) + 1, workers
         ok = d.http.post("/v1/chat/completions", json={"model": "smollm2-135m", "max_tokens": 2,

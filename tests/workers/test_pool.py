@@ -75,6 +75,41 @@ def test_sigkilled_worker_fails_only_its_request_then_reloads(test_registry, set
     assert events[-1]["type"] == "done" and new_pid != pid
 
 
+def test_resident_workers_outlive_the_forkserver_and_the_daemon_reads_their_exit_itself(test_registry, settings):
+    """Workers leave the forkserver as they start (process.py) and are this process's children (a child subreaper),
+    so the forkserver and the spare can stop under a resident model (idle.py's doze). The exit status is read by
+    waitpid here: multiprocessing's handle would have read 255 from the forkserver's pipe, and said so."""
+    from multiprocessing import forkserver
+
+    async def main():
+        engine = Engine(test_registry, settings, budget="4GiB")
+        await engine.start()
+        try:
+            assert engine.pool.adopted
+            await collect(engine, "smollm2-135m")
+            worker = engine.scheduler.residents["smollm2-135m"].worker
+            server = forkserver._forkserver._forkserver_pid
+            assert psutil.Process(worker.pid).ppid() == os.getpid()  # not the forkserver's
+            assert psutil.Process(worker.pid).name() == "swarm-edge-wkr"
+            assert await engine.pool.sleep()  # the spare and the forkserver stop; the model stays
+            assert not engine.pool.running and not psutil.pid_exists(server)
+            events = await collect(engine, "smollm2-135m")
+            assert events[-1]["type"] == "done" and worker.alive
+            long = GenerateRequest(prompt="Count: 1, 2, 3,", max_tokens=400)
+            with pytest.raises(WorkerCrashedError, match="killed by SIGKILL"):
+                async for event in engine.generate("smollm2-135m", long):
+                    if event["type"] == "token":
+                        os.kill(worker.pid, signal.SIGKILL)
+            assert worker.process.exitcode == -signal.SIGKILL and worker.pid not in engine.pool.pids()
+            again = await collect(engine, "smollm2-135m")  # the load starts the forkserver again
+            return events, again, engine.pool.running
+        finally:
+            await engine.close()
+
+    events, again, running = run(main())
+    assert again[-1]["type"] == "done" and running
+
+
 def test_a_stopped_spare_is_replaced_not_waited_for(test_registry, settings):
     """Regression: a SIGSTOPped spare worker took the next load, which then waited LOAD_TIMEOUT_S (300 s)."""
     async def main():
