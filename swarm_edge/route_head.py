@@ -51,6 +51,44 @@ class Head:
     def probs(self, x: np.ndarray) -> np.ndarray:
         return _softmax((x @ self.W + self.b) / self.temperature)
 
+    def wire(self) -> dict:
+        """The head as a JSON order for the daemon's router worker (float32 -> float -> float32: exact)."""
+        return {"W": self.W.tolist(), "b": self.b.tolist(), "temperature": self.temperature}
+
+
+def features(h: np.ndarray, w: np.ndarray, shares: list[float], keyword_weight: float, text: str) -> np.ndarray:
+    """The head's input: the instruction head's and the whole prompt's embeddings, the keyword shares (in the
+    head's task order) scaled by keyword_weight, and the hashed first words."""
+    kw = np.array(shares, dtype=np.float32) * keyword_weight
+    return np.concatenate([h, w, kw, bag_of_words(text)]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- in the daemon's router worker (router_host.py)
+
+def head_of(wire: dict) -> Head:
+    """A head from its order: the cache file the daemon names (`path`, and `temperature` when models.yaml
+    overrides it) or its weights (`Head.wire`)."""
+    if "path" in wire:
+        with np.load(wire["path"]) as data:
+            head = Head(data["W"], data["b"], float(data["temperature"]))
+        if wire.get("temperature") is not None:
+            head.temperature = float(wire["temperature"])
+        return head
+    return Head(np.asarray(wire["W"], dtype=np.float32), np.asarray(wire["b"], dtype=np.float32),
+                float(wire["temperature"]))
+
+
+def scores(backend, head: Head | None, text: str, prefix_chars: int, shares: list[float],
+           keyword_weight: float) -> list[float]:
+    """The task probabilities of one prompt, where its embedding is made: the same features and head as the
+    in-process router's, so the same numbers."""
+    from swarm_edge.errors import InferenceError
+
+    if head is None:
+        raise InferenceError("the router's head is not loaded in this worker")
+    h, w = backend.embed_with_prefix(text, prefix_chars)
+    return [float(p) for p in head.probs(features(h, w, shares, keyword_weight, text))]
+
 
 def fit(X: np.ndarray, y: np.ndarray, k: int, *, lam: float = LAMBDA, iters: int = ITERS) -> Head:
     """Logistic regression by full-batch Adam (deterministic: zero start, fixed schedule)."""

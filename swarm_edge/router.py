@@ -21,8 +21,9 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from swarm_edge.errors import ConfigError, SwarmEdgeError
+from swarm_edge.errors import ConfigError, InferenceError, SwarmEdgeError
 from swarm_edge.registry import Registry, examples_path
 
 log = logging.getLogger("swarm_edge.router")
@@ -156,18 +157,33 @@ class RouterStopped(SwarmEdgeError):
     """The head's training was stopped (the engine is closing): nothing is cached, the rules route meanwhile."""
 
 
+@dataclass
+class HeadRef:
+    """A trained head the daemon's router worker loaded from the cache file (the daemon itself never holds it,
+    nor imports numpy for it): what the next worker is told to load after a sleep."""
+
+    path: str
+    temperature: float | None = None  # models.yaml's override, else the file's
+
+    def wire(self) -> dict:
+        return {"path": self.path, "temperature": self.temperature}
+
+
 class SemanticRouter:
     """A trained head over the prompt's features, calibrated into per-task probabilities (module docstring).
 
-    `backend` is an in-process ONNXBackend (it needs `embed_with_prefix`). Thread-safe after construction:
-    onnxruntime sessions may be run from several threads.
+    `backend` is an in-process ONNXBackend (it needs `embed_with_prefix`), or the daemon's RemoteEmbedder
+    (router_host.py), whose worker also keeps the head and answers a prompt's probabilities (`scores`): then the
+    daemon imports numpy only to train a head (the first start with new examples), ~10 MiB of PSS it would keep.
+    Thread-safe after construction: onnxruntime sessions may be run from several threads.
     """
+
+    _remote = False  # the head lives in the backend's worker
 
     def __init__(self, registry: Registry, backend, *, embedder_sha: str = "", cache_dir=None, head=None,
                  stop: Callable[[], bool] | None = None) -> None:
-        import numpy as np
-
-        self._np = np
+        self._np: Any = None
+        self._remote = hasattr(backend, "scores")
         self.registry = registry
         self.spec = registry.router
         self.backend = backend
@@ -178,7 +194,20 @@ class SemanticRouter:
             raise ConfigError(f"{registry.path}: semantic routing needs examples of at least two tasks")
         self.embedder_sha, self.cache_dir = embedder_sha, cache_dir
         self._stop = stop  # asked before each example while the head trains: the engine closing ends the training
+        if head is not None and self._remote:
+            try:
+                backend.load_head(head.wire())
+            except InferenceError as exc:  # its cache file gone meanwhile: load or train it as on a first start
+                log.warning("the router's worker could not load its head (%s)", exc)
+                head = None
         self.head = head if head is not None else self._head()
+
+    def _numpy(self):
+        if self._np is None:
+            import numpy as np
+
+            self._np = np
+        return self._np
 
     def examples_key(self) -> str:
         """Hash of the embedding model, the method, the feature scale and every example: the head's cache key."""
@@ -193,26 +222,38 @@ class SemanticRouter:
     def features(self, text: str, head: str | None = None, shares: dict[str, float] | None = None):
         """The head's input: the instruction head's and the whole prompt's embeddings, the keyword shares and the
         hashed first words."""
-        from swarm_edge.route_head import bag_of_words
+        from swarm_edge import route_head
 
-        np = self._np
         text = text.strip() or " "
         head = head if head is not None else instruction_head(text)
         h, w = self.backend.embed_with_prefix(text, len(head))
         shares = shares if shares is not None else self.keywords.shares(head)
-        kw = np.array([shares.get(t, 0.0) for t in self.tasks], dtype=np.float32) * self.spec.keyword_weight
-        return np.concatenate([h, w, kw, bag_of_words(text)]).astype(np.float32)
+        return route_head.features(h, w, [shares.get(t, 0.0) for t in self.tasks], self.spec.keyword_weight, text)
+
+    def _scores(self, text: str, head: str, shares: dict[str, float]) -> list[float]:
+        """The calibrated task probabilities (self.tasks order), from the worker that keeps the head or here."""
+        if self._remote:
+            return self.backend.scores(text.strip() or " ", len(head), [shares.get(t, 0.0) for t in self.tasks],
+                                       self.spec.keyword_weight)
+        return [float(p) for p in self.head.probs(self.features(text, head, shares))]
 
     def _head(self):
         """The trained head, from the cache when the examples are unchanged (training embeds every example)."""
         from pathlib import Path
 
-        from swarm_edge import route_head
-
-        np = self._np
         cache = Path(self.cache_dir) / f"router-{self.examples_key()}.npz" if self.cache_dir else None
+        if self._remote and cache is not None and cache.exists():
+            ref = HeadRef(str(cache), self.spec.temperature)
+            try:
+                self.backend.load_head(ref.wire())
+                return ref
+            except InferenceError as exc:  # empty, corrupt: train it again (here)
+                log.warning("the router's cached head did not load (%s); training it again", exc)
+        from swarm_edge import route_head  # numpy: in the daemon, only to train
+
+        np = self._numpy()
         head = None
-        if cache is not None:
+        if cache is not None and not self._remote:
             try:
                 with np.load(cache) as data:
                     head = route_head.Head(data["W"], data["b"], float(data["temperature"]))
@@ -226,6 +267,8 @@ class SemanticRouter:
             self._save(cache, head)
         if self.spec.temperature is not None:  # models.yaml's override; the cache keeps the fitted one
             head.temperature = float(self.spec.temperature)
+        if self._remote:
+            self.backend.load_head(head.wire())
         return head
 
     def _example(self, text: str):
@@ -234,7 +277,7 @@ class SemanticRouter:
         return self.features(text)
 
     def _save(self, cache, head) -> None:
-        np = self._np
+        np = self._numpy()
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +289,9 @@ class SemanticRouter:
 
     def probabilities(self, text: str):
         """Calibrated per-task probabilities (in self.tasks order) for `text`."""
+        if self._remote:
+            head = instruction_head(text)
+            return self._scores(text, head, self.keywords.shares(head))
         return self.head.probs(self.features(text))
 
     def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
@@ -256,11 +302,10 @@ class SemanticRouter:
         `prefer_resident_within` of the winner, that model answers instead (no swap for a coin flip).
         An unsure route (confidence < min_confidence) goes to router.unsure_model when one is named.
         """
-        np = self._np
         head = instruction_head(text)
         shares = self.keywords.shares(head)
-        p = self.head.probs(self.features(text, head, shares))
-        order = np.argsort(-p)
+        p = self._scores(text, head, shares)
+        order = sorted(range(len(p)), key=lambda i: -p[i])
         best = self.tasks[order[0]]
         conf = float(p[order[0]])
         model = self.keywords.model_for(best)

@@ -230,6 +230,20 @@ class RemoteEmbedder:
             head, whole = self._call(self.worker.embed([text], prefix_chars=prefix_chars))
         return np.asarray(head, dtype=np.float32), np.asarray(whole, dtype=np.float32)
 
+    def load_head(self, wire: dict) -> None:
+        """Give the worker the router's trained head (`Head.wire` or `HeadRef.wire`): it answers `scores` from now
+        on. InferenceError if it cannot load it (a cache file gone or corrupt)."""
+        with self._lock:
+            self._call(self.worker.embed([], head=wire))
+
+    def scores(self, text: str, prefix_chars: int, shares: list[float], keyword_weight: float) -> list[float]:
+        """One prompt's task probabilities, computed in the worker (features and head): one frame each way, and
+        the daemon needs no numpy."""
+        with self._lock:
+            (probs,) = self._call(self.worker.embed([text], prefix_chars=prefix_chars, shares=shares,
+                                                    keyword_weight=keyword_weight))
+        return probs
+
     def close(self) -> None:
         """Stop the worker (its memory goes with it)."""
         if self.loop.is_closed():

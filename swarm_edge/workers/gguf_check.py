@@ -20,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,9 +170,41 @@ def inspect_gguf(path: str | Path) -> GGUFInfo:
             return walk_gguf(buf, size, p, (size, st.st_mtime_ns, st.st_ino))
 
 
+_CONSTANTS: list = []  # gguf_constants(), once loaded
+_CONSTANTS_LOCK = threading.Lock()
+
+
+def gguf_constants():
+    """The gguf library's `constants` module (tensor types and their block sizes), without the package itself:
+    `import gguf` imports numpy, ~10 MiB of PSS the daemon (which checks every GGUF it loads) would keep for good.
+    constants.py imports only enum and typing. Thread-safe (loads are checked on several threads at once)."""
+    import importlib.util
+    import sys
+
+    if _CONSTANTS:
+        return _CONSTANTS[0]
+    with _CONSTANTS_LOCK:
+        if not _CONSTANTS:
+            module = sys.modules.get("gguf.constants")
+            if module is None:
+                spec = importlib.util.find_spec("gguf")  # finds the package without importing it
+                if spec is None or spec.origin is None:
+                    raise ImportError("the gguf package is not installed")
+                source = importlib.util.spec_from_file_location("swarm_edge._gguf_constants",
+                                                                Path(spec.origin).with_name("constants.py"))
+                if source is None or source.loader is None:
+                    raise ImportError("gguf/constants.py not found")
+                module = importlib.util.module_from_spec(source)
+                sys.modules[source.name] = module  # its enums and dataclasses look their module up
+                source.loader.exec_module(module)
+            _CONSTANTS.append(module)
+    return _CONSTANTS[0]
+
+
 def walk_gguf(buf: mmap.mmap | bytes, size: int, path: Path, stat_key=(0, 0, 0)) -> GGUFInfo:
     """The structure check over a buffer already in memory (the fuzzer's entry point)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # the gguf library's block sizes per tensor type
+    constants = gguf_constants()  # the gguf library's block sizes per tensor type
+    GGML_QUANT_SIZES, GGMLQuantizationType = constants.GGML_QUANT_SIZES, constants.GGMLQuantizationType  # noqa: N806
 
     w = _Walker(buf, size, path)
     if bytes(buf[0:4]) != b"GGUF":

@@ -198,7 +198,17 @@ def _serve(conn, backend) -> None:
                 if _generate(conn, backend, msg):
                     return
             elif kind == "embed":
-                if msg.get("prefix_chars") is not None:  # the router's features of one text: [head, whole]
+                if msg.get("head") is not None:  # the daemon's router: its trained head, kept here (router_host.py)
+                    from swarm_edge.route_head import head_of
+
+                    backend.router_head = head_of(msg["head"])
+                    vectors = []
+                elif msg.get("shares") is not None:  # the daemon's router: one prompt's task probabilities
+                    from swarm_edge.route_head import scores
+
+                    vectors = [scores(backend, getattr(backend, "router_head", None), msg["texts"][0],
+                                      int(msg["prefix_chars"]), msg["shares"], float(msg["keyword_weight"]))]
+                elif msg.get("prefix_chars") is not None:  # the router's features of one text: [head, whole]
                     vectors = [v.tolist() for v in backend.embed_with_prefix(msg["texts"][0], int(msg["prefix_chars"]))]
                 else:
                     vectors = backend.embed(msg["texts"])

@@ -297,12 +297,14 @@ class Worker:
             await asyncio.shield(self._settling)
             self._settling = None
 
-    async def embed(self, texts: list[str], prefix_chars: int | None = None) -> list[list[float]]:
-        """Vectors for texts; with `prefix_chars`, the router's two vectors of one text (embed_with_prefix)."""
+    async def embed(self, texts: list[str], prefix_chars: int | None = None, **router: Any) -> list[list[float]]:
+        """Vectors for texts; with `prefix_chars`, the router's two vectors of one text (embed_with_prefix). The
+        daemon's router (router_host.py) also sends its head (`head`: no vectors back) and asks for one text's task
+        probabilities (`shares`, `keyword_weight`: one vector back)."""
         await self._settle()
         self.requests += 1
         self._send({"kind": "embed", "texts": texts, **({"prefix_chars": prefix_chars} if prefix_chars is not None
-                                                        else {})})
+                                                        else {}), **router})
         self._start_watch()  # a stopped worker would hold the request (and the compute slot) forever
         vectors: list[list[float]] = []
         answered = False

@@ -33,7 +33,7 @@ def wait_for(what, timeout: float = 60.0, step: float = 0.2):
 def chat(d, model: str, prompt: str) -> dict:
     r = d.http.post("/v1/chat/completions", json={"model": model, "max_tokens": 8, "temperature": 0,
                                                   "messages": [{"role": "user", "content": prompt}]})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200, r.text + "\nLOG " + d.output()[-6000:]
     return r.json()
 
 

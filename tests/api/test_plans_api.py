@@ -112,3 +112,41 @@ def test_ask_shows_the_plan(swarm_daemon):
     assert answer["via"] == "daemon" and answer["plan"] == "cascade" and answer["steps"]
     plain = _run(["ask", "--model", "pipeline:polish", "give me the keys"], swarm_daemon)
     assert plain.returncode == 0 and "plan pipeline: rewrite:smollm2-135m" in plain.stderr
+
+
+def test_the_daemon_routes_as_the_in_process_router_and_never_imports_numpy(swarm_daemon, swarm_config):
+    """The daemon's router worker keeps the trained head and answers a prompt's task probabilities (router_host.py),
+    so a daemon that finds its head cached never imports numpy (~10 MiB of PSS it would keep for good). The numbers
+    are the in-process router's (same features, same head, same float32 arithmetic): equal, not close."""
+    import shutil
+    from pathlib import Path
+
+    from swarm_edge.config import Settings
+    from swarm_edge.registry import load_registry
+    from swarm_edge.router_host import local_router
+    from tests.api.conftest import Daemon, private_root
+
+    prompts = [REWRITE, "Hi! How are you today?", "Fix the grammar: she go to school.", "Tell me a joke about cats."]
+    trained = [swarm_daemon.http.post("/swarm/route", json={"prompt": p}).json() for p in prompts]
+    settings = Settings.load(home=swarm_daemon.home, config=swarm_config, threads=1)
+    local = local_router(load_registry(swarm_config), settings)
+    here = [local.route(p) for p in prompts]
+    assert [r["scores"] for r in trained] == [r.scores for r in here]
+    assert all(r["reason"].startswith("the trained head") for r in trained)
+
+    root = private_root()
+    shutil.copytree(swarm_daemon.home / "cache", root / "home" / "cache")  # the trained head, nothing else
+    d = Daemon(root, swarm_config).start()
+    try:
+        deadline = time.monotonic() + 120
+        while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
+            assert time.monotonic() < deadline, "the router was not built within 120 s"
+            time.sleep(0.2)
+        again = [d.http.post("/swarm/route", json={"prompt": p}).json() for p in prompts]
+        assert again == trained
+        maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
+        assert "numpy" not in maps and "onnxruntime" not in maps
+        assert "training the router's head" not in d.output()
+    finally:
+        assert d.stop() == 0, d.output()
+        shutil.rmtree(root, ignore_errors=True)

@@ -177,3 +177,24 @@ def _array_file(etype, count, payload, copies=1) -> bytes:
         key = f"x.array{i}".encode()
         out += struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", ARRAY, etype, count) + payload
     return out
+
+
+def test_the_check_does_not_import_numpy_and_loads_its_constants_once_across_threads(model_files):
+    """The daemon checks every GGUF it loads; `import gguf` would import numpy there (~10 MiB of PSS, for good), so
+    the check loads only gguf/constants.py. Routing threads check files at once: the first one found the module
+    half-executed (AttributeError, a 500) until the load was locked."""
+    import subprocess
+    import sys
+
+    code = ("import sys, threading\n"
+            "from swarm_edge.workers.gguf_check import check_gguf\n"
+            "out = []\n"
+            "def one(): out.append(check_gguf(sys.argv[1])['n_vocab'])\n"
+            "threads = [threading.Thread(target=one) for _ in range(8)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]\n"
+            "print(out, 'numpy' in sys.modules, 'gguf' in sys.modules)\n")
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "-c", code, str(model_files["smollm2-135m"]["model"])],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == f"{[49152] * 8} False False", (run.stdout, run.stderr)
