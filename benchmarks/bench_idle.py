@@ -44,9 +44,9 @@ def tree(pid: int) -> list[tuple[int, str, int]]:
     for p in [root, *root.children(recursive=True)]:
         try:
             cmd = " ".join(p.cmdline())
-            what = ("daemon" if p.pid == pid else "resource tracker" if "resource_tracker" in cmd else
-                    "forkserver" if p.ppid() == pid and "forkserver" in cmd else
-                    "worker" if "forkserver" in cmd else cmd[:40])  # forked by the forkserver: a spare or a model
+            what = ("daemon" if p.pid == pid else "worker" if p.name() == "swarm-edge-wkr" else  # a spare or model
+                    "resource tracker" if "resource_tracker" in cmd else "forkserver" if "forkserver" in cmd else
+                    cmd[:40])
             out.append((p.pid, what, p.memory_full_info().pss))
         except psutil.Error:
             continue
