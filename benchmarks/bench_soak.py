@@ -165,9 +165,9 @@ def processes(pid: int) -> list[dict]:
     root = psutil.Process(pid)
     for p in [root, *root.children(recursive=True)]:
         try:
-            forked = "forkserver import main" in " ".join(p.cmdline())  # the forkserver and its children
-            role = "daemon" if p.pid == pid else ("forkserver" if p.ppid() == pid else "worker") if forked \
-                else "resource_tracker"
+            cmd = " ".join(p.cmdline())
+            role = ("daemon" if p.pid == pid else "worker" if p.name() == "swarm-edge-wkr" else  # the daemon's child
+                    "forkserver" if "forkserver import main" in cmd else "resource_tracker")
             out.append({"role": role, "pid": p.pid, "pss_mib": round(p.memory_full_info().pss / 2**20, 1),
                         "status": p.status(), "started": time.strftime("%H:%M:%S", time.localtime(p.create_time()))})
         except psutil.Error:

@@ -90,6 +90,7 @@ class Engine(Room):
             budget_bytes,
             spawn=self._spawn, estimate=self._admission_estimate, measure_base=self.base_pss, idle_ttl=idle_ttl,
             max_waiting=max_waiting, pins={m.id for m in registry if m.pin}, on_release=self._on_release, **kw)
+        self.scheduler.pss_comparable = lambda: self.pool.running
 
     # ------------------------------------------------------------ files and footprint
 
@@ -190,8 +191,8 @@ class Engine(Room):
         # where workers stay the forkserver's, they are grandchildren and left out as such
         workers = self.pool.pids()
         value = tree_pss(keep=lambda p, root: p.pid == root.pid or (p.ppid() == root.pid and p.pid not in workers))
-        if self.pool.running:
-            self._awake_base = value
+        if self.pool.running and self.pool.server_up():
+            self._awake_base = value  # not while it is only about to start: that base would lack it
         elif self.pool.wants_spare:
             # Asleep (or not started yet): the request being admitted wakes the forkserver and tracker first, so
             # the base is what it was awake, not the sleeping daemon alone (the first admission after a sleep
@@ -259,6 +260,8 @@ class Engine(Room):
 
     def _on_release(self, model_id: str, worker) -> None:
         spec = self.registry.get(model_id)
+        if not self.pool.running:  # dozing: this PSS carries the runtime's pages the forkserver shared (scheduler)
+            return
         if worker.last_pss and self.store.calibrated(self._key(spec)):
             self.store.record(self._key(spec), worker.last_pss)  # real requests only ever raise the peak
 

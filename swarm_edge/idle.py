@@ -157,7 +157,7 @@ class Sleeper:
         def still() -> bool:
             return self.epoch == epoch and self.quiet()
 
-        await asyncio.to_thread(self.router.drop)  # first: its worker is the forkserver's child
+        await asyncio.to_thread(self.router.drop)  # first: the embedder's worker, then the pool
         if not still() or not await self.pool.sleep(still):
             if self.epoch == epoch:   # not woken (wake() clears it): something else keeps the pool up
                 self.asleep = False

@@ -164,9 +164,29 @@ class HeadRef:
 
     path: str
     temperature: float | None = None  # models.yaml's override, else the file's
+    data: bytes = b""                 # the file as it loaded: put back if it is gone when a new worker needs it
 
     def wire(self) -> dict:
+        if self.data:
+            _restore(self.path, self.data)
         return {"path": self.path, "temperature": self.temperature}
+
+
+def _restore(path: str, data: bytes) -> None:
+    """Write the head's cache file back if it was removed (a cache cleanup while the daemon slept), so a reload
+    never trains again; a failure leaves it to the worker's load to fail (then it is trained)."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.exists():
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    except OSError:
+        pass
 
 
 class SemanticRouter:
@@ -243,10 +263,12 @@ class SemanticRouter:
 
         cache = Path(self.cache_dir) / f"router-{self.examples_key()}.npz" if self.cache_dir else None
         if self._remote and cache is not None and cache.exists():
-            ref = HeadRef(str(cache), self.spec.temperature)
             try:
+                ref = HeadRef(str(cache), self.spec.temperature, cache.read_bytes())
                 self.backend.load_head(ref.wire())
                 return ref
+            except OSError as exc:  # unreadable: train it again (here)
+                log.warning("the router's cached head could not be read (%s); training it again", exc)
             except InferenceError as exc:  # empty, corrupt: train it again (here)
                 log.warning("the router's cached head did not load (%s); training it again", exc)
         from swarm_edge import route_head  # numpy: in the daemon, only to train

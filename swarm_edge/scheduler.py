@@ -71,6 +71,10 @@ class Scheduler(Generic[W]):
         self.max_waiting, self.idle_ttl, self.pins = max_waiting, idle_ttl, frozenset(pins)
         self._backoff, self._max_backoff = backoff, max_backoff
         self._on_release = on_release
+        # Whether a worker's measured PSS means what admission's figures mean (engine: not while the daemon dozes,
+        # when each worker alone maps the runtime's pages that the forkserver and the spare shared, and the base
+        # still books their share): a measurement that does not is not used to grow a reservation.
+        self.pss_comparable: Callable[[], bool] = lambda: True
         self.admission_timeout = admission_timeout
         self.residents: dict[str, Resident] = {}
         self._stopping: dict[int, int] = {}     # id(resident) -> bytes still held while its worker exits
@@ -231,7 +235,7 @@ class Scheduler(Generic[W]):
         """If the worker measures more than was reserved, hold what it really uses and evict idle models to
         get back under the budget."""
         measured = (r.worker.last_pss if r.worker is not None else 0) or 0
-        if measured > r.reserved:
+        if measured > r.reserved and self.pss_comparable():
             r.reserved = measured
         if self.used() > self.budget:  # a worker grew, or the base did: give idle models back
             await self._make_room(0, exclude=r.model_id, wait=False)

@@ -326,6 +326,23 @@ async def test_measured_above_estimate_raises_reservation_and_makes_room():
     assert h.s.residents["a"].reserved == 180 and h.s.used() <= 300
 
 
+@deadline
+async def test_a_measurement_that_is_not_comparable_does_not_grow_a_reservation():
+    """Dozing (idle.py), a worker alone maps the runtime's pages the forkserver shared, and the base still books
+    their share: its PSS then is not what admission's figures mean, and must not evict anything."""
+    h = Harness(budget=300)
+    comparable = [False]
+    h.s.pss_comparable = lambda: comparable[0]
+    h.measured["a"] = 180  # the estimate said 100
+    await h.use("b")
+    await h.use("c")
+    await h.use("a")
+    assert h.s.residents["a"].reserved == 100 and h.resident() == {"a", "b", "c"}
+    comparable[0] = True
+    await h.use("a")  # awake again: the same measurement counts
+    assert h.s.residents["a"].reserved == 180 and h.s.used() <= 300
+
+
 def test_policies():
     cands = [Candidate("a", 1.0, 10), Candidate("b", 2.0, 10), Candidate("c", 3.0, 10)]
     assert lru(cands, [], 0) == "a"

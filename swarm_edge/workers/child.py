@@ -21,6 +21,8 @@ class Child:
     process thread joins. The pid cannot be reused before we reap it, so kill() never hits a stranger."""
 
     def __init__(self, pid: int) -> None:
+        if pid <= 1:  # waitpid(0) and kill(0) mean the whole process group
+            raise ValueError(f"not a worker's pid: {pid}")
         self.pid = pid
         self.exitcode: int | None = None
         self._lock = threading.Lock()

@@ -9,10 +9,13 @@ multiprocessing pipe, both ways: the daemon never unpickles anything a worker se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -55,6 +58,31 @@ def _usable(spare: tuple[Any, Any]) -> bool:
     return False
 
 
+class _NotAdopted(ModelLoadError):
+    """A worker that left the forkserver was not handed to this process (process.py `_hello`)."""
+
+
+def _frame(conn) -> dict:
+    """A new worker's next frame (its process's first steps: process.py `_hello`); ModelLoadError if none."""
+    try:
+        if not conn.poll(HELLO_TIMEOUT_S):
+            raise ModelLoadError(f"a new worker process did not start within {HELLO_TIMEOUT_S:.0f} s")
+        msg = json.loads(conn.recv_bytes())
+    except (EOFError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"a new worker process did not start: {type(exc).__name__}: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ModelLoadError("a new worker process sent something else than its pid")
+    return msg
+
+
+def _pid_of(msg: dict, kind: str) -> int:
+    pid = msg.get("pid")
+    if msg.get("kind") != kind or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 \
+            or pid == os.getpid():
+        raise ModelLoadError(f"a new worker process sent {str(msg)[:80]!r}, not its {kind!r} pid")
+    return pid
+
+
 def _stop_forkserver() -> None:
     """Stop multiprocessing's forkserver, then its resource tracker (workers hold neither's pipe: process.py
     `_drop_inherited_ends`); the next fork starts both again. `_stop` is private on both (CPython's tests use
@@ -73,7 +101,7 @@ def _stop_forkserver() -> None:
 
 
 class Pool:
-    """Starts workers from a forkserver that has already imported llama_cpp and onnxruntime.
+    """Starts workers from a forkserver that has already imported llama_cpp (preload.py).
 
     One spare worker process is kept forked and waiting, so a load does not wait for the fork and the
     child's start-up either: it only sends the spare its model.
@@ -95,6 +123,8 @@ class Pool:
         self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
         self.adopted = adopt_orphans()                 # workers are this process's children (not the forkserver's)
         self._children: dict[int, Child] = {}          # every worker forked and not yet reaped, by pid
+        self._server_lock = threading.Lock()           # a fork's start and the forkserver's stop, never both
+        self.daemon_pid: int | None = None             # the parent workers expect (tests: another; None: this one)
 
     def start_server(self) -> None:
         """Start the forkserver now (it imports the runtimes once), so the first load does not pay for it."""
@@ -110,27 +140,50 @@ class Pool:
 
     def _fork(self) -> tuple[Any, Any]:
         """A new worker, once it said hello (its pid): a Child if it left the forkserver, else multiprocessing's
-        handle. ModelLoadError if it does not start."""
+        handle. ModelLoadError if it does not start. Where the kernel did not hand an adopted worker to this
+        process after all, workers stay the forkserver's from then on."""
+        try:
+            return self._fork_once()
+        except _NotAdopted as exc:
+            log.warning("a worker could not leave the forkserver (%s); workers stay its children", exc)
+            self.adopted = False
+            return self._fork_once()
+
+    def _fork_once(self) -> tuple[Any, Any]:
         self._configure()
         parent, child = self._ctx.Pipe(duplex=True)
-        daemon = os.getpid() if self.adopted else None
+        adopted = self.adopted
+        daemon = (self.daemon_pid or os.getpid()) if adopted else None
         process = self._ctx.Process(target=worker_main, name="swarm-edge-worker", args=(child, daemon), daemon=True)
-        process.start()
-        child.close()
         try:
-            if not parent.poll(HELLO_TIMEOUT_S):
-                raise ModelLoadError(f"a new worker process did not start within {HELLO_TIMEOUT_S:.0f} s")
-            hello = json.loads(parent.recv_bytes())
-            pid = int(hello["pid"]) if hello.get("kind") == "hello" else 0
-        except (EOFError, OSError, ValueError, TypeError, KeyError) as exc:
-            process.kill()
-            parent.close()  # a worker that started after all sees EOF and exits
-            raise ModelLoadError(f"a new worker process did not start: {type(exc).__name__}: {exc}") from None
-        except ModelLoadError:
-            process.kill()
+            with self._server_lock:  # never beside _stop_forkserver (a doze on the other process thread)
+                process.start()
+        except Exception as exc:  # the forkserver could not be started or reached: a failed load, not a 500
             parent.close()
+            raise ModelLoadError(f"could not start a worker process: {type(exc).__name__}: {exc}") from None
+        finally:
+            child.close()
+        worker = None
+        try:
+            if adopted:  # the middle process names the worker first, so it is reaped however this ends
+                worker = _pid_of(_frame(parent), "forked")
+            hello = _frame(parent)
+            if hello.get("kind") == "not_adopted":
+                raise _NotAdopted(f"its parent is pid {hello.get('ppid')}, not this process")
+            pid = _pid_of(hello, "hello")
+            if worker is not None and pid != worker:
+                raise ModelLoadError(f"a new worker said hello as pid {pid}, not {worker}")
+        except (ModelLoadError, _NotAdopted):
+            parent.close()  # a worker that starts after all sees EOF and exits
+            process.kill()
+            if worker is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker, signal.SIGKILL)  # its pid is ours until reaped: no stranger's
+            process.join(STOP_TIMEOUT_S)  # the middle: once it is gone the worker is this process's child
+            if worker is not None:
+                Child(worker).join(STOP_TIMEOUT_S)  # reap it
             raise
-        if not self.adopted:
+        if not adopted:
             return process, parent
         process.join(STOP_TIMEOUT_S)  # the middle process, which exited for the worker to leave the forkserver
         handle = self._children[pid] = Child(pid)
@@ -139,8 +192,8 @@ class Pool:
     def pids(self) -> set[int]:
         """Every worker of this pool not reaped yet (resident, spare, the router's embedder, exiting)."""
         for pid, child in list(self._children.items()):
-            if not child.is_alive():  # reaps it
-                self._children.pop(pid, None)
+            if not child.is_alive() and self._children.get(pid) is child:  # reaped (a reused pid is another's)
+                del self._children[pid]
         return set(self._children)
 
     async def prepare_spare(self) -> None:
@@ -198,6 +251,12 @@ class Pool:
         worker.info["spawn_to_ready_s"] = time.perf_counter() - t0
         return worker
 
+    def server_up(self) -> bool:
+        """Whether the forkserver is running now (not merely about to start)."""
+        from multiprocessing import forkserver
+
+        return getattr(forkserver._forkserver, "_forkserver_pid", None) is not None
+
     @property
     def running(self) -> bool:
         """Whether anything of the pool is up: the spare, a fork in flight, or the forkserver."""
@@ -217,16 +276,23 @@ class Pool:
         await self.prepare_spare()
 
     async def sleep(self, still_idle=lambda: True) -> bool:
-        """Stop the spare, then the forkserver: only if `still_idle()` and no fork is in flight (and, unless
-        `adopted`, no worker is alive: each would die with the forkserver). The next fork starts it again.
-        Returns whether it stopped."""
+        """Stop the spare, then the forkserver: only if `still_idle()` and no fork is in flight. The caller makes
+        sure no worker is alive unless `adopted` (each would die with the forkserver): idle.py. The next fork starts
+        it again. Returns whether it stopped."""
         if not still_idle():
             return False  # woken already: keep the spare a wake may just have forked
         await self.close()
         if not still_idle() or self._forking or self._refill is not None or self._spare is not None:
+            if self._want_spare and not self.closed and self._refill is None and self._spare is None:
+                # a request came while the spare stopped: fork it again, as a wake would
+                self._refill = asyncio.get_running_loop().create_task(self.prepare_spare())
             return False
-        await off_loop(_stop_forkserver)
-        return True
+        await off_loop(self._stop_server)
+        return not self._forking
+
+    def _stop_server(self) -> None:
+        with self._server_lock:
+            _stop_forkserver()
 
     async def close(self, *, final: bool = False) -> None:
         """Stop the spare (workers are stopped by their owners). `final`: for good (the engine is stopping); a spawn

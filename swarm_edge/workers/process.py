@@ -103,14 +103,17 @@ def adopt_orphans() -> bool:
     return sys.platform.startswith("linux") and _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def _leave_the_forkserver(daemon: int) -> bool:
+def _leave_the_forkserver(conn, daemon: int) -> bool:
     """Become the daemon's own child: fork once more and let the middle process exit, so the kernel hands this
     process to the nearest child subreaper, the daemon (`adopt_orphans`). Then the forkserver may stop while models
     are resident (idle.py: the daemon dozes), the daemon reaps its workers and reads their real exit status, and
     PR_SET_PDEATHSIG watches the daemon itself. False: the daemon is gone (or did not adopt us); exit."""
     middle = os.getpid()
-    if os.fork():
-        os._exit(0)  # the middle process: the forkserver reaps it
+    pid = os.fork()
+    if pid:  # the middle process: names the worker to the daemon (which reaps it whatever happens), then goes
+        with contextlib.suppress(Exception):
+            _send(conn, "forked", pid=pid)
+        os._exit(0)  # the forkserver reaps it
     deadline = time.monotonic() + 30
     while os.getppid() == middle and time.monotonic() < deadline:  # until the middle one is gone
         time.sleep(0.0005)
@@ -131,7 +134,12 @@ def _hello(conn, daemon: int | None) -> bool:
     """A new worker's first steps: drop the inherited pipe ends, leave the forkserver if the daemon adopts its
     workers, name itself for ps/top, and tell the daemon its pid. False if the daemon is gone."""
     _drop_inherited_ends()
-    if not (_leave_the_forkserver(daemon) if daemon is not None else _die_with(None)):
+    if daemon is not None:
+        if not _leave_the_forkserver(conn, daemon):
+            with contextlib.suppress(Exception):  # the daemon, if alive, forks its next workers the old way
+                _send(conn, "not_adopted", ppid=os.getppid())
+            return False
+    elif not _die_with(None):
         return False
     _set_name(WORKER_NAME)
     try:

@@ -341,7 +341,8 @@ def test_a_worker_that_cannot_see_the_daemon_die_dies_with_it(serve):
     """A worker notices the daemon's death only when it reads its pipe. One that does not read (stopped here; in
     real life stuck in native code) outlived a kill -9 forever, and kept the forkserver and the resource tracker
     alive with it (multiprocessing hands every child the write end of the forkserver's "alive" pipe). Workers now
-    drop that end and ask the kernel (PR_SET_PDEATHSIG) to kill them when the forkserver exits."""
+    drop that end, leave the forkserver for the daemon (a child subreaper: workers/child.py) and ask the kernel
+    (PR_SET_PDEATHSIG) to kill them when the daemon exits."""
     d = serve()
     _ok(d, "smollm2-135m")
     tree = _tree(d.proc.pid)

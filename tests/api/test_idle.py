@@ -4,8 +4,6 @@ daemon, real models, real processes; the memory it saves is measured in benchmar
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import psutil
@@ -64,20 +62,6 @@ def test_the_daemon_sleeps_with_nothing_but_itself_wakes_for_a_request_and_sleep
     again = chat(d, "smollm2-135m", "Say hi.")
     assert again["choices"][0]["message"]["content"]
     wait_for(lambda: d.status()["asleep"] and not children(d))
-
-
-def test_a_killed_router_worker_costs_one_prompt_then_routing_is_semantic_again(make_daemon):
-    d = make_daemon(env={"SWARM_EDGE_SLEEP_S": "never"})
-    first = chat(d, "auto", "Translate into German: good night")
-    assert "keyword rules" not in first["swarm"]["route"]["reason"]
-    resident = {r["pid"] for r in d.status()["residents"] if r.get("pid")}
-    # the non-resident workers: the spare (and the router's embedder, when the routes have examples to embed; this
-    # registry's have none); kill them all (which is which: not visible)
-    workers = wait_for(lambda: [k for k in worker_processes(d.proc.pid) if k.pid not in resident])
-    for w in workers:
-        os.kill(w.pid, signal.SIGKILL)
-    routed = [chat(d, "auto", "Translate into German: thank you")["swarm"]["route"]["reason"] for _ in range(2)]
-    assert "keyword rules" not in routed[-1], routed  # a new embedder worker serves the next prompt at the latest
 
 
 def test_with_a_model_resident_the_daemon_dozes_and_the_next_load_starts_the_forkserver(make_daemon):

@@ -3,6 +3,7 @@ POST /swarm/route, and `swarm-edge route` / `ask` on the command line (through t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -114,17 +115,43 @@ def test_ask_shows_the_plan(swarm_daemon):
     assert plain.returncode == 0 and "plan pipeline: rewrite:smollm2-135m" in plain.stderr
 
 
+@contextlib.contextmanager
+def _seeded(swarm_daemon, swarm_config, env=None):
+    """A second daemon whose home has the first one's trained head (its cache), nothing else; routing is semantic
+    once its embedder's worker is up."""
+    import shutil
+
+    from tests.api.conftest import Daemon, private_root
+
+    root = private_root()
+    shutil.copytree(swarm_daemon.home / "cache", root / "home" / "cache")
+    d = Daemon(root, swarm_config, env=env).start()
+    try:
+        deadline = time.monotonic() + 120
+        while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
+            assert time.monotonic() < deadline, "the router was not built within 120 s"
+            time.sleep(0.2)
+        yield d
+    finally:
+        assert d.stop() == 0, d.output()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _reasons(d, prompt: str, n: int) -> list[str]:
+    return [d.http.post("/swarm/route", json={"prompt": prompt}).json()["reason"] for _ in range(n)]
+
+
 def test_the_daemon_routes_as_the_in_process_router_and_never_imports_numpy(swarm_daemon, swarm_config):
     """The daemon's router worker keeps the trained head and answers a prompt's task probabilities (router_host.py),
     so a daemon that finds its head cached never imports numpy (~10 MiB of PSS it would keep for good). The numbers
-    are the in-process router's (same features, same head, same float32 arithmetic): equal, not close."""
-    import shutil
+    are the in-process router's (same features, same head, same float32 arithmetic): equal to the 4 decimals a
+    Route carries. A killed router worker costs one prompt (the rules answer it), then a new one routes."""
     from pathlib import Path
 
     from swarm_edge.config import Settings
     from swarm_edge.registry import load_registry
     from swarm_edge.router_host import local_router
-    from tests.api.conftest import Daemon, private_root
+    from tests.api.conftest import worker_processes
 
     prompts = [REWRITE, "Hi! How are you today?", "Fix the grammar: she go to school.", "Tell me a joke about cats."]
     trained = [swarm_daemon.http.post("/swarm/route", json={"prompt": p}).json() for p in prompts]
@@ -134,19 +161,33 @@ def test_the_daemon_routes_as_the_in_process_router_and_never_imports_numpy(swar
     assert [r["scores"] for r in trained] == [r.scores for r in here]
     assert all(r["reason"].startswith("the trained head") for r in trained)
 
-    root = private_root()
-    shutil.copytree(swarm_daemon.home / "cache", root / "home" / "cache")  # the trained head, nothing else
-    d = Daemon(root, swarm_config).start()
-    try:
-        deadline = time.monotonic() + 120
-        while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
-            assert time.monotonic() < deadline, "the router was not built within 120 s"
-            time.sleep(0.2)
+    with _seeded(swarm_daemon, swarm_config, env={"SWARM_EDGE_SLEEP_S": "never"}) as d:
         again = [d.http.post("/swarm/route", json={"prompt": p}).json() for p in prompts]
         assert again == trained
         maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
-        assert "numpy" not in maps and "onnxruntime" not in maps
-        assert "training the router's head" not in d.output()
-    finally:
-        assert d.stop() == 0, d.output()
-        shutil.rmtree(root, ignore_errors=True)
+        assert "numpy" not in maps and "onnxruntime" not in maps  # and so no training either (it needs numpy)
+        workers = worker_processes(d.proc.pid)  # nothing resident: the router's embedder and the spare
+        assert len(workers) == 2, workers
+        for w in workers:
+            w.kill()
+        after = _reasons(d, REWRITE, 2)
+        assert "semantic routing failed on this prompt" in after[0], after  # its worker was gone
+        assert after[1].startswith("the trained head"), after  # a new worker, the head sent to it again
+
+
+def test_a_head_cache_removed_while_the_daemon_slept_is_put_back_not_trained_again(swarm_daemon, swarm_config):
+    """Asleep, the router's embedder worker is gone; the next one is told to load the head from its cache file. A
+    cache cleanup meanwhile must not cost a training (seconds to minutes, every route waiting): the daemon kept the
+    file's bytes and writes it back."""
+    from pathlib import Path
+
+    with _seeded(swarm_daemon, swarm_config, env={"SWARM_EDGE_SLEEP_S": "1"}) as d:
+        deadline = time.monotonic() + 60
+        while not d.status()["asleep"]:
+            assert time.monotonic() < deadline, "the daemon did not sleep"
+            time.sleep(0.2)
+        (cache,) = (d.home / "cache").glob("router-*.npz")
+        cache.unlink()
+        assert _reasons(d, REWRITE, 1)[0].startswith("the trained head")
+        assert cache.exists() and "could not load its head" not in d.output(), d.output()
+        assert "numpy" not in Path(f"/proc/{d.proc.pid}/maps").read_text()  # a training would have imported it

@@ -386,3 +386,31 @@ def test_2048_embeddings_of_1536_dimensions_come_back_whole():
 
     got, tokens, alive = run(main(), timeout=120)
     assert alive and tokens == 4096 and got == vectors
+
+
+def test_a_worker_not_handed_to_this_process_makes_the_pool_fall_back_to_the_forkserver():
+    """Where the kernel does not hand a worker that left the forkserver to this process (a FAKE here: the pool tells
+    its workers to expect pid 1 as their parent), the worker says so and exits, the pool reaps it, and it forks its
+    workers the old way from then on (the forkserver's children; the daemon never dozes)."""
+    from swarm_edge.workers.limits import off_loop
+    from swarm_edge.workers.pool import Pool
+
+    def zombies() -> set[int]:
+        return {c.pid for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE}
+
+    async def main():
+        pool = Pool()
+        assert pool.adopted
+        pool.daemon_pid = 1
+        before = zombies()
+        process, conn = await off_loop(pool._fork)
+        try:
+            old_way = isinstance(process, multiprocessing.process.BaseProcess)
+            return pool.adopted, old_way, process.is_alive(), zombies() - before
+        finally:
+            conn.close()
+            process.join(10)
+
+    adopted, old_way, alive, left = run(main())
+    assert not adopted and old_way and alive
+    assert not left, f"unreaped: {left}"
