@@ -33,6 +33,7 @@ from swarm_edge.scheduler import Scheduler
 from swarm_edge.sources import ensure_model, recheck
 from swarm_edge.workers import GenerateRequest, backend_options
 from swarm_edge.workers.pool import Pool
+from swarm_edge.workers.process import WORKER_NAME
 
 BASE_TTL_S = 3.0   # the base PSS reads every process's smaps (ms of CPU): reuse a reading for this long
 BASE_WINDOW_S = 60.0  # admission counts the highest base seen in this window
@@ -188,9 +189,11 @@ class Engine(Room):
             return self._base[1] + self._pending_growth(self._base[1])  # as of now: the router may have loaded
         # this process and its children (the forkserver, the resource tracker), not the workers: they are our
         # children too (child.py) but counted apart (the spare and the router's below, models as reservations);
-        # where workers stay the forkserver's, they are grandchildren and left out as such
+        # one just forked, not registered yet, is known by its name; where workers stay the forkserver's, they are
+        # grandchildren and left out as such
         workers = self.pool.pids()
-        value = tree_pss(keep=lambda p, root: p.pid == root.pid or (p.ppid() == root.pid and p.pid not in workers))
+        value = tree_pss(keep=lambda p, root: p.pid == root.pid or (
+            p.ppid() == root.pid and p.pid not in workers and p.name() != WORKER_NAME))
         if self.pool.running and self.pool.server_up():
             self._awake_base = value  # not while it is only about to start: that base would lack it
         elif self.pool.wants_spare:

@@ -134,6 +134,7 @@ def _hello(conn, daemon: int | None) -> bool:
     """A new worker's first steps: drop the inherited pipe ends, leave the forkserver if the daemon adopts its
     workers, name itself for ps/top, and tell the daemon its pid. False if the daemon is gone."""
     _drop_inherited_ends()
+    _set_name(WORKER_NAME)  # first: from here the daemon tells a worker from its own children by it (engine.base_pss)
     if daemon is not None:
         if not _leave_the_forkserver(conn, daemon):
             with contextlib.suppress(Exception):  # the daemon, if alive, forks its next workers the old way
@@ -141,7 +142,6 @@ def _hello(conn, daemon: int | None) -> bool:
             return False
     elif not _die_with(None):
         return False
-    _set_name(WORKER_NAME)
     try:
         _send(conn, "hello", pid=os.getpid())
     except OSError:
