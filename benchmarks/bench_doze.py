@@ -23,22 +23,13 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 from results_io import wait_health, write_results
+
+from swarm_edge.boxmem import tree_pss
 
 SWARM_EDGE = str(Path(sys.executable).with_name("swarm-edge"))
 MiB = 2**20
 SMALL, BIG = "smollm2-135m", "qwen2.5-coder-0.5b"
-
-
-def tree_pss(pid: int) -> int:
-    total = 0
-    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        try:
-            total += p.memory_full_info().pss
-        except psutil.Error:
-            continue
-    return total
 
 
 def ask(http: httpx.Client, model: str) -> float:

@@ -263,8 +263,6 @@ class Engine(Room):
 
     def _on_release(self, model_id: str, worker) -> None:
         spec = self.registry.get(model_id)
-        if not self.pool.running:  # dozing: this PSS carries the runtime's pages the forkserver shared (scheduler)
-            return
         if worker.last_pss and self.store.calibrated(self._key(spec)):
             self.store.record(self._key(spec), worker.last_pss)  # real requests only ever raise the peak
 

@@ -73,7 +73,8 @@ class Scheduler(Generic[W]):
         self._on_release = on_release
         # Whether a worker's measured PSS means what admission's figures mean (engine: not while the daemon dozes,
         # when each worker alone maps the runtime's pages that the forkserver and the spare shared, and the base
-        # still books their share): a measurement that does not is not used to grow a reservation.
+        # still books their share): a measurement that does not is neither recorded (on_release) nor used to grow
+        # a reservation.
         self.pss_comparable: Callable[[], bool] = lambda: True
         self.admission_timeout = admission_timeout
         self.residents: dict[str, Resident] = {}
@@ -142,7 +143,7 @@ class Scheduler(Generic[W]):
         if worker is not None and not worker.alive:
             await self._drop_dead(r)  # a dead worker holds no memory: free its budget, the next lease reloads
             return
-        if worker is not None and self._on_release:
+        if worker is not None and self._on_release and self.pss_comparable():
             self._on_release(r.model_id, worker)
         await self._correct(r)
         async with self._changed:

@@ -88,7 +88,7 @@ def _drop_inherited_ends() -> None:
             setattr(server, attr, None)
 
 
-def _prctl(option: int, value: int) -> bool:
+def _prctl(option: int, value) -> bool:
     import ctypes
 
     try:
@@ -152,8 +152,7 @@ def _hello(conn, daemon: int | None) -> bool:
 def _set_name(name: str) -> None:
     import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
 
 
 def worker_main(conn, daemon: int | None = None) -> None:

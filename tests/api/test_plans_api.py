@@ -27,15 +27,20 @@ def swarm_config(model_files, tmp_path_factory):
     return path
 
 
+def _until_built(d) -> None:
+    """Until the router's head is built (until then routes come from the rules and say so)."""
+    deadline = time.monotonic() + 120
+    while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
+        assert time.monotonic() < deadline, "the router's head was not built within 120 s"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def swarm_daemon(swarm_config):
     for d in serve(swarm_config):
         # the daemon trains the router's head in the background at start; until then routes come from the rules
         # (and say so): these tests are about the semantic router, so they begin once it is built
-        deadline = time.monotonic() + 120
-        while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
-            assert time.monotonic() < deadline, "the router's head was not built within 120 s"
-            time.sleep(0.2)
+        _until_built(d)
         yield d
 
 
@@ -127,10 +132,7 @@ def _seeded(swarm_daemon, swarm_config, env=None):
     shutil.copytree(swarm_daemon.home / "cache", root / "home" / "cache")
     d = Daemon(root, swarm_config, env=env).start()
     try:
-        deadline = time.monotonic() + 120
-        while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
-            assert time.monotonic() < deadline, "the router was not built within 120 s"
-            time.sleep(0.2)
+        _until_built(d)
         yield d
     finally:
         assert d.stop() == 0, d.output()
