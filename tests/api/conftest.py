@@ -120,6 +120,23 @@ def api_config(model_files, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def swarm_config(model_files, tmp_path_factory) -> Path:
+    """models.yaml with the plans' registry: the semantic router (minilm-l6), cascade, ensemble, calculator, pipeline
+    (tests.conftest.registry_yaml, swarm=True)."""
+    path = tmp_path_factory.mktemp("swarm") / "models.yaml"
+    path.write_text(registry_yaml(model_files, swarm=True))
+    return path
+
+
+def until_built(d) -> None:
+    """Until the router's head is built (until then routes come from the rules and say so)."""
+    deadline = time.monotonic() + 120
+    while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
+        assert time.monotonic() < deadline, "the router's head was not built within 120 s"
+        time.sleep(0.2)
+
+
 def serve(config: Path, seed: Path | None = None):
     """Run a daemon on `config` in a private directory for as long as the generator is open (fixture body)."""
     import shutil
@@ -146,8 +163,9 @@ def make_daemon(api_config, calibrated_home):
 
     made: list[Daemon] = []
 
-    def make(*args: str, root: Path | None = None, start: bool = True, fresh: bool = False, **kw) -> Daemon:
-        d = Daemon(root or private_root(), api_config, *args, seed=None if fresh else calibrated_home, **kw)
+    def make(*args: str, root: Path | None = None, start: bool = True, fresh: bool = False, config: Path | None = None,
+             **kw) -> Daemon:
+        d = Daemon(root or private_root(), config or api_config, *args, seed=None if fresh else calibrated_home, **kw)
         made.append(d)
         return d.start() if start else d
 

@@ -11,7 +11,7 @@ import pytest
 
 from swarm_edge.errors import ConfigError
 from swarm_edge.idle import SLEEP_AFTER_S, sleep_after
-from tests.api.conftest import worker_processes
+from tests.api.conftest import until_built, worker_processes
 
 
 def children(d) -> list[psutil.Process]:
@@ -44,14 +44,18 @@ def test_sleep_after_reads_the_environment():
             sleep_after({"SWARM_EDGE_SLEEP_S": bad})
 
 
-def test_the_daemon_sleeps_with_nothing_but_itself_wakes_for_a_request_and_sleeps_again(make_daemon):
-    d = make_daemon("--idle-ttl", "1", env={"SWARM_EDGE_SLEEP_S": "1"})
-    # started asleep; the router's warm-up (its embedder worker) is given back a second after it
+def test_the_daemon_sleeps_with_nothing_but_itself_wakes_for_a_request_and_sleeps_again(make_daemon, swarm_config):
+    # the semantic router (its embedder runs in a worker, the head in that worker too): asleep, it must wake with
+    # the request, not fall back to the keyword rules
+    d = make_daemon("--idle-ttl", "1", config=swarm_config, env={"SWARM_EDGE_SLEEP_S": "1"})
+    until_built(d)
+    # the router's warm-up and the head's training (the embedder's worker) are given back a second after them
     wait_for(lambda: d.status()["asleep"] and not children(d))
 
-    routed = chat(d, "auto", "Rewrite this more politely: give me the report.")
+    routed = chat(d, "auto", "Hi! How are you today?")
     route = routed["swarm"]["route"]
-    assert "keyword rules" not in route["reason"], route  # the semantic router, woken with the request
+    assert route["reason"].startswith("the trained head says"), route  # semantic, with its worker woken
+    assert route["task"] == "chat", route
     assert not d.status()["asleep"]
     kids = children(d)
     assert any("forkserver" in " ".join(k.cmdline()) for k in kids)  # the forkserver and its workers

@@ -11,9 +11,8 @@ import httpx2
 import openai
 import pytest
 
-from tests.api.conftest import serve
+from tests.api.conftest import serve, until_built
 from tests.api.test_cli_daemon import _run
-from tests.conftest import registry_yaml
 
 pytestmark = pytest.mark.real_model
 
@@ -21,26 +20,11 @@ REWRITE = "Rewrite this more politely: close the door now."
 
 
 @pytest.fixture(scope="module")
-def swarm_config(model_files, tmp_path_factory):
-    path = tmp_path_factory.mktemp("swarm") / "models.yaml"
-    path.write_text(registry_yaml(model_files, swarm=True))
-    return path
-
-
-def _until_built(d) -> None:
-    """Until the router's head is built (until then routes come from the rules and say so)."""
-    deadline = time.monotonic() + 120
-    while "still being built" in d.http.post("/swarm/route", json={"prompt": "hi"}).json()["reason"]:
-        assert time.monotonic() < deadline, "the router's head was not built within 120 s"
-        time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
 def swarm_daemon(swarm_config):
     for d in serve(swarm_config):
         # the daemon trains the router's head in the background at start; until then routes come from the rules
         # (and say so): these tests are about the semantic router, so they begin once it is built
-        _until_built(d)
+        until_built(d)
         yield d
 
 
@@ -132,7 +116,7 @@ def _seeded(swarm_daemon, swarm_config, env=None):
     shutil.copytree(swarm_daemon.home / "cache", root / "home" / "cache")
     d = Daemon(root, swarm_config, env=env).start()
     try:
-        _until_built(d)
+        until_built(d)
         yield d
     finally:
         assert d.stop() == 0, d.output()
