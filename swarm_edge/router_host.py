@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from swarm_edge.errors import BudgetError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
+from swarm_edge.errors import BudgetError, InferenceError, ModelLoadError, SwarmEdgeError, WorkerCrashedError
 from swarm_edge.registry import ModelSpec, Registry
 from swarm_edge.router import KeywordRouter, Route, SemanticRouter
 from swarm_edge.workers import backend_options
@@ -35,6 +35,7 @@ class TransientError(SwarmEdgeError):
     """The remote embedder could not be had this time (a load that failed or took too long, a dead worker)."""
 
 RETRY_S = 30.0          # after a failed load of the remote embedder, the rules route this long before a retry
+RETRY_MAX_S = 600.0     # ... doubled after each failure in a row, up to this
 CALL_TIMEOUT_S = 120.0  # a load or an embedding this slow means something is wrong: the rules route meanwhile
 
 
@@ -55,6 +56,7 @@ class Router:
         self._failed: str | None = None
         self._head = None                # the trained head, kept when the embedder is dropped
         self._later: tuple[float, str] | None = None  # (retry time, why): a remote embedder that failed to load
+        self._retries = 0                # failures in a row of the above (the wait doubles with each)
         # how the embedder is opened: in this process (workers.open_backend), or the daemon's remote one
         # (RemoteEmbedder below); (spec, files, threads) -> an object with embed_with_prefix and close
         self.opener: Callable[..., Any] | None = None
@@ -140,9 +142,14 @@ class Router:
                     except BaseException:  # no router (its training stopped, say): no embedder left loaded
                         backend.close()
                         raise
-                except (BudgetError, TransientError) as exc:  # the daemon's remote embedder: try again later
-                    self._later = (time.monotonic() + RETRY_S, f"semantic router unavailable for now ({exc}); "
-                                   f"keyword rules until it is tried again")
+                    self._retries = 0
+                except (BudgetError, TransientError, InferenceError) as exc:
+                    # the daemon's remote embedder could not be had, or its worker refused the head it was sent
+                    # (loaded, then failed): try again later, waiting twice as long after each failure in a row
+                    delay = min(RETRY_S * 2 ** self._retries, RETRY_MAX_S)
+                    self._retries += 1
+                    self._later = (time.monotonic() + delay, f"semantic router unavailable for now ({exc}); "
+                                   f"keyword rules until it is tried again in {delay:.0f} s")
                 except SwarmEdgeError as exc:
                     self._failed = f"semantic router unavailable ({exc}); keyword rules only"
                 except Exception as exc:  # noqa: BLE001 - onnxruntime or numpy: the rules route, and say why

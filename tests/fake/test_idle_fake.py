@@ -203,3 +203,62 @@ def test_closing_the_engine_stops_the_routers_first_training(tmp_path):
     assert backend.calls == 3 and backend.closed and list(tmp_path.iterdir()) == []
     assert "still training" in (router.unavailable or "")
     assert router.route("Translate into French: good night").task == "translate" and not router.loaded
+
+
+def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_path, monkeypatch):
+    """The router's worker refusing the head it was sent (an InferenceError from load_head, after a training)
+    turned semantic routing off until restart. Now the rules route for a while (30 s, doubled after each failure
+    in a row) and the next route after that builds the router again, from the head cached by the training."""
+    import numpy as np
+
+    from swarm_edge import router_host
+    from swarm_edge.errors import InferenceError
+    from swarm_edge.registry import load_registry
+    from swarm_edge.router_host import Router
+    from tests.conftest import registry_yaml
+
+    class Remote:  # FAKE remote embedder: zero vectors, refuses the head `refuse` times, then scores task 0 first
+        def __init__(self, refuse: int) -> None:
+            self.refuse, self.heads, self.closed = refuse, 0, False
+
+        def embed_with_prefix(self, text, prefix_chars):
+            return np.zeros(384, np.float32), np.zeros(384, np.float32)
+
+        def load_head(self, wire):
+            self.heads += 1
+            if self.refuse:
+                self.refuse -= 1
+                raise InferenceError("the worker could not load the router's head")
+
+        def scores(self, text, head_len, shares, keyword_weight):
+            return [1.0] + [0.0] * (len(shares) - 1)
+
+        def close(self):
+            self.closed = True
+
+    now = [1000.0]
+    monkeypatch.setattr(router_host.time, "monotonic", lambda: now[0])  # FAKE clock
+    config = tmp_path / "models.yaml"  # the plans' registry (16 examples: a quick training), no files needed
+    config.write_text(registry_yaml({"smollm2-135m": {"model": "/nowhere/a.gguf"},
+                                     "minilm-l6": {"model": "/nowhere/m.onnx", "tokenizer": "/nowhere/t.json"}},
+                                    swarm=True))
+    refusals = [1, 2, 0]  # the first: the trained head; the second: the cached head and the one trained again
+    backends: list[Remote] = []
+    router = Router(load_registry(config), lambda mid: {}, cache_dir=tmp_path / "cache")
+    router.opener = lambda spec, files, threads: backends.append(Remote(refusals[len(backends)])) or backends[-1]
+
+    router.warm()  # trains (cached), then the worker refuses the head
+    assert router.unavailable is None and backends[0].closed and backends[0].heads == 1
+    r = router.route("Rewrite this more politely: give me the file.")
+    assert "tried again in 30 s" in r.reason and not router.loaded and len(backends) == 1
+    now[0] += 31
+    r = router.route("Rewrite this more politely: give me the file.")  # refused again: the wait doubles
+    assert "tried again in 60 s" in r.reason and len(backends) == 2 and backends[1].heads == 2
+    now[0] += 30
+    router.route("Rewrite this more politely: give me the file.")
+    assert len(backends) == 2  # not yet
+    now[0] += 31
+    r = router.route("Rewrite this more politely: give me the file.")
+    assert r.reason.startswith("the trained head says"), r.reason
+    assert router.loaded and router.kind == "semantic" and len(backends) == 3 and backends[2].heads == 1
+    assert router._retries == 0  # a success starts the doubling over
