@@ -121,7 +121,10 @@ class Pool:
         self._forking = 0   # spawns and spare forks in flight (event loop only): the forkserver never stops under one
         self.closed = False  # close(final=True): the engine is stopping; nothing is forked any more
         self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
-        self.adopted = adopt_orphans()                 # workers are this process's children (not the forkserver's)
+        # workers are this process's children (not the forkserver's) where the kernel can: a child subreaper, only
+        # while a worker is being forked (_adopting); the probe leaves it off
+        self.adopted = adopt_orphans() and adopt_orphans(False)
+        self._adopting_lock, self._adopting_n = threading.Lock(), 0
         self._children: dict[int, Child] = {}          # every worker forked and not yet reaped, by pid
         self._server_lock = threading.Lock()           # a fork's start and the forkserver's stop, never both
         self.daemon_pid: int | None = None             # the parent workers expect (tests: another; None: this one)
@@ -155,6 +158,29 @@ class Pool:
         adopted = self.adopted
         daemon = (self.daemon_pid or os.getpid()) if adopted else None
         process = self._ctx.Process(target=worker_main, name="swarm-edge-worker", args=(child, daemon), daemon=True)
+        with self._adopting(adopted):
+            return self._forked(process, parent, child, adopted)
+
+    @contextlib.contextmanager
+    def _adopting(self, adopted: bool):
+        """This process is a child subreaper while a worker is being forked (forks on two threads: until both end)."""
+        if not adopted:
+            yield
+            return
+        with self._adopting_lock:
+            self._adopting_n += 1
+            if self._adopting_n == 1:
+                adopt_orphans()
+        try:
+            yield
+        finally:
+            with self._adopting_lock:
+                self._adopting_n -= 1
+                if self._adopting_n == 0:
+                    adopt_orphans(False)
+
+    def _forked(self, process, parent, child, adopted: bool) -> tuple[Any, Any]:
+        """_fork_once's rest: the worker started, named (adopted: by the middle process) and greeted."""
         try:
             with self._server_lock:  # never beside _stop_forkserver (a doze on the other process thread)
                 process.start()

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import random
 import signal
+import subprocess
 import time
 
 import psutil
@@ -75,6 +76,14 @@ def test_sigkilled_worker_fails_only_its_request_then_reloads(test_registry, set
     assert events[-1]["type"] == "done" and new_pid != pid
 
 
+def _is_subreaper() -> bool:
+    import ctypes
+
+    flag = ctypes.c_int(-1)
+    assert ctypes.CDLL(None, use_errno=True).prctl(37, ctypes.byref(flag), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
+    return bool(flag.value)
+
+
 def test_resident_workers_outlive_the_forkserver_and_the_daemon_reads_their_exit_itself(test_registry, settings):
     """Workers leave the forkserver as they start (process.py) and are this process's children (a child subreaper),
     so the forkserver and the spare can stop under a resident model (idle.py's doze). The exit status is read by
@@ -91,6 +100,14 @@ def test_resident_workers_outlive_the_forkserver_and_the_daemon_reads_their_exit
             server = forkserver._forkserver._forkserver_pid
             assert psutil.Process(worker.pid).ppid() == os.getpid()  # not the forkserver's
             assert psutil.Process(worker.pid).name() == "swarm-edge-wkr"
+            # a subreaper only while a worker is forked: another child's orphan is not handed to this process
+            assert not _is_subreaper()
+            shell = subprocess.run(["sh", "-c", "sleep 30 & echo $!"], capture_output=True, text=True, check=True)
+            orphan = psutil.Process(int(shell.stdout))
+            try:
+                assert orphan.ppid() != os.getpid()
+            finally:
+                orphan.kill()
             assert await engine.pool.sleep()  # the spare and the forkserver stop; the model stays
             assert not engine.pool.running and not psutil.pid_exists(server)
             events = await collect(engine, "smollm2-135m")
