@@ -68,7 +68,10 @@ def serve(engine, *, socket_path: Path, tcp: str | None = None, token_file: Path
         config = uvicorn.Config(app, http=_protocol_class(app.state.metrics, send_timeout), loop="auto", lifespan="on",
                                 log_level=log_level,
                                 access_log=False, timeout_graceful_shutdown=GRACEFUL_S, timeout_keep_alive=30,
-                                server_header=False, date_header=False)
+                                server_header=False, date_header=False,
+                                # no proxy stands in front of a local daemon: X-Forwarded-* is never believed, and
+                                # uvicorn's middleware that reads it is one layer less on every request
+                                proxy_headers=False)
         server = uvicorn.Server(config)
         previous = signal.signal(signal.SIGTERM, _sigterm_exit)  # uvicorn re-raises the signal it caught
         try:
