@@ -10,13 +10,15 @@ raw     llama_cpp.Llama in this process, create_chat_completion(stream=True)
 
 Tokens are counted from the answer's `usage` (an event could carry several), chunks on the raw side (one per token).
 
-Same GGUF, n_ctx, n_batch, threads, chat messages and sampling (greedy, top_p 1.0) on both sides. Every rep
+Same GGUF, load options (n_ctx, n_batch, n_ubatch, threads, mmap, KV type: raw_llama), chat messages and sampling
+(greedy, top_p 1.0) on both sides. Every rep
 starts a fresh daemon and a fresh raw instance (one instance's memory layout can be a few percent faster
 than another's), warms both with one request, then alternates them prompt by prompt, so both see the same
 sequence of prompts (and the same prefix-cache hits). Added TTFT is the median of the per-prompt
 differences daemon - raw. The three sides take turns in a rotating order, with a pause between two (SETTLE_S).
 
 Rerun:  .venv/bin/python benchmarks/bench_daemon.py [--reps 4] [--max-tokens 96] [--models ID ...] [--client stdlib]
+        [--control]  (a second raw instance in the rotation: the noise floor of the added-TTFT figures)
 Writes: benchmarks/results/daemon.json and benchmarks/results/daemon.md
 """
 
@@ -166,14 +168,15 @@ class Daemon:
 
 
 def one_round(sides: dict, k: int, prompt: str, max_tokens: int) -> tuple:
-    """`prompt` on every side, starting with the k-th (the order rotates), a pause before each: (daemon, raw, relay)."""
+    """`prompt` on every side, starting with the k-th (the order rotates), a pause before each: (daemon, raw, relay)
+    and, with the control, raw2."""
     names = list(sides)
     got = {}
     for name in names[k:] + names[:k]:
         fn, *args = sides[name]
         time.sleep(SETTLE_S)
         got[name] = fn(*args, prompt, max_tokens)
-    return got["daemon"], got["raw"], got["relay"]
+    return (got["daemon"], got["raw"], got["relay"]) + ((got["raw2"],) if "raw2" in got else ())
 
 
 def ttft_split(rows: list) -> dict:
@@ -186,7 +189,21 @@ def ttft_split(rows: list) -> dict:
     }
 
 
-def bench_model(spec, files, threads: int, reps: int, max_tokens: int, client: str = "light") -> dict:
+def raw_llama(Llama, spec, files, threads: int):
+    """The raw side's instance, loaded as the worker loads it (workers/gguf.py): the same n_ctx, n_batch, n_ubatch,
+    threads, mmap choice and KV-cache type. (Until 2026-12-01 this side used llama-cpp-python's default mmap=True
+    where the worker reads the weights into memory: not the same thing on both sides.)"""
+    from swarm_edge.workers.gguf import kv_options
+
+    return Llama(model_path=str(files["model"]), n_ctx=spec.n_ctx, n_batch=spec.n_batch,
+                 n_ubatch=spec.n_ubatch or min(spec.n_batch, 512), n_threads=threads, n_threads_batch=threads,
+                 use_mmap=spec.mmap, verbose=False, **kv_options({"kv_type": spec.kv_type}))
+
+
+def bench_model(spec, files, threads: int, reps: int, max_tokens: int, client: str = "light",
+                control: bool = False) -> dict:
+    """`control`: a second raw instance takes its turn too (raw2); raw2 - raw is what two identical instances of
+    the same model differ by, the noise floor of an added-TTFT figure on fresh prompts."""
     from llama_cpp import Llama
 
     pairs = []   # (daemon (ttft, tok/s, n, ...), raw (ttft, tok/s, n), relay (ttft, tok/s, n, ...)) per prompt
@@ -194,26 +211,32 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int, client: s
     for rep in range(reps):
         roots = [Path(tempfile.mkdtemp(prefix="se-bench-")) for _ in range(2)]
         daemon, relay = Daemon(roots[0], threads), Daemon(roots[1], threads, direct=False)
-        raw = Llama(model_path=str(files["model"]), n_ctx=spec.n_ctx, n_batch=spec.n_batch, n_threads=threads,
-                    n_threads_batch=threads, verbose=False)
+        raw = raw_llama(Llama, spec, files, threads)
+        raw2 = raw_llama(Llama, spec, files, threads) if control else None
         try:
             daemon_once(daemon.http, spec.id, "Say hello.", 8)   # loads the model in a worker
             daemon_once(relay.http, spec.id, "Say hello.", 8)
             raw_once(raw, "Say hello.", 8)
+            if raw2 is not None:
+                raw_once(raw2, "Say hello.", 8)
             if client == "light":  # stdlib: DaemonClient
                 sides = {"daemon": (light_once, daemon.socket, spec.id), "raw": (raw_once, raw),
                          "relay": (light_once, relay.socket, spec.id)}
             else:
                 sides = {"daemon": (daemon_once, daemon.http, spec.id), "raw": (raw_once, raw),
                          "relay": (daemon_once, relay.http, spec.id)}
+            if raw2 is not None:
+                sides["raw2"] = (raw_once, raw2)
             for i, prompt in enumerate(PROMPTS):
-                pairs.append(one_round(sides, (i + rep) % 3, prompt, max_tokens))
+                pairs.append(one_round(sides, (i + rep) % len(sides), prompt, max_tokens))
             for j in range(CACHED_ROUNDS + 1):  # round 0 puts the prompt in every side's cache
-                got = one_round(sides, (j + rep) % 3, CACHED_PROMPT, 8)
+                got = one_round(sides, (j + rep) % len(sides), CACHED_PROMPT, 8)
                 if j:
                     cached.append(got)
         finally:
             raw.close()
+            if raw2 is not None:
+                raw2.close()
             daemon.stop()
             relay.stop()
             for root in roots:
@@ -239,6 +262,15 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int, client: s
         "cached_relay_ttft_added_ms_median": statistics.median((p[2][0] - p[1][0]) * 1000 for p in cached),
         "cached_ttft_split_ms_median": ttft_split(cached),
         "same_token_counts": all(p[0][2] == p[1][2] == p[2][2] for p in pairs),
+        "control": control,
+        **({"control_ttft_added_ms_median": statistics.median((p[3][0] - p[1][0]) * 1000 for p in pairs),
+            "control_cached_ttft_added_ms_median": statistics.median((p[3][0] - p[1][0]) * 1000 for p in cached),
+            "control_ttft_added_ms_per_rep": [statistics.median((p[3][0] - p[1][0]) * 1000
+                                                                for p in pairs[r * len(PROMPTS):(r + 1) * len(PROMPTS)])
+                                              for r in range(reps)],
+            "ttft_added_ms_per_rep": [statistics.median((p[0][0] - p[1][0]) * 1000
+                                                        for p in pairs[r * len(PROMPTS):(r + 1) * len(PROMPTS)])
+                                      for r in range(reps)]} if control else {}),
         "pairs": pairs,
     }
 
@@ -249,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--control", action="store_true",
+                    help="a second raw instance takes its turn too: what two identical instances differ by (the "
+                         "noise floor of the added-TTFT figures)")
     ap.add_argument("--client", choices=["light", "stdlib"], default="light",
                     help="the HTTP client that reads the daemon's stream (light: a bare socket; see light_once)")
     args = ap.parse_args(argv)
@@ -257,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for spec, files in fetched_models(settings, registry, args.models):
         print(f"benchmarking {spec.id} through the daemon vs raw ...", file=sys.stderr, flush=True)
-        results.append(bench_model(spec, files, settings.threads, args.reps, args.max_tokens, args.client))
+        results.append(bench_model(spec, files, settings.threads, args.reps, args.max_tokens, args.client,
+                                   args.control))
     if not results:
         print("no model is fetched: run `swarm-edge models fetch` first", file=sys.stderr)
         return 1
@@ -267,11 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Through the daemon (HTTP/SSE over the Unix socket, worker process) vs raw llama-cpp-python, one run",
         "", f"{meta['when']}, {args.reps} reps x {len(PROMPTS)} prompts, alternating per prompt, fresh daemon and "
-        f"raw instance per rep, medians, {args.max_tokens} tokens max, same file/threads/n_ctx/n_batch/messages/"
+        f"raw instance per rep, medians, {args.max_tokens} tokens max, same file/load options (raw_llama)/messages/"
         "sampling. Bars (issue 16): decode ratio >= 0.99 on smollm2-135m, added TTFT <= 2 ms. `daemon` is the direct "
         "path (the worker writes the tokens to the client), `relay` the same daemon with SWARM_EDGE_DIRECT=off. "
         f"Client: {CLIENTS[args.client]}.",
-        f"Rerun: `.venv/bin/python benchmarks/bench_daemon.py --client {args.client}`", "",
+        f"Rerun: `.venv/bin/python benchmarks/bench_daemon.py --reps {args.reps} --client {args.client}"
+        f"{' --control' if args.control else ''}`", "",
         "| model | threads | raw tok/s | daemon tok/s | daemon/raw | relay/raw | raw TTFT ms | daemon TTFT ms "
         "| added TTFT ms (median of pairs) | relay added TTFT ms | cached prompt: raw TTFT ms | added | relay added "
         "| same tokens |",
@@ -293,6 +330,17 @@ def main(argv: list[str] | None = None) -> int:
             sp = r[key]
             lines.append(f"| {r['model']} | {label} | {sp['http_and_client']:+.2f} | {sp['daemon_to_worker']:+.2f} | "
                          f"{sp['model_call_vs_raw']:+.2f} |")
+    if args.control:
+        lines += ["", "The control (--control): a second raw instance, raw2, took its turn in the same rotation. "
+                  "raw2 - raw is what two identical llama-cpp-python instances of the model differ by: the noise floor "
+                  "of an added-TTFT figure. Per rep: the median over that rep's fresh prompts (fresh instances each).",
+                  "", "| model | raw2 - raw, fresh ms | raw2 - raw, cached ms | daemon - raw per rep ms "
+                  "| raw2 - raw per rep ms |", "|---|---|---|---|---|"]
+        for r in results:
+            lines.append(f"| {r['model']} | {r['control_ttft_added_ms_median']:+.1f} | "
+                         f"{r['control_cached_ttft_added_ms_median']:+.1f} | "
+                         f"{' '.join(f'{x:+.1f}' for x in r['ttft_added_ms_per_rep'])} | "
+                         f"{' '.join(f'{x:+.1f}' for x in r['control_ttft_added_ms_per_rep'])} |")
     write_results("daemon", {"meta": meta, "results": results}, lines)
     return 0
 
