@@ -100,6 +100,34 @@ def _stop_forkserver() -> None:
             return
 
 
+class _Adopting:
+    """The process-wide count of forks that need this process to be a child subreaper (the flag is the process's,
+    not a pool's): on with the first, off after the last."""
+
+    lock = threading.Lock()
+    count = 0
+
+    @classmethod
+    def probe(cls) -> bool:
+        """Whether the kernel lets this process adopt its workers (the flag left as it was)."""
+        with cls.lock:
+            return cls.count > 0 or (adopt_orphans() and adopt_orphans(False))
+
+    @classmethod
+    def enter(cls) -> None:
+        with cls.lock:
+            cls.count += 1
+            if cls.count == 1:
+                adopt_orphans()
+
+    @classmethod
+    def leave(cls) -> None:
+        with cls.lock:
+            cls.count -= 1
+            if cls.count == 0:
+                adopt_orphans(False)
+
+
 class Pool:
     """Starts workers from a forkserver that has already imported llama_cpp (preload.py).
 
@@ -123,8 +151,7 @@ class Pool:
         self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
         # workers are this process's children (not the forkserver's) where the kernel can: a child subreaper, only
         # while a worker is being forked (_adopting); the probe leaves it off
-        self.adopted = adopt_orphans() and adopt_orphans(False)
-        self._adopting_lock, self._adopting_n = threading.Lock(), 0
+        self.adopted = _Adopting.probe()
         self._children: dict[int, Child] = {}          # every worker forked and not yet reaped, by pid
         self._server_lock = threading.Lock()           # a fork's start and the forkserver's stop, never both
         self.daemon_pid: int | None = None             # the parent workers expect (tests: another; None: this one)
@@ -134,7 +161,9 @@ class Pool:
         from multiprocessing import forkserver
 
         self._configure()
-        forkserver.ensure_running()
+        # started as a subreaper's descendant: before Linux 4.11 only a process forked then looks for one when orphaned
+        with self._adopting(self.adopted):
+            forkserver.ensure_running()
 
     def _configure(self) -> None:
         # The forkserver is one per process (multiprocessing's): what it preloads is set here, where it may start,
@@ -161,23 +190,19 @@ class Pool:
         with self._adopting(adopted):
             return self._forked(process, parent, child, adopted)
 
+    @staticmethod
     @contextlib.contextmanager
-    def _adopting(self, adopted: bool):
-        """This process is a child subreaper while a worker is being forked (forks on two threads: until both end)."""
+    def _adopting(adopted: bool):
+        """This process is a child subreaper while a worker is being forked (forks on two threads, or of two pools:
+        until all end)."""
         if not adopted:
             yield
             return
-        with self._adopting_lock:
-            self._adopting_n += 1
-            if self._adopting_n == 1:
-                adopt_orphans()
+        _Adopting.enter()
         try:
             yield
         finally:
-            with self._adopting_lock:
-                self._adopting_n -= 1
-                if self._adopting_n == 0:
-                    adopt_orphans(False)
+            _Adopting.leave()
 
     def _forked(self, process, parent, child, adopted: bool) -> tuple[Any, Any]:
         """_fork_once's rest: the worker started, named (adopted: by the middle process) and greeted."""

@@ -101,8 +101,11 @@ def test_resident_workers_outlive_the_forkserver_and_the_daemon_reads_their_exit
             assert psutil.Process(worker.pid).ppid() == os.getpid()  # not the forkserver's
             assert psutil.Process(worker.pid).name() == "swarm-edge-wkr"
             # a subreaper only while a worker is forked: another child's orphan is not handed to this process
+            if engine.pool._refill is not None:  # the spare's refill is a fork too: after it
+                await asyncio.gather(engine.pool._refill, return_exceptions=True)
             assert not _is_subreaper()
-            shell = subprocess.run(["sh", "-c", "sleep 30 & echo $!"], capture_output=True, text=True, check=True)
+            shell = subprocess.run(["sh", "-c", "sleep 30 >/dev/null 2>&1 </dev/null & echo $!"], capture_output=True,
+                                   text=True, check=True, timeout=10)
             orphan = psutil.Process(int(shell.stdout))
             try:
                 assert orphan.ppid() != os.getpid()
