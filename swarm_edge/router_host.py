@@ -36,6 +36,7 @@ class TransientError(SwarmEdgeError):
 
 RETRY_S = 30.0          # after a failed load of the remote embedder, the rules route this long before a retry
 RETRY_MAX_S = 600.0     # ... doubled after each failure in a row, up to this
+_now = time.monotonic   # the retry clock (a module attribute, so a test can move it without moving time itself)
 CALL_TIMEOUT_S = 120.0  # a load or an embedding this slow means something is wrong: the rules route meanwhile
 
 
@@ -121,7 +122,7 @@ class Router:
         first start with new examples trains the head: seconds), so requests meanwhile use the rules."""
         if self._semantic is not None or self._failed is not None or self._closed:
             return self._semantic
-        if self._later is not None and time.monotonic() < self._later[0]:
+        if self._later is not None and _now() < self._later[0]:
             return None  # a remote embedder failed a moment ago: the rules route until it is tried again
         embedder = self.registry.router.embedder
         if not embedder or self._files is None:
@@ -142,13 +143,13 @@ class Router:
                     except BaseException:  # no router (its training stopped, say): no embedder left loaded
                         backend.close()
                         raise
-                    self._retries = 0
+                    self._retries, self._later = 0, None
                 except (BudgetError, TransientError, InferenceError) as exc:
                     # the daemon's remote embedder could not be had, or its worker refused the head it was sent
                     # (loaded, then failed): try again later, waiting twice as long after each failure in a row
-                    delay = min(RETRY_S * 2 ** self._retries, RETRY_MAX_S)
+                    delay = min(RETRY_S * 2 ** min(self._retries, 5), RETRY_MAX_S)
                     self._retries += 1
-                    self._later = (time.monotonic() + delay, f"semantic router unavailable for now ({exc}); "
+                    self._later = (_now() + delay, f"semantic router unavailable for now ({exc}); "
                                    f"keyword rules until it is tried again in {delay:.0f} s")
                 except SwarmEdgeError as exc:
                     self._failed = f"semantic router unavailable ({exc}); keyword rules only"

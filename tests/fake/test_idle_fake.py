@@ -237,7 +237,7 @@ def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_pa
             self.closed = True
 
     now = [1000.0]
-    monkeypatch.setattr(router_host.time, "monotonic", lambda: now[0])  # FAKE clock
+    monkeypatch.setattr(router_host, "_now", lambda: now[0])  # FAKE clock (the retry clock only)
     config = tmp_path / "models.yaml"  # the plans' registry (16 examples: a quick training), no files needed
     config.write_text(registry_yaml({"smollm2-135m": {"model": "/nowhere/a.gguf"},
                                      "minilm-l6": {"model": "/nowhere/m.onnx", "tokenizer": "/nowhere/t.json"}},
@@ -261,4 +261,4 @@ def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_pa
     r = router.route("Rewrite this more politely: give me the file.")
     assert r.reason.startswith("the trained head says"), r.reason
     assert router.loaded and router.kind == "semantic" and len(backends) == 3 and backends[2].heads == 1
-    assert router._retries == 0  # a success starts the doubling over
+    assert router._retries == 0 and router._later is None  # a success starts the doubling over
