@@ -195,6 +195,7 @@ def raw_llama(Llama, spec, files, threads: int):
     where the worker reads the weights into memory: not the same thing on both sides.)"""
     from swarm_edge.workers.gguf import kv_options
 
+    threads = spec.threads or threads  # a model's own thread count wins, as in backend_options
     return Llama(model_path=str(files["model"]), n_ctx=spec.n_ctx, n_batch=spec.n_batch,
                  n_ubatch=spec.n_ubatch or min(spec.n_batch, 512), n_threads=threads, n_threads_batch=threads,
                  use_mmap=spec.mmap, verbose=False, **kv_options({"kv_type": spec.kv_type}))
@@ -261,7 +262,7 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int, client: s
         "cached_ttft_added_ms_median": statistics.median((p[0][0] - p[1][0]) * 1000 for p in cached),
         "cached_relay_ttft_added_ms_median": statistics.median((p[2][0] - p[1][0]) * 1000 for p in cached),
         "cached_ttft_split_ms_median": ttft_split(cached),
-        "same_token_counts": all(p[0][2] == p[1][2] == p[2][2] for p in pairs),
+        "same_token_counts": all(len({side[2] for side in p}) == 1 for p in pairs),  # raw2 too, with the control
         "control": control,
         **({"control_ttft_added_ms_median": statistics.median((p[3][0] - p[1][0]) * 1000 for p in pairs),
             "control_cached_ttft_added_ms_median": statistics.median((p[3][0] - p[1][0]) * 1000 for p in cached),
@@ -286,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                          "noise floor of the added-TTFT figures)")
     ap.add_argument("--client", choices=["light", "stdlib"], default="light",
                     help="the HTTP client that reads the daemon's stream (light: a bare socket; see light_once)")
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     settings = Settings.load(threads=args.threads)
     registry = load_registry(DEFAULT_CONFIG)
@@ -307,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "sampling. Bars (issue 16): decode ratio >= 0.99 on smollm2-135m, added TTFT <= 2 ms. `daemon` is the direct "
         "path (the worker writes the tokens to the client), `relay` the same daemon with SWARM_EDGE_DIRECT=off. "
         f"Client: {CLIENTS[args.client]}.",
-        f"Rerun: `.venv/bin/python benchmarks/bench_daemon.py --reps {args.reps} --client {args.client}"
-        f"{' --control' if args.control else ''}`", "",
+        f"Rerun: `{' '.join(['.venv/bin/python', 'benchmarks/bench_daemon.py', *argv])}`", "",
         "| model | threads | raw tok/s | daemon tok/s | daemon/raw | relay/raw | raw TTFT ms | daemon TTFT ms "
         "| added TTFT ms (median of pairs) | relay added TTFT ms | cached prompt: raw TTFT ms | added | relay added "
         "| same tokens |",
