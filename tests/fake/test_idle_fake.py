@@ -262,3 +262,40 @@ def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_pa
     assert r.reason.startswith("the trained head says"), r.reason
     assert router.loaded and router.kind == "semantic" and len(backends) == 3 and backends[2].heads == 1
     assert router._retries == 0 and router._later is None  # a success starts the doubling over
+
+
+def test_a_thousand_refusals_in_a_row_wait_the_longest_not_overflow(tmp_path, monkeypatch):
+    """Regression (a second read): the wait was RETRY_S * 2 ** failures, an OverflowError past ~1,000 failures in a
+    row, raised out of the router into every route."""
+    import numpy as np
+
+    from swarm_edge import router_host
+    from swarm_edge.errors import InferenceError
+    from swarm_edge.registry import load_registry
+    from swarm_edge.router_host import Router
+    from tests.conftest import registry_yaml
+
+    class Refusing:  # FAKE remote embedder: zero vectors, refuses every head
+        def embed_with_prefix(self, text, prefix_chars):
+            return np.zeros(384, np.float32), np.zeros(384, np.float32)
+
+        def load_head(self, wire):
+            raise InferenceError("the worker could not load the router's head")
+
+        def scores(self, text, head_len, shares, keyword_weight):
+            raise AssertionError("never asked: no head was loaded")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(router_host, "_now", lambda: 1000.0)  # FAKE clock (the retry clock only)
+    config = tmp_path / "models.yaml"
+    config.write_text(registry_yaml({"smollm2-135m": {"model": "/nowhere/a.gguf"},
+                                     "minilm-l6": {"model": "/nowhere/m.onnx", "tokenizer": "/nowhere/t.json"}},
+                                    swarm=True))
+    router = Router(load_registry(config), lambda mid: {}, cache_dir=tmp_path / "cache")
+    router.opener = lambda spec, files, threads: Refusing()
+    router._retries = 1500
+    router.warm()
+    r = router.route("Rewrite this more politely: give me the file.")
+    assert f"tried again in {router_host.RETRY_MAX_S:.0f} s" in r.reason and router._retries == 1501
