@@ -189,6 +189,12 @@ def ttft_split(rows: list) -> dict:
     }
 
 
+def _per_rep(pairs: list, side: int) -> list[float]:
+    """Per rep (each has len(PROMPTS) fresh prompts, fresh instances), the median TTFT of `side` minus raw's, ms."""
+    n = len(PROMPTS)
+    return [statistics.median((p[side][0] - p[1][0]) * 1000 for p in pairs[i:i + n]) for i in range(0, len(pairs), n)]
+
+
 def raw_llama(Llama, spec, files, threads: int):
     """The raw side's instance, loaded as the worker loads it (workers/gguf.py): the same n_ctx, n_batch, n_ubatch,
     threads, mmap choice and KV-cache type. (Until 2026-12-01 this side used llama-cpp-python's default mmap=True
@@ -266,12 +272,8 @@ def bench_model(spec, files, threads: int, reps: int, max_tokens: int, client: s
         "control": control,
         **({"control_ttft_added_ms_median": statistics.median((p[3][0] - p[1][0]) * 1000 for p in pairs),
             "control_cached_ttft_added_ms_median": statistics.median((p[3][0] - p[1][0]) * 1000 for p in cached),
-            "control_ttft_added_ms_per_rep": [statistics.median((p[3][0] - p[1][0]) * 1000
-                                                                for p in pairs[r * len(PROMPTS):(r + 1) * len(PROMPTS)])
-                                              for r in range(reps)],
-            "ttft_added_ms_per_rep": [statistics.median((p[0][0] - p[1][0]) * 1000
-                                                        for p in pairs[r * len(PROMPTS):(r + 1) * len(PROMPTS)])
-                                      for r in range(reps)]} if control else {}),
+            "control_ttft_added_ms_per_rep": _per_rep(pairs, 3),
+            "ttft_added_ms_per_rep": _per_rep(pairs, 0)} if control else {}),
         "pairs": pairs,
     }
 

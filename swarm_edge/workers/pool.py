@@ -102,7 +102,7 @@ def _stop_forkserver() -> None:
 
 class _Adopting:
     """The process-wide count of forks that need this process to be a child subreaper (the flag is the process's,
-    not a pool's): on with the first, off after the last."""
+    not a pool's): on with the first, off after the last (forks on two threads, or of two pools: until all end)."""
 
     lock = threading.Lock()
     count = 0
@@ -114,18 +114,23 @@ class _Adopting:
             return cls.count > 0 or (adopt_orphans() and adopt_orphans(False))
 
     @classmethod
-    def enter(cls) -> None:
+    @contextlib.contextmanager
+    def during(cls, adopted: bool):
+        """A child subreaper while the block runs (a worker's fork, the forkserver's start), if `adopted`."""
+        if not adopted:
+            yield
+            return
         with cls.lock:
             cls.count += 1
             if cls.count == 1:
                 adopt_orphans()
-
-    @classmethod
-    def leave(cls) -> None:
-        with cls.lock:
-            cls.count -= 1
-            if cls.count == 0:
-                adopt_orphans(False)
+        try:
+            yield
+        finally:
+            with cls.lock:
+                cls.count -= 1
+                if cls.count == 0:
+                    adopt_orphans(False)
 
 
 class Pool:
@@ -150,7 +155,7 @@ class Pool:
         self.closed = False  # close(final=True): the engine is stopping; nothing is forked any more
         self.stall = stall_windows()                   # a bad SWARM_EDGE_WORKER_STALL_S fails here, at start-up
         # workers are this process's children (not the forkserver's) where the kernel can: a child subreaper, only
-        # while a worker is being forked (_adopting); the probe leaves it off
+        # while a worker is being forked (_Adopting); the probe leaves it off
         self.adopted = _Adopting.probe()
         self._children: dict[int, Child] = {}          # every worker forked and not yet reaped, by pid
         self._server_lock = threading.Lock()           # a fork's start and the forkserver's stop, never both
@@ -162,7 +167,7 @@ class Pool:
 
         self._configure()
         # started as a subreaper's descendant: before Linux 4.11 only a process forked then looks for one when orphaned
-        with self._adopting(self.adopted):
+        with _Adopting.during(self.adopted):
             forkserver.ensure_running()
 
     def _configure(self) -> None:
@@ -187,22 +192,8 @@ class Pool:
         adopted = self.adopted
         daemon = (self.daemon_pid or os.getpid()) if adopted else None
         process = self._ctx.Process(target=worker_main, name="swarm-edge-worker", args=(child, daemon), daemon=True)
-        with self._adopting(adopted):
+        with _Adopting.during(adopted):
             return self._forked(process, parent, child, adopted)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _adopting(adopted: bool):
-        """This process is a child subreaper while a worker is being forked (forks on two threads, or of two pools:
-        until all end)."""
-        if not adopted:
-            yield
-            return
-        _Adopting.enter()
-        try:
-            yield
-        finally:
-            _Adopting.leave()
 
     def _forked(self, process, parent, child, adopted: bool) -> tuple[Any, Any]:
         """_fork_once's rest: the worker started, named (adopted: by the middle process) and greeted."""

@@ -100,7 +100,7 @@ def _prctl(option: int, value) -> bool:
 def adopt_orphans(on: bool = True) -> bool:
     """Daemon side: make this process a child subreaper (Linux 3.4+), so a worker that leaves the forkserver
     (`_leave_the_forkserver`) becomes this process's own child; `on=False` ends that (children already adopted
-    stay). The pool turns it on only while a worker is being forked (Pool._adopting), so no other orphan of this
+    stay). The pool turns it on only while a worker is being forked (pool.py `_Adopting`), so no other orphan of this
     process's descendants (a grandchild of a killed `pip download`) is handed to it and left unreaped. Returns
     whether the kernel did it."""
     return sys.platform.startswith("linux") and _prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0)

@@ -205,47 +205,61 @@ def test_closing_the_engine_stops_the_routers_first_training(tmp_path):
     assert router.route("Translate into French: good night").task == "translate" and not router.loaded
 
 
-def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_path, monkeypatch):
-    """The router's worker refusing the head it was sent (an InferenceError from load_head, after a training)
-    turned semantic routing off until restart. Now the rules route for a while (30 s, doubled after each failure
-    in a row) and the next route after that builds the router again, from the head cached by the training."""
-    import numpy as np
 
+class _RefusingRemote:
+    """FAKE remote embedder (the daemon's RemoteEmbedder's interface): zero vectors; refuses the head it is sent
+    `refuse` times, then keeps it and scores the first task highest."""
+
+    def __init__(self, refuse: int) -> None:
+        self.refuse, self.heads, self.closed = refuse, 0, False
+
+    def embed_with_prefix(self, text, prefix_chars):
+        import numpy as np
+
+        return np.zeros(384, np.float32), np.zeros(384, np.float32)
+
+    def load_head(self, wire):
+        from swarm_edge.errors import InferenceError
+
+        self.heads += 1
+        if self.refuse:
+            self.refuse -= 1
+            raise InferenceError("the worker could not load the router's head")
+
+    def scores(self, text, head_len, shares, keyword_weight):
+        return [1.0] + [0.0] * (len(shares) - 1)
+
+    def close(self):
+        self.closed = True
+
+
+def _plans_router(tmp_path, monkeypatch, now: list[float], opener):
+    """A Router over the plans' registry (16 examples: a quick training; no model file needed), its retry clock
+    FAKE (`now[0]`), its embedder opened by `opener`."""
     from swarm_edge import router_host
-    from swarm_edge.errors import InferenceError
     from swarm_edge.registry import load_registry
     from swarm_edge.router_host import Router
     from tests.conftest import registry_yaml
 
-    class Remote:  # FAKE remote embedder: zero vectors, refuses the head `refuse` times, then scores task 0 first
-        def __init__(self, refuse: int) -> None:
-            self.refuse, self.heads, self.closed = refuse, 0, False
-
-        def embed_with_prefix(self, text, prefix_chars):
-            return np.zeros(384, np.float32), np.zeros(384, np.float32)
-
-        def load_head(self, wire):
-            self.heads += 1
-            if self.refuse:
-                self.refuse -= 1
-                raise InferenceError("the worker could not load the router's head")
-
-        def scores(self, text, head_len, shares, keyword_weight):
-            return [1.0] + [0.0] * (len(shares) - 1)
-
-        def close(self):
-            self.closed = True
-
-    now = [1000.0]
     monkeypatch.setattr(router_host, "_now", lambda: now[0])  # FAKE clock (the retry clock only)
-    config = tmp_path / "models.yaml"  # the plans' registry (16 examples: a quick training), no files needed
+    config = tmp_path / "models.yaml"
     config.write_text(registry_yaml({"smollm2-135m": {"model": "/nowhere/a.gguf"},
                                      "minilm-l6": {"model": "/nowhere/m.onnx", "tokenizer": "/nowhere/t.json"}},
                                     swarm=True))
-    refusals = [1, 2, 0]  # the first: the trained head; the second: the cached head and the one trained again
-    backends: list[Remote] = []
     router = Router(load_registry(config), lambda mid: {}, cache_dir=tmp_path / "cache")
-    router.opener = lambda spec, files, threads: backends.append(Remote(refusals[len(backends)])) or backends[-1]
+    router.opener = opener
+    return router
+
+
+def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_path, monkeypatch):
+    """The router's worker refusing the head it was sent (an InferenceError from load_head, after a training)
+    turned semantic routing off until restart. Now the rules route for a while (30 s, doubled after each failure
+    in a row) and the next route after that builds the router again, from the head cached by the training."""
+    now = [1000.0]
+    refusals = [1, 2, 0]  # the first: the trained head; the second: the cached head and the one trained again
+    backends: list[_RefusingRemote] = []
+    router = _plans_router(tmp_path, monkeypatch, now, lambda spec, files, threads:
+                           backends.append(_RefusingRemote(refusals[len(backends)])) or backends[-1])
 
     router.warm()  # trains (cached), then the worker refuses the head
     assert router.unavailable is None and backends[0].closed and backends[0].heads == 1
@@ -267,34 +281,9 @@ def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_pa
 def test_a_thousand_refusals_in_a_row_wait_the_longest_not_overflow(tmp_path, monkeypatch):
     """Regression (a second read): the wait was RETRY_S * 2 ** failures, an OverflowError past ~1,000 failures in a
     row, raised out of the router into every route."""
-    import numpy as np
-
     from swarm_edge import router_host
-    from swarm_edge.errors import InferenceError
-    from swarm_edge.registry import load_registry
-    from swarm_edge.router_host import Router
-    from tests.conftest import registry_yaml
 
-    class Refusing:  # FAKE remote embedder: zero vectors, refuses every head
-        def embed_with_prefix(self, text, prefix_chars):
-            return np.zeros(384, np.float32), np.zeros(384, np.float32)
-
-        def load_head(self, wire):
-            raise InferenceError("the worker could not load the router's head")
-
-        def scores(self, text, head_len, shares, keyword_weight):
-            raise AssertionError("never asked: no head was loaded")
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(router_host, "_now", lambda: 1000.0)  # FAKE clock (the retry clock only)
-    config = tmp_path / "models.yaml"
-    config.write_text(registry_yaml({"smollm2-135m": {"model": "/nowhere/a.gguf"},
-                                     "minilm-l6": {"model": "/nowhere/m.onnx", "tokenizer": "/nowhere/t.json"}},
-                                    swarm=True))
-    router = Router(load_registry(config), lambda mid: {}, cache_dir=tmp_path / "cache")
-    router.opener = lambda spec, files, threads: Refusing()
+    router = _plans_router(tmp_path, monkeypatch, [1000.0], lambda spec, files, threads: _RefusingRemote(10 ** 9))
     router._retries = 1500
     router.warm()
     r = router.route("Rewrite this more politely: give me the file.")
