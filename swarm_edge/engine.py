@@ -90,7 +90,8 @@ class Engine(Room):
         self.scheduler = Scheduler(
             budget_bytes,
             spawn=self._spawn, estimate=self._admission_estimate, measure_base=self.base_pss, idle_ttl=idle_ttl,
-            max_waiting=max_waiting, pins={m.id for m in registry if m.pin}, on_release=self._on_release, **kw)
+            max_waiting=max_waiting, pins={m.id for m in registry if m.pin}, on_release=self._on_release,
+            on_exit=self._base_stale, **kw)
         self.scheduler.pss_comparable = lambda: self.pool.running
 
     # ------------------------------------------------------------ files and footprint

@@ -64,13 +64,18 @@ class Scheduler(Generic[W]):
                  measure_base: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic,
                  policy: Policy = plan_aware, max_waiting: int = 64, idle_ttl: float | None = None,
                  pins: frozenset[str] | set[str] = frozenset(), backoff: float = 2.0, max_backoff: float = 60.0,
-                 on_release: Callable[[str, W], None] | None = None, admission_timeout: float = 600.0) -> None:
+                 on_release: Callable[[str, W], None] | None = None, admission_timeout: float = 600.0,
+                 on_exit: Callable[[], None] = lambda: None) -> None:
         self.budget = budget
         self._spawn, self._estimate, self._measure_base = spawn, estimate, measure_base
         self._clock, self.policy = clock, policy
         self.max_waiting, self.idle_ttl, self.pins = max_waiting, idle_ttl, frozenset(pins)
         self._backoff, self._max_backoff = backoff, max_backoff
         self._on_release = on_release
+        # A worker's process is gone: `measure_base` may keep a reading for a while (engine: BASE_TTL_S), but the
+        # base has just grown (PSS moves the exited worker's share of the shared pages to the processes left), so the
+        # next admission must measure it afresh or it admits against the smaller, stale figure.
+        self._on_exit = on_exit
         # Whether a worker's measured PSS means what admission's figures mean (engine: not while the daemon dozes,
         # when each worker alone maps the runtime's pages that the forkserver and the spare shared, and the base
         # still books their share): a measurement that does not is neither recorded (on_release) nor used to grow
@@ -311,6 +316,7 @@ class Scheduler(Generic[W]):
                 await r.worker.stop()
         finally:
             self._stopping.pop(id(r), None)
+            self._on_exit()
             async with self._changed:
                 self._changed.notify_all()
 

@@ -442,3 +442,52 @@ async def test_two_requests_while_a_dead_worker_is_swept_load_once():
     listed = h.s.residents["a"].worker
     assert h.spawned.count("a") == 1
     assert [w for w in made if w.model_id == "a" and w.alive and w is not listed] == []
+
+
+@deadline
+async def test_the_base_is_measured_afresh_after_a_worker_exits():
+    # FAKE base: like the engine's it keeps its reading until told a worker exited (the engine keeps one for
+    # BASE_TTL_S); the true base grows by 60 when a worker's process is gone (PSS hands its share of the shared
+    # pages to the processes left). Without the fresh reading, c was admitted beside b against the stale base.
+    true = {"base": 0}
+    kept = {"base": 0}
+
+    def measure() -> int:
+        return kept["base"]
+
+    def exited() -> None:
+        kept["base"] = true["base"]
+
+    h = Harness(budget=250, on_exit=exited)
+    h.s._measure_base = measure
+    peaks: list[int] = []
+    stop = FakeWorker.stop
+
+    async def stop_and_grow(self) -> None:
+        await stop(self)
+        true["base"] += 60
+
+    FakeWorker.stop = stop_and_grow   # type: ignore[method-assign]
+    try:
+        await h.use("a")
+
+        async def hold_b():
+            async with h.s.lease("b"):
+                await asyncio.sleep(0.2)
+
+        tb = asyncio.create_task(hold_b())
+        await asyncio.sleep(0.05)
+
+        async def watch():
+            while True:
+                peaks.append(true["base"] + sum(r.reserved for r in h.s.residents.values()))
+                await asyncio.sleep(0.005)
+
+        tw = asyncio.create_task(watch())
+        await h.use("c")   # a is evicted (base 60): 60 + b + c > 250, so c waits for b and evicts it
+        tw.cancel()
+        await tb
+    finally:
+        FakeWorker.stop = stop   # type: ignore[method-assign]
+    assert h.s.stats.evictions == 2 and h.resident() == {"c"}, (h.s.stats, h.resident())
+    assert max(peaks) <= 250, max(peaks)
