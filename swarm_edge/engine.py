@@ -332,6 +332,7 @@ class Engine(Room):
             loop = asyncio.get_running_loop()
             self.router.opener = lambda spec, files, threads: self._remote_embedder(loop, spec, files, threads)
             self.sleeper = Sleeper(self.pool, self.router, self.scheduler, after, on_sleep=self._forget_base)
+            self.router.awake = self.sleeper.route  # a retry of the embedder's load keeps the daemon awake
             self.sleeper.start(asleep=after is not None)
         if not lazy or after is None:
             await asyncio.to_thread(self.pool.start_server)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -56,12 +57,16 @@ class Router:
         self._semantic: SemanticRouter | None = None
         self._failed: str | None = None
         self._head = None                # the trained head, kept when the embedder is dropped
-        self._later: tuple[float, str] | None = None  # (retry time, why): a remote embedder that failed to load
+        self._later: tuple[float, str] | None = None  # (retry time, cause): a remote embedder that failed to load
         self._retries = 0                # failures in a row of the above (the wait doubles with each)
+        self._retry: threading.Thread | None = None   # the retry after that wait, off the requests' routing threads
+        # held while a retry loads the embedder (the daemon's Sleeper.route: awake meanwhile, the forkserver up)
+        self.awake: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         # how the embedder is opened: in this process (workers.open_backend), or the daemon's remote one
         # (RemoteEmbedder below); (spec, files, threads) -> an object with embed_with_prefix and close
         self.opener: Callable[..., Any] | None = None
         self._lock = threading.Lock()
+        self._lock_retry = threading.Lock()
         self._closed = False             # drop(final=True): the engine is closing; no embedder is loaded again
 
     @property
@@ -114,16 +119,22 @@ class Router:
 
     def warm(self) -> str | None:
         """Load the embedding model and the trained head now; returns why semantic routing is off, or None."""
-        self._get()
+        self._get(inline=True)
         return self._failed
 
-    def _get(self, wait: bool = True) -> SemanticRouter | None:
+    def _get(self, wait: bool = True, inline: bool = False) -> SemanticRouter | None:
         """The semantic router, built on first use. `wait=False`: None while another thread builds it (the
-        first start with new examples trains the head: seconds), so requests meanwhile use the rules."""
+        first start with new examples trains the head: seconds), so requests meanwhile use the rules. A retry after
+        a failure runs in a thread of its own unless `inline`: the request that finds the wait over is routed by
+        the rules at once instead of waiting for a load (and maybe a training) that failed last time."""
         if self._semantic is not None or self._failed is not None or self._closed:
             return self._semantic
-        if self._later is not None and _now() < self._later[0]:
-            return None  # a remote embedder failed a moment ago: the rules route until it is tried again
+        if self._later is not None:
+            if _now() < self._later[0]:
+                return None  # a remote embedder failed a moment ago: the rules route until it is tried again
+            if not inline:
+                self._retry_in_background()
+                return None
         embedder = self.registry.router.embedder
         if not embedder or self._files is None:
             return None  # rules only, as configured
@@ -149,8 +160,7 @@ class Router:
                     # (loaded, then failed): try again later, waiting twice as long after each failure in a row
                     delay = min(RETRY_S * 2 ** min(self._retries, 5), RETRY_MAX_S)
                     self._retries += 1
-                    self._later = (_now() + delay, f"semantic router unavailable for now ({exc}); "
-                                   f"keyword rules until it is tried again in {delay:.0f} s")
+                    self._later = (_now() + delay, str(exc))
                 except SwarmEdgeError as exc:
                     self._failed = f"semantic router unavailable ({exc}); keyword rules only"
                 except Exception as exc:  # noqa: BLE001 - onnxruntime or numpy: the rules route, and say why
@@ -160,10 +170,32 @@ class Router:
             self._lock.release()
         return self._semantic
 
+    def _waiting(self) -> str | None:
+        """Why the rules route while a remote embedder that failed waits for its retry (or is being retried)."""
+        later = self._later
+        if later is None:
+            return None
+        retry = self._retry
+        when = ("while it is tried again" if retry is not None and retry.is_alive()
+                else f"until it is tried again in {max(0.0, later[0] - _now()):.0f} s")
+        return f"semantic router unavailable for now ({later[1]}); keyword rules {when}"
+
+    def _retry_in_background(self) -> None:
+        with self._lock_retry:
+            if self._retry is not None and self._retry.is_alive():
+                return
+
+            def retry() -> None:
+                with self.awake():
+                    self._get(inline=True)
+
+            self._retry = threading.Thread(target=retry, name="router-retry", daemon=True)
+            self._retry.start()
+
     def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
         """Route `text` (blocking: 3-4 ms of embedding; call it from a thread in async code)."""
         semantic = self._get(wait=self._head is not None)  # a reload after drop() is quick: wait for it
-        failed = self._failed or (self._later[1] if self._later is not None and semantic is None else None)
+        failed = self._failed or (self._waiting() if semantic is None else None)
         if semantic is None and failed is None and self.will_load:
             failed = "the semantic router is still being built (its head trains once per set of examples)"
         if semantic is not None:

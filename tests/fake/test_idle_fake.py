@@ -4,6 +4,8 @@ the forkserver's stop replaced, so the races a second read found are replayed de
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 
 import pytest
@@ -254,7 +256,8 @@ def _plans_router(tmp_path, monkeypatch, now: list[float], opener):
 def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_path, monkeypatch):
     """The router's worker refusing the head it was sent (an InferenceError from load_head, after a training)
     turned semantic routing off until restart. Now the rules route for a while (30 s, doubled after each failure
-    in a row) and the next route after that builds the router again, from the head cached by the training."""
+    in a row), then a thread of its own builds the router again, from the head cached by the training, while the
+    request that found the wait over is routed by the rules at once."""
     now = [1000.0]
     refusals = [1, 2, 0]  # the first: the trained head; the second: the cached head and the one trained again
     backends: list[_RefusingRemote] = []
@@ -266,12 +269,32 @@ def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_pa
     r = router.route("Rewrite this more politely: give me the file.")
     assert "tried again in 30 s" in r.reason and not router.loaded and len(backends) == 1
     now[0] += 31
+    gate = threading.Event()
+    opener = router.opener
+    router.opener = lambda *a: gate.wait(30) and opener(*a)  # type: ignore[misc]  # the retry waits for the gate
+    held: list[str] = []
+
+    @contextlib.contextmanager
+    def awake():  # the daemon's Sleeper.route: the daemon stays awake while the retry loads
+        held.append("in")
+        yield
+        held.append("out")
+
+    router.awake = awake
+    r = router.route("Rewrite this more politely: give me the file.")  # the rules at once; the retry goes on
+    assert "keyword rules while it is tried again" in r.reason and len(backends) == 1, r.reason
+    assert router._retry is not None and router._retry.name == "router-retry" and held == ["in"]
+    gate.set()
+    router._retry.join(30)
+    assert held == ["in", "out"]
     r = router.route("Rewrite this more politely: give me the file.")  # refused again: the wait doubles
-    assert "tried again in 60 s" in r.reason and len(backends) == 2 and backends[1].heads == 2
+    assert "tried again in 60 s" in r.reason and len(backends) == 2 and backends[1].heads == 2, r.reason
     now[0] += 30
     router.route("Rewrite this more politely: give me the file.")
-    assert len(backends) == 2  # not yet
+    assert len(backends) == 2 and not router._retry.is_alive()  # not yet
     now[0] += 31
+    r = router.route("Rewrite this more politely: give me the file.")
+    router._retry.join(30)
     r = router.route("Rewrite this more politely: give me the file.")
     assert r.reason.startswith("the trained head says"), r.reason
     assert router.loaded and router.kind == "semantic" and len(backends) == 3 and backends[2].heads == 1
