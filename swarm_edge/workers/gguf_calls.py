@@ -13,7 +13,7 @@ under a grammar (toolcalls.py) so they always parse.
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from swarm_edge.errors import InferenceError
@@ -47,7 +47,7 @@ class Calls:
         self.unfinished = False  # a call was begun and never ended (max_tokens)
         self.names = {f.name for f in tools.offered()}
 
-    def pieces(self, common: dict[str, Any]) -> Iterator[Piece]:
+    def pieces(self, common: dict[str, Any]) -> Generator[Piece, None, None]:
         from llama_cpp.llama_grammar import LlamaGrammar
 
         llm = self.backend.llm

@@ -174,6 +174,10 @@ def guided_llama() -> type[Llama]:
 
     class Guided(Llama):
         def _init_sampler(self, *args: Any, **kwargs: Any) -> Any:
+            previous = getattr(self, "_sampler", None)
+            if previous is not None:  # about to be dropped in a reference cycle with its buffers: freed now
+                self._sampler = None  # (GGUFBackend._free_sampler; a tool call's passes build several)
+                previous.close()
             grammar = kwargs.pop("grammar", None)
             chain = super()._init_sampler(*args, **kwargs)
             if grammar is None:
