@@ -27,8 +27,9 @@ import time
 import psutil
 from results_io import write_results
 
+from swarm_edge.boxmem import tree_pss
 from swarm_edge.config import DEFAULT_CONFIG, Settings
-from swarm_edge.engine import Engine, tree_pss
+from swarm_edge.engine import Engine
 from swarm_edge.registry import load_registry
 from swarm_edge.scheduler import lru, plan_aware
 from swarm_edge.workers import GenerateRequest

@@ -7,7 +7,7 @@ classify: an ensemble; math: the calculator). --concurrency clients send request
 not, completions, embeddings, `auto` chats and Ollama NDJSON chats. 30% of the streams hang up after a few tokens;
 5% of the requests are followed, 0-1.5 s after they are sent, by a SIGKILL of a random resident worker (whatever
 ran on it fails with worker_crashed; the next request reloads the model). Every --sample-every seconds: the PSS
-of the daemon's process tree (swarm_edge.engine.tree_pss) and the daemon's open file descriptors.
+of the daemon's process tree (swarm_edge.boxmem.tree_pss) and the daemon's open file descriptors.
 
 Baseline: fresh workers, the warm-up (a long prompt for each chat model, a full embedding batch, then
 --warmup-requests of the mixed load without faults, the same requests every time), an idle settle. End: after
@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))  # the daemon harness and the test models' config 
 import httpx2  # noqa: E402
 import psutil  # noqa: E402
 
-from swarm_edge.engine import tree_pss  # noqa: E402
+from swarm_edge.boxmem import tree_pss  # noqa: E402
 from tests.api.conftest import Daemon, private_root  # noqa: E402
 
 KINDS = {"chat-stream": 25, "chat": 15, "completion": 10, "embed": 20, "auto": 20, "ollama-stream": 10}

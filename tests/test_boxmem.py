@@ -111,3 +111,96 @@ def test_status_inside_a_real_memory_cgroup_budgets_from_its_limit(tmp_path):
     outside = json.loads(subprocess.run([exe, "status", "--local", "--json"], env=env, capture_output=True,
                                         text=True, timeout=120, check=True).stdout)
     assert outside["budget"] == int(box_memory().total * 0.6)
+
+
+# ------------------------------------------------------------ PssReader: the base's PSS, read cheaply
+
+class _Counted:
+    """A real process (psutil), its smaps_rollup reads counted."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        import psutil
+
+        self.p, self.full = psutil.Process(pid), 0
+        self.pid = self.p.pid
+
+    def create_time(self):
+        return self.p.create_time()
+
+    def memory_info(self):
+        return self.p.memory_info()
+
+    def memory_full_info(self):
+        self.full += 1
+        return self.p.memory_full_info()
+
+
+def test_pss_is_read_again_only_when_rss_moves_or_time_passes(monkeypatch):
+    from swarm_edge import boxmem
+    from swarm_edge.boxmem import PssReader
+
+    reader, me = PssReader(), _Counted()
+    first = reader.total([me])
+    assert me.full == 1 and abs(first - me.p.memory_full_info().pss) < 2 * 2**20
+    again = reader.total([me])
+    assert me.full == 1 and abs(again - first) <= boxmem.RSS_SLACK  # RSS barely moved: no walk of the pages
+    block = bytearray(64 * 2**20)  # 64 MiB touched (zeroed): RSS moves past the slack, so PSS is read again
+    grown = reader.total([me])
+    assert me.full == 2 and grown - first > 60 * 2**20, (grown - first) / 2**20
+    assert abs(grown - me.p.memory_full_info().pss) < 2 * 2**20
+    monkeypatch.setattr(boxmem, "PSS_REFRESH_S", 0.0)  # the reading has aged out: read again, RSS or not
+    reader.total([me])
+    assert me.full == 3 and len(block) == 64 * 2**20
+
+
+def test_a_family_whose_membership_changed_is_read_afresh():
+    from swarm_edge.boxmem import PssReader
+
+    reader = PssReader()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        root, kin = reader.family()
+        assert child.pid in {p.pid for p, _ in kin}
+        reader.total([root])
+        reader.family()
+        assert reader._seen  # the same members: readings kept
+    finally:
+        child.kill()
+        child.wait()
+    _, kin = reader.family()  # a member ended: the split of shared pages changed, every reading is forgotten
+    assert child.pid not in {p.pid for p, _ in kin} and not reader._seen
+
+
+def test_a_workers_end_of_request_pss_walks_its_pages_only_when_its_peak_grew():
+    import resource
+
+    from swarm_edge.workers import process
+
+    reads = []
+    real_open = open
+
+    def counting_open(path, *a, **k):
+        if str(path) == "/proc/self/smaps_rollup":
+            reads.append(path)
+        return real_open(path, *a, **k)
+
+    process._last_pss.clear()
+    base = process._pss()
+    import builtins
+
+    builtins.open, saved = counting_open, builtins.open
+    try:
+        assert process._pss(fresh=False) == base and reads == []   # the peak did not grow: the last value stands
+        import psutil
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        above = peak - psutil.Process().memory_info().rss + 64 * 2**20  # earlier tests may have left a higher peak
+        block = bytearray(above)  # touched (zeroed): a new peak, 64 MiB above the old one
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > peak
+        grown = process._pss(fresh=False)
+        assert len(reads) == 1 and grown - base > 60 * 2**20, (grown - base) / 2**20
+        del block
+        assert process._pss(fresh=False) == grown and len(reads) == 1  # freed: the peak stands, so does the value
+        assert process._pss() >= grown - 2**20 and len(reads) == 2     # fresh: read, and the freed peak still counts
+    finally:
+        builtins.open = saved

@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from swarm_edge.api.schemas import MAX_INPUTS
-from swarm_edge.engine import Engine, tree_pss
+from swarm_edge.boxmem import tree_pss
+from swarm_edge.engine import Engine
 from swarm_edge.errors import BudgetError, CorruptModelError, InferenceError, ModelLoadError, WorkerCrashedError
 from swarm_edge.workers import GenerateRequest
 from swarm_edge.workers.direct import Framing, Sink
