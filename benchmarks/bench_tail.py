@@ -105,7 +105,7 @@ def request(sock: Path, model: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", default="429814f", help="the revision to compare with (default: before the change)")
+    ap.add_argument("--base", default="d966a4b", help="the revision to compare with (default: before the change)")
     ap.add_argument("--head", default="HEAD")
     ap.add_argument("--requests", type=int, default=60, help="requests per daemon")
     ap.add_argument("--models", nargs="+", default=MODELS)
