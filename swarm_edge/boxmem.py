@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,69 +197,45 @@ def tree_pss(pid: int | None = None, keep=lambda proc, root: True) -> int:
     return total
 
 
-PSS_REFRESH_S = 30.0   # PssReader: a process's PSS is read from smaps_rollup again after this long at the latest
-RSS_SLACK = 1 << 20    # ... or once its RSS moved by more than this since
+PSS_REFRESH_S = 30.0   # a worker's end-of-request PSS is read from smaps_rollup again after this long at the latest
+RSS_SLACK = 1 << 20    # ... or once its peak RSS grew by more than this since (workers/process.py)
 
 
-class PssReader:
-    """PSS of processes, read cheaply enough to do often (the daemon's base, on its event loop).
+def family(pid: int | None = None) -> tuple[Any, list[tuple[Any, int, str]]]:
+    """A process and its descendants, each with its parent's pid and its name, from one scan of /proc (psutil's
+    children() reads every process's stat file: 1.7 ms here; the daemon's base took three scans a reading). A
+    process gone meanwhile is left out."""
+    import psutil
 
-    smaps_rollup, where PSS comes from, makes the kernel walk every page the process maps: 1 ms for the daemon,
-    7 ms for the 0.5B's worker, 12.6 ms for the 1.5B's (measured), and the base sums five processes. RSS (statm) costs
-    microseconds. A process's private pages move its RSS and PSS alike, so a reading is reused, moved by the RSS
-    difference, until the RSS moved by more than RSS_SLACK or PSS_REFRESH_S passed. What RSS does not show is the
-    share of pages it shares with others, which changes when a process that maps them starts or ends: a family whose
-    membership changed since the last reading is read afresh, as after `forget()`.
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[int, float], tuple[int, int, float]] = {}  # (pid, start) -> (rss, pss, when)
-        self._members: frozenset[tuple[int, float]] = frozenset()
-
-    def forget(self) -> None:
-        """Read every process afresh next time."""
-        self._seen.clear()
-
-    def family(self, pid: int | None = None) -> tuple[Any, list[tuple[Any, int]]]:
-        """A process and its descendants with their parents' pids, from one scan of /proc; a membership that changed
-        since the last call forgets every reading (the shared pages' split changed with it)."""
-        import psutil
-
-        root = psutil.Process(pid)
-        kin = []
-        for p in root.children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                kin.append((p, p.ppid()))
-        members = frozenset(k for k in (_key(p) for p in [root, *(p for p, _ in kin)]) if k is not None)
-        if members != self._members:
-            self._members = members
-            self.forget()
-        return root, kin
-
-    def total(self, procs) -> int:
-        """Summed PSS of `procs` (psutil Processes) in bytes; those that exited meanwhile count nothing."""
-        import psutil
-
-        out = 0
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                out += self._one(p)
-        return out
-
-    def _one(self, p) -> int:
-        key, now = _key(p), time.monotonic()
-        rss = p.memory_info().rss
-        seen = self._seen.get(key) if key is not None else None
-        if seen is not None and abs(rss - seen[0]) <= RSS_SLACK and now - seen[2] < PSS_REFRESH_S:
-            return max(0, seen[1] + rss - seen[0])
-        info = p.memory_full_info()
-        if key is not None:
-            self._seen[key] = (info.rss, info.pss, now)
-        return info.pss
+    root = psutil.Process(pid)
+    kin = []
+    for p in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            kin.append((p, p.ppid(), p.name()))
+    return root, kin
 
 
-def _key(p) -> tuple[int, float] | None:
-    try:
-        return p.pid, p.create_time()
-    except Exception:  # noqa: BLE001 - psutil's NoSuchProcess/AccessDenied: gone, read nothing of it
-        return None
+def subtree(kin: list[tuple[Any, int, str]], top: int) -> list:
+    """The process `top` and its descendants, from family()'s list."""
+    parents = {p.pid: parent for p, parent, _ in kin}
+    out = []
+    for p, _, _ in kin:
+        pid: int | None = p.pid
+        for _ in range(len(kin) + 1):  # a parent chain longer than the family: a pid reused during the scan
+            if pid is None or pid == top:
+                break
+            pid = parents.get(pid)
+        if pid == top:
+            out.append(p)
+    return out
+
+
+def pss_sum(procs) -> int:
+    """Summed PSS of psutil Processes in bytes, read now; those that exited meanwhile count nothing."""
+    import psutil
+
+    out = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            out += p.memory_full_info().pss
+    return out

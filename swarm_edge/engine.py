@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from swarm_edge.boxmem import PssReader, resolve_budget
+from swarm_edge.boxmem import family, pss_sum, resolve_budget, subtree
 from swarm_edge.cloud import cloud_policy, make_client
 from swarm_edge.config import Settings
 from swarm_edge.engine_room import Room
@@ -75,7 +75,6 @@ class Engine(Room):
         self._sleep_after = sleep_after(settings.env)  # a bad SWARM_EDGE_SLEEP_S fails here, at start-up
         self._base: tuple[float, int] | None = None
         self._spare_pss = 0
-        self._pss = PssReader()   # the base's processes, read cheaply (smaps_rollup costs ms per process)
         self._awake_base = 0      # the base last measured with the forkserver up (base_pss while asleep)
         self._base_seen: list[tuple[float, int]] = []
         self._smallest: int | None = None  # the smallest chat model's estimate (_router_room)
@@ -194,9 +193,9 @@ class Engine(Room):
         # one just forked, not registered yet, is known by its name; where workers stay the forkserver's, they are
         # grandchildren and left out as such
         workers = self.pool.pids()
-        root, kin = self._pss.family()  # one scan of /proc for all of it; each PSS read cheaply (PssReader)
-        value = self._pss.total([root, *(p for p, parent in kin if parent == root.pid and p.pid not in workers
-                                         and p.name() != WORKER_NAME)])
+        root, kin = family()  # one scan of /proc for all of it
+        value = pss_sum([root, *(p for p, parent, name in kin if parent == root.pid and p.pid not in workers
+                                 and name != WORKER_NAME)])
         if self.pool.running and self.pool.server_up():
             self._awake_base = value  # not while it is only about to start: that base would lack it
         elif self.pool.wants_spare:
@@ -206,10 +205,10 @@ class Engine(Room):
             value = max(value, self._awake_base or value + WAKE_ALLOWANCE)
         router = self.router.pid()  # the router's embedder, when it runs in a worker (router_host.py)
         if router is not None:
-            value += self._pss.total(_subtree(kin, router))
+            value += pss_sum(subtree(kin, router))
         spare = self.pool.spare_pid()
-        if spare is not None and (spare_tree := _subtree(kin, spare)):
-            self._spare_pss = self._pss.total(spare_tree)
+        if spare is not None and (spare_tree := subtree(kin, spare)):
+            self._spare_pss = pss_sum(spare_tree)
         if self.pool.wants_spare:
             # Between a load (which takes the spare) and the refill the spare is missing; its room stays booked,
             # or the refill would push a full budget over the top.
@@ -377,15 +376,3 @@ class Engine(Room):
         snap["models"] = self.model_estimates()
         return snap
 
-
-def _subtree(kin: list, top: int) -> list:
-    """The process `top` and its descendants, from PssReader.family's (process, parent pid) list."""
-    parents = {p.pid: parent for p, parent in kin}
-    out = []
-    for p, _ in kin:
-        pid: int | None = p.pid
-        while pid is not None and pid != top:
-            pid = parents.get(pid)
-        if pid == top:
-            out.append(p)
-    return out

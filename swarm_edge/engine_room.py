@@ -26,19 +26,16 @@ class Room:
     _base: tuple[float, int] | None
     _base_seen: list[tuple[float, int]]
     _base_high: int
-    _pss: Any
     _smallest: int | None
 
     def _forget_base(self) -> None:
         # asleep: the bases measured awake (the embedder among them) are gone, and it is charged again as pending
         self._base, self._base_seen = None, []
-        self._pss.forget()
 
     def _base_stale(self) -> None:
         # a worker exited: its share of the pages it shared with the base (the preloaded runtimes) is the base's now,
         # so the reading kept for BASE_TTL_S is too small; the minute's highest (_base_seen) still counts
         self._base = None
-        self._pss.forget()
 
     def _pending_growth(self, raw: int | None = None) -> int:
         """The router's embedder until it loads (the ONNX formula, an upper bound): admission charges the base as it

@@ -176,7 +176,8 @@ class Router:
         if later is None:
             return None
         retry = self._retry
-        when = ("while it is tried again" if retry is not None and retry.is_alive()
+        when = ("while the daemon stops" if self._closed else
+                "while it is tried again" if retry is not None and retry.is_alive()
                 else f"until it is tried again in {max(0.0, later[0] - _now()):.0f} s")
         return f"semantic router unavailable for now ({later[1]}); keyword rules {when}"
 
@@ -194,7 +195,7 @@ class Router:
 
     def route(self, text: str, resident: frozenset[str] | set[str] = frozenset()) -> Route:
         """Route `text` (blocking: 3-4 ms of embedding; call it from a thread in async code)."""
-        semantic = self._get(wait=self._head is not None)  # a reload after drop() is quick: wait for it
+        semantic = self._get(wait=self._head is not None) or self._semantic  # or a retry's, finished meanwhile
         failed = self._failed or (self._waiting() if semantic is None else None)
         if semantic is None and failed is None and self.will_load:
             failed = "the semantic router is still being built (its head trains once per set of examples)"

@@ -225,6 +225,7 @@ class Scheduler(Generic[W]):
                 self._failures[r.model_id] = (count, self._clock(), exc)
             r.error = exc
             self.residents.pop(r.model_id, None)
+            self._on_exit()  # the half-loaded worker (the spare it took) was killed
             r.ready.set()
             async with self._changed:
                 self._changed.notify_all()

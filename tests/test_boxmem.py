@@ -6,8 +6,10 @@ code); the last test puts a real `swarm-edge status` in a real 1.5 GiB memory cg
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,67 +115,35 @@ def test_status_inside_a_real_memory_cgroup_budgets_from_its_limit(tmp_path):
     assert outside["budget"] == int(box_memory().total * 0.6)
 
 
-# ------------------------------------------------------------ PssReader: the base's PSS, read cheaply
+# ------------------------------------------------------------ the base's processes, from one scan of /proc
 
-class _Counted:
-    """A real process (psutil), its smaps_rollup reads counted."""
+def test_one_scan_finds_a_family_with_parents_and_names_and_its_subtrees():
+    from swarm_edge.boxmem import family, pss_sum, subtree, tree_pss
 
-    def __init__(self, pid: int | None = None) -> None:
-        import psutil
-
-        self.p, self.full = psutil.Process(pid), 0
-        self.pid = self.p.pid
-
-    def create_time(self):
-        return self.p.create_time()
-
-    def memory_info(self):
-        return self.p.memory_info()
-
-    def memory_full_info(self):
-        self.full += 1
-        return self.p.memory_full_info()
-
-
-def test_pss_is_read_again_only_when_rss_moves_or_time_passes(monkeypatch):
-    from swarm_edge import boxmem
-    from swarm_edge.boxmem import PssReader
-
-    reader, me = PssReader(), _Counted()
-    first = reader.total([me])
-    assert me.full == 1 and abs(first - me.p.memory_full_info().pss) < 2 * 2**20
-    again = reader.total([me])
-    assert me.full == 1 and abs(again - first) <= boxmem.RSS_SLACK  # RSS barely moved: no walk of the pages
-    block = bytearray(64 * 2**20)  # 64 MiB touched (zeroed): RSS moves past the slack, so PSS is read again
-    grown = reader.total([me])
-    assert me.full == 2 and grown - first > 60 * 2**20, (grown - first) / 2**20
-    assert abs(grown - me.p.memory_full_info().pss) < 2 * 2**20
-    monkeypatch.setattr(boxmem, "PSS_REFRESH_S", 0.0)  # the reading has aged out: read again, RSS or not
-    reader.total([me])
-    assert me.full == 3 and len(block) == 64 * 2**20
-
-
-def test_a_family_whose_membership_changed_is_read_afresh():
-    from swarm_edge.boxmem import PssReader
-
-    reader = PssReader()
-    child = subprocess.Popen(["sleep", "30"])
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])  # a child with a grandchild
     try:
-        root, kin = reader.family()
-        assert child.pid in {p.pid for p, _ in kin}
-        reader.total([root])
-        reader.family()
-        assert reader._seen  # the same members: readings kept
+        for _ in range(100):
+            root, kin = family()
+            grandchildren = [p for p, parent, _ in kin if parent == child.pid]
+            if grandchildren:
+                break
+            time.sleep(0.05)
+        assert (child.pid, os.getpid()) in {(p.pid, parent) for p, parent, _ in kin}
+        assert [name for p, _, name in kin if p.pid == grandchildren[0].pid] == ["sleep"]
+        assert {p.pid for p in subtree(kin, child.pid)} == {child.pid, grandchildren[0].pid}
+        assert subtree(kin, 999_999_999) == []
+        assert pss_sum(subtree(kin, child.pid)) == pytest.approx(tree_pss(child.pid), abs=2**20)
     finally:
         child.kill()
         child.wait()
-    _, kin = reader.family()  # a member ended: the split of shared pages changed, every reading is forgotten
-    assert child.pid not in {p.pid for p, _ in kin} and not reader._seen
+    gone = [p for p, _, _ in kin if p.pid == child.pid]
+    assert pss_sum(gone) == 0  # exited meanwhile: counts nothing, raises nothing
 
 
 def test_a_workers_end_of_request_pss_walks_its_pages_only_when_its_peak_grew():
     import resource
 
+    from swarm_edge.boxmem import RSS_SLACK
     from swarm_edge.workers import process
 
     reads = []
@@ -190,7 +160,8 @@ def test_a_workers_end_of_request_pss_walks_its_pages_only_when_its_peak_grew():
 
     builtins.open, saved = counting_open, builtins.open
     try:
-        assert process._pss(fresh=False) == base and reads == []   # the peak did not grow: the last value stands
+        again = process._pss(fresh=False)
+        assert abs(again - base) <= RSS_SLACK and reads == []   # the peak did not grow (past the slack): no reading
         import psutil
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

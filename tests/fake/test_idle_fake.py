@@ -273,17 +273,20 @@ def test_a_head_the_routers_worker_refused_is_tried_again_later_not_never(tmp_pa
     opener = router.opener
     router.opener = lambda *a: gate.wait(30) and opener(*a)  # type: ignore[misc]  # the retry waits for the gate
     held: list[str] = []
+    entered = threading.Event()
 
     @contextlib.contextmanager
     def awake():  # the daemon's Sleeper.route: the daemon stays awake while the retry loads
         held.append("in")
+        entered.set()
         yield
         held.append("out")
 
     router.awake = awake
     r = router.route("Rewrite this more politely: give me the file.")  # the rules at once; the retry goes on
     assert "keyword rules while it is tried again" in r.reason and len(backends) == 1, r.reason
-    assert router._retry is not None and router._retry.name == "router-retry" and held == ["in"]
+    assert router._retry is not None and router._retry.name == "router-retry"
+    assert entered.wait(30) and held == ["in"]
     gate.set()
     router._retry.join(30)
     assert held == ["in", "out"]
