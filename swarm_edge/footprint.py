@@ -35,6 +35,10 @@ from swarm_edge.toolcalls import format_of
 MiB = 1 << 20
 PROCESS_BASE = 48 * MiB          # interpreter + llama_cpp/onnxruntime libraries, not shared with the forkserver
 CALIBRATED_MARGIN = 1.05         # head-room over the worst peak seen so far
+# The calibration file's version: 2 since workers free llama-cpp-python's samplers at once (2026-12-01). Version 1's
+# peaks were raised by the garbage those left with each request (the 1.5B's stored peak was 84 MiB above its
+# measured one, the 0.5B's 98), and peaks are only ever raised: a file of another version is measured anew.
+CALIBRATION_VERSION = 2
 REPACKED_TYPES = {"Q4_0", "Q4_K", "IQ4_NL"}  # the types ggml-cpu repacks on x86 (AVX2/AVX-512)
 ONNX_FACTOR = 16.0               # measured: a 22 MB int8 MiniLM peaks at ~350 MiB embedding 4 x 256 tokens
 
@@ -186,8 +190,10 @@ class FootprintStore:
     def _load(self) -> dict[str, int]:
         if self._calibration is None:
             try:
-                self._calibration = {k: int(v) for k, v in json.loads(self.calibration_path.read_text()).items()}
-            except (OSError, ValueError, AttributeError):
+                data = json.loads(self.calibration_path.read_text())
+                fresh = data.pop("_version", 1) == CALIBRATION_VERSION
+                self._calibration = {k: int(v) for k, v in data.items()} if fresh else {}
+            except (OSError, ValueError, AttributeError, TypeError):
                 self._calibration = {}
         return self._calibration
 
@@ -204,7 +210,8 @@ class FootprintStore:
                 return False
             data[key] = int(measured_bytes)
             self.calibration_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.calibration_path, json.dumps(data, indent=1, sort_keys=True))
+            _atomic_write(self.calibration_path, json.dumps({"_version": CALIBRATION_VERSION, **data}, indent=1,
+                                                            sort_keys=True))
             return True
 
 

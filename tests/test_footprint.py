@@ -36,6 +36,19 @@ def test_formula_matches_llama_cpp_buffers(smol_facts):
     assert gguf_formula(smol_facts, 1024, 256)["kv_cache"] == 22.5 * MiB
 
 
+def test_peaks_of_an_older_calibration_file_are_measured_anew(tmp_path):
+    """Version 1's peaks were raised by the samplers' garbage (workers now free them): not trusted, measured again."""
+    import json
+
+    key = FootprintStore.key("ab" * 32, 2048, 256)
+    (tmp_path / "calibration.json").write_text(json.dumps({key: 900 * MiB}))
+    store = FootprintStore(tmp_path)
+    assert store.calibrated(key) is None
+    assert store.record(key, 200 * MiB)
+    assert json.loads((tmp_path / "calibration.json").read_text()) == {"_version": 2, key: 200 * MiB}
+    assert FootprintStore(tmp_path).calibrated(key) == 200 * MiB
+
+
 def test_store_keeps_worst_peak_and_estimate_uses_it(tmp_path):
     store = FootprintStore(tmp_path)
     key = store.key("ab" * 32, 2048, 256)
