@@ -19,6 +19,7 @@ not touched). Each revision serves the same short prompt N times on a fresh daem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,12 +56,18 @@ SEGMENTS = [("C0", "W1", "client to the model call"), ("W2", "W4", "first token 
             ("W4", "C1", "write to the client"), ("C0", "C1", "client TTFT (model included)")]
 
 
-def build(rev: str, into: Path) -> Path:
-    """An instrumented copy of `rev`'s package (and models.yaml, which its default config points to)."""
+def archive(rev: str, into: Path) -> Path:
+    """`rev`'s package (and models.yaml, which its default config points to), unchanged, in `into`."""
     into.mkdir(parents=True)
     tar = subprocess.run(["git", "-C", str(REPO), "archive", rev, "swarm_edge", "models.yaml"], check=True,
                          capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return into
+
+
+def build(rev: str, into: Path) -> Path:
+    """An instrumented copy of `rev`'s package."""
+    archive(rev, into)
     (into / "swarm_edge/workers/_mark.py").write_text(MARKER)
     for rel, anchor, label, indent in ANCHORS:
         path = into / rel
@@ -71,16 +79,16 @@ def build(rev: str, into: Path) -> Path:
     return into
 
 
-def serve(copy: Path, marks: Path, n: int, model: str) -> list[dict[str, int]]:
-    """A fresh daemon from `copy`; n requests after two to load and warm; each request's marks."""
-    run = Path(tempfile.mkdtemp(prefix="fixed-"))
+@contextlib.contextmanager
+def daemon_of(copy: Path, **env: str) -> Iterator[Path]:
+    """A fresh daemon from `copy` (direct path, 2 threads, `env` added), its socket; stopped on leaving."""
+    run = Path(tempfile.mkdtemp(prefix="rev-"))
     run.chmod(0o700)
     sock = run / "s.sock"
-    env = {**os.environ, "PYTHONPATH": str(copy), "BENCH_FIXED_MARKS": str(marks), "SWARM_EDGE_THREADS": "2",
-           "SWARM_EDGE_DIRECT": "on"}
-    env.pop("SWARM_EDGE_SOCKET", None)
+    full = {**os.environ, "PYTHONPATH": str(copy), "SWARM_EDGE_THREADS": "2", "SWARM_EDGE_DIRECT": "on", **env}
+    full.pop("SWARM_EDGE_SOCKET", None)
     # cwd: not the repository, whose package a `python -c` child (the forkserver) would import before PYTHONPATH's
-    proc = subprocess.Popen([SWARM_EDGE, "serve", "--offline", "--socket", str(sock)], env=env, cwd=run,
+    proc = subprocess.Popen([SWARM_EDGE, "serve", "--offline", "--socket", str(sock)], env=full, cwd=run,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -88,6 +96,16 @@ def serve(copy: Path, marks: Path, n: int, model: str) -> list[dict[str, int]]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the daemon of {copy} did not start: {proc.stderr.read().decode()[-1500:]}")
             time.sleep(0.05)
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def serve(copy: Path, marks: Path, n: int, model: str) -> list[dict[str, int]]:
+    """A fresh daemon from `copy`; n requests after two to load and warm; each request's marks."""
+    with daemon_of(copy, BENCH_FIXED_MARKS=str(marks)) as sock:
         for _ in range(2):
             request(sock, model, {})
         marks.write_text("")
@@ -101,10 +119,6 @@ def serve(copy: Path, marks: Path, n: int, model: str) -> list[dict[str, int]]:
                 label, t = line.split()
                 next(r for r in out if label not in r)[label] = int(t)
         return out
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        shutil.rmtree(run, ignore_errors=True)
 
 
 def request(sock: Path, model: str, marks: dict[str, int]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
 import statistics
@@ -33,40 +32,18 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_daemon import _light_events  # noqa: E402
+from bench_fixed_path import archive, daemon_of  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 from swarm_edge.api.client import DaemonClient  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SWARM_EDGE = Path(sys.executable).parent / "swarm-edge"
 MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
-
-
-def copy_of(rev: str, into: Path) -> Path:
-    """`rev`'s package (and models.yaml, which its default config points to), unchanged."""
-    into.mkdir(parents=True)
-    tar = subprocess.run(["git", "-C", str(REPO), "archive", rev, "swarm_edge", "models.yaml"], check=True,
-                         capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
-    return into
 
 
 def serve(copy: Path, model: str, n: int) -> dict:
     """A fresh daemon from `copy`: two warm-up requests, then n; each one's tail (ms) and the worker's RSS growth."""
-    run = Path(tempfile.mkdtemp(prefix="tail-"))
-    run.chmod(0o700)
-    sock = run / "s.sock"
-    env = {**os.environ, "PYTHONPATH": str(copy), "SWARM_EDGE_THREADS": "2", "SWARM_EDGE_DIRECT": "on"}
-    env.pop("SWARM_EDGE_SOCKET", None)
-    # cwd: not the repository, whose package a `python -c` child (the forkserver) would import before PYTHONPATH's
-    proc = subprocess.Popen([SWARM_EDGE, "serve", "--offline", "--socket", str(sock)], env=env, cwd=run,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the daemon of {copy} did not start: {proc.stderr.read().decode()[-1500:]}")
-            time.sleep(0.05)
+    with daemon_of(copy) as sock:
         for _ in range(2):
             request(sock, model)
         worker = psutil.Process(_worker_pid(sock, model))
@@ -76,10 +53,6 @@ def serve(copy: Path, model: str, n: int) -> dict:
             tails.append(request(sock, model))
             time.sleep(0.05)
         return {"tails_ms": tails, "rss_growth_mib": (worker.memory_info().rss - rss0) / 2**20}
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        shutil.rmtree(run, ignore_errors=True)
 
 
 def _worker_pid(sock: Path, model: str) -> int:
@@ -116,7 +89,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-tail-"))
     got: dict[str, dict[str, dict]] = {}
     try:
-        revs = {rev: copy_of(rev, work / f"rev{i}") for i, rev in enumerate((args.base, args.head))}
+        revs = {rev: archive(rev, work / f"rev{i}") for i, rev in enumerate((args.base, args.head))}
         for model in args.models:
             got[model] = {}
             for rev, copy in revs.items():

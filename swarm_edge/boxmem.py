@@ -182,19 +182,10 @@ def resolve_budget(value: str | int | None, env: Mapping[str, str] | None = None
     return size, source
 
 
-def tree_pss(pid: int | None = None, keep=lambda proc, root: True) -> int:
-    """Summed PSS of a process and those of its descendants that `keep` accepts, in bytes."""
-    import psutil
-
-    root = psutil.Process(pid)
-    total = 0
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            if keep(p, root):
-                total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue  # exited while we looked
-    return total
+def tree_pss(pid: int | None = None) -> int:
+    """Summed PSS of a process and all its descendants, in bytes, read now."""
+    root, kin = family(pid)
+    return pss_sum([root, *(p for p, _, _ in kin)])
 
 
 PSS_REFRESH_S = 30.0   # a worker's end-of-request PSS is read from smaps_rollup again after this long at the latest

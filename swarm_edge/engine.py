@@ -375,4 +375,3 @@ class Engine(Room):
         snap["budget_source"] = self.budget_source
         snap["models"] = self.model_estimates()
         return snap
-
