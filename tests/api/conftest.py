@@ -129,6 +129,17 @@ def swarm_config(model_files, tmp_path_factory) -> Path:
     return path
 
 
+def wait_for(what, timeout: float = 60.0, step: float = 0.2):
+    """`what()` once it is truthy, polled every `step` s; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not within {timeout} s")
+
+
 def until_built(d) -> None:
     """Until the router's head is built (until then routes come from the rules and say so)."""
     deadline = time.monotonic() + 120

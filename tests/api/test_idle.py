@@ -4,28 +4,16 @@ daemon, real models, real processes; the memory it saves is measured in benchmar
 
 from __future__ import annotations
 
-import time
-
 import psutil
 import pytest
 
 from swarm_edge.errors import ConfigError
 from swarm_edge.idle import SLEEP_AFTER_S, sleep_after
-from tests.api.conftest import until_built, worker_processes
+from tests.api.conftest import until_built, wait_for, worker_processes
 
 
 def children(d) -> list[psutil.Process]:
     return psutil.Process(d.proc.pid).children(recursive=True)
-
-
-def wait_for(what, timeout: float = 60.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"not within {timeout} s")
 
 
 def chat(d, model: str, prompt: str) -> dict:
