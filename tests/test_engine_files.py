@@ -76,7 +76,10 @@ def test_requests_for_one_model_share_one_preparation(model_files, tmp_path, set
         engine = Engine(registry, settings, budget="8GiB", spare=False)
         try:
             waiters = [asyncio.ensure_future(engine.prepare("smollm2-135m")) for _ in range(8)]
-            await asyncio.sleep(0.3)
+            for _ in range(1000):  # until the engine's file thread holds smollm2's preparation (at the gate)
+                if calls:
+                    break
+                await asyncio.sleep(0.01)
             # while it is being fetched: status does not wait for it, and the default pool is untouched
             t0 = asyncio.get_running_loop().time()
             est = await asyncio.to_thread(engine.model_estimates)
