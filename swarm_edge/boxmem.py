@@ -183,13 +183,11 @@ def resolve_budget(value: str | int | None, env: Mapping[str, str] | None = None
 
 
 def tree_pss(pid: int | None = None) -> int:
-    """Summed PSS of a process and all its descendants, in bytes, read now."""
-    root, kin = family(pid)
-    return pss_sum([root, *(p for p, _, _ in kin)])
+    """Summed PSS of a process and all its descendants, in bytes, read now (no parents or names: family())."""
+    import psutil
 
-
-PSS_REFRESH_S = 30.0   # a worker's end-of-request PSS is read from smaps_rollup again after this long at the latest
-RSS_SLACK = 1 << 20    # ... or once its peak RSS grew by more than this since (workers/process.py)
+    root = psutil.Process(pid)
+    return pss_sum([root, *root.children(recursive=True)])
 
 
 def family(pid: int | None = None) -> tuple[Any, list[tuple[Any, int, str]]]:

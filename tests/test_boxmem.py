@@ -143,8 +143,8 @@ def test_one_scan_finds_a_family_with_parents_and_names_and_its_subtrees():
 def test_a_workers_end_of_request_pss_walks_its_pages_only_when_its_peak_grew():
     import resource
 
-    from swarm_edge.boxmem import RSS_SLACK
     from swarm_edge.workers import process
+    from swarm_edge.workers.process import RSS_SLACK
 
     reads = []
     real_open = open

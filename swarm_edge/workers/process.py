@@ -34,6 +34,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 WORKER_NAME = "swarm-edge-wkr"  # what ps and top show for a worker (the kernel keeps 15 bytes)
 
 
+PSS_REFRESH_S = 30.0   # a worker's end-of-request PSS is read from smaps_rollup again after this long at the latest
+RSS_SLACK = 1 << 20    # ... or once its peak RSS grew by more than this since
 _last_pss: list = []  # [peak RSS, value, when] of the last smaps_rollup reading (_pss(fresh=False))
 
 
@@ -48,8 +50,6 @@ def _pss(fresh: bool = True) -> int:
     the sum as it was; only the split of pages shared with other processes can move it meanwhile).
     """
     import resource
-
-    from swarm_edge.boxmem import PSS_REFRESH_S, RSS_SLACK
 
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     now = time.monotonic()
